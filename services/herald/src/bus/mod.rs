@@ -1,0 +1,99 @@
+//! The bus events arrive on: in-process ([`memory`]) for a single node, NATS ([`nats`]) for a cluster.
+//! A registry subscribes to one subject pattern; dropping the stream unsubscribes.
+
+pub mod memory;
+pub mod nats;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+pub use memory::MemoryBus;
+pub use nats::NatsBus;
+
+/// One message on the bus, as published or as received.
+#[derive(Debug, Clone, Default)]
+pub struct BusMessage {
+    /// Full subject, e.g. `herald.v1.alias.<id>.newMessage`.
+    pub subject: String,
+    /// The envelope body (MessagePack unless `json`).
+    pub payload: Bytes,
+    /// `Content-Type: application/json` was set.
+    pub json: bool,
+    /// `Nats-Msg-Id`: duplicates inside the dedup window are delivered once.
+    pub msg_id: Option<String>,
+    /// W3C `traceparent` of the publisher.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` of the publisher.
+    pub tracestate: Option<String>,
+    /// Sequence of the event in its key's stream, when the bus assigns one.
+    pub seq: Option<u64>,
+}
+
+/// What the bus says after a publish.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishAck {
+    /// Sequence assigned to the event, when the bus assigns one.
+    pub seq: Option<u64>,
+}
+
+/// A bus operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Could not subscribe (NATS unreachable and the request could not be queued).
+    #[error("cannot subscribe to {subject}: {reason}")]
+    Subscribe {
+        /// Subject pattern.
+        subject: String,
+        /// Underlying error.
+        reason: String,
+    },
+    /// Could not publish.
+    #[error("cannot publish to {subject}: {reason} (is NATS reachable? see /readyz)")]
+    Publish {
+        /// Subject.
+        subject: String,
+        /// Underlying error.
+        reason: String,
+    },
+    /// The NATS connection options are unusable.
+    #[error("cannot set up the NATS connection: {0}")]
+    Connect(String),
+}
+
+/// A stream of messages matching one subscription; unsubscribes when dropped.
+pub type Subscription = BoxStream<'static, BusMessage>;
+
+/// The bus a node is configured with.
+#[derive(Clone)]
+pub enum Bus {
+    /// In-process.
+    Memory(MemoryBus),
+    /// NATS.
+    Nats(NatsBus),
+}
+
+impl Bus {
+    /// Subscribes to `pattern` (NATS wildcards `*` and `>` allowed).
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, BusError> {
+        match self {
+            Bus::Memory(bus) => Ok(bus.subscribe(pattern)),
+            Bus::Nats(bus) => bus.subscribe(pattern).await,
+        }
+    }
+
+    /// Publishes one message.
+    pub async fn publish(&self, message: BusMessage) -> Result<PublishAck, BusError> {
+        match self {
+            Bus::Memory(bus) => Ok(bus.publish(message)),
+            Bus::Nats(bus) => bus.publish(message).await,
+        }
+    }
+
+    /// Whether the bus can carry events right now (`/readyz`).
+    pub fn is_connected(&self) -> bool {
+        match self {
+            Bus::Memory(_) => true,
+            Bus::Nats(bus) => bus.is_connected(),
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Operator commands other than `serve`.
+
+pub mod publish;
+pub mod tail;

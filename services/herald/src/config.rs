@@ -1,0 +1,724 @@
+//! herald's configuration: one typed tree, layered defaults < file < `HERALD__…` env,
+//! validated at start so a bad value fails with its key path, never at first use.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The configuration embedded in the binary and used when no file is given: demo data.
+pub const DEV_CONFIG: &str = include_str!("../../../config/dev.toml");
+/// Alias ids of the demo credentials, used to warn loudly when they are in use.
+const DEMO_ALIAS_IDS: &[&str] = &["64b7f0c2a1b2c3d4e5f60718", "64b7f0c2a1b2c3d4e5f60719"];
+/// Keys whose env values are comma-separated lists.
+const LIST_KEYS: &[&str] = &[
+    "bus.nats.urls",
+    "server.allowed_origins",
+    "auth.publish_tokens",
+];
+
+/// A bad configuration: which key and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or parsed into the typed tree.
+    #[error("config error: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value parsed but is not acceptable.
+    #[error("config error at {key}: {reason}")]
+    Invalid {
+        /// Dotted key path, e.g. `bus.nats.urls`.
+        key: &'static str,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The static credentials file could not be read.
+    #[error("config error at auth.static.file: cannot read {path}: {reason}")]
+    CredentialsFile {
+        /// The file named by `auth.static.file`.
+        path: PathBuf,
+        /// Why it could not be read or parsed.
+        reason: String,
+    },
+}
+
+/// A secret string: never printed, logged or serialised in clear.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value, for the one place that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no secret was configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "[redacted]"
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
+    }
+}
+
+/// The whole configuration tree.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// HTTP listener and client-address handling.
+    pub server: ServerSettings,
+    /// Where events come from.
+    pub bus: BusSettings,
+    /// Credentials and providers.
+    pub auth: AuthSettings,
+    /// Per-IP, per-alias and per-node limits.
+    pub limits: LimitSettings,
+    /// The `/v1/ws` dialect.
+    pub forwardemail: ForwardEmailSettings,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address the HTTP/WebSocket listener binds (port 0 picks a free port).
+    pub listen: String,
+    /// Optional second listener for `/metrics` only; empty serves it on `listen`.
+    pub metrics_listen: String,
+    /// Trust the last `X-Forwarded-For` entry as the client address (behind a proxy only).
+    pub trust_proxy: bool,
+    /// `Origin` values allowed to open WebSockets; empty allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: "127.0.0.1:8080".into(),
+            metrics_listen: String::new(),
+            trust_proxy: false,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Which bus implementation carries events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// In-process bus: one node, no NATS.
+    #[default]
+    Memory,
+    /// NATS (and JetStream): a cluster of nodes.
+    Nats,
+}
+
+/// `[bus]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusSettings {
+    /// `memory` or `nats`.
+    pub kind: BusKind,
+    /// How long events stay available for `since` replay.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Window in which a repeated `Nats-Msg-Id` is delivered once.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// In-process bus settings.
+    pub memory: MemoryBusSettings,
+    /// NATS connection settings.
+    pub nats: NatsSettings,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        BusSettings {
+            kind: BusKind::Memory,
+            retention: Duration::from_secs(24 * 3600),
+            dedup_window: Duration::from_secs(120),
+            memory: MemoryBusSettings::default(),
+            nats: NatsSettings::default(),
+        }
+    }
+}
+
+/// `[bus.memory]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryBusSettings {
+    /// Events kept per routing key for replay.
+    pub ring_size: usize,
+}
+
+impl Default for MemoryBusSettings {
+    fn default() -> Self {
+        MemoryBusSettings { ring_size: 10_000 }
+    }
+}
+
+/// `[bus.nats]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSettings {
+    /// Server URLs; any one reachable is enough.
+    pub urls: Vec<String>,
+    /// User for user/password auth.
+    pub user: String,
+    /// Password for user/password auth.
+    pub password: Secret,
+    /// Token auth.
+    pub token: Secret,
+    /// NKey seed.
+    pub nkey_seed: Secret,
+    /// Path of a `.creds` file (JWT + NKey).
+    pub creds_file: String,
+    /// CA bundle for TLS to NATS.
+    pub tls_ca_file: String,
+    /// Client certificate for mutual TLS.
+    pub tls_cert_file: String,
+    /// Client key for mutual TLS.
+    pub tls_key_file: String,
+    /// Require TLS even if the server does not ask for it.
+    pub tls_required: bool,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            urls: vec!["nats://127.0.0.1:4222".into()],
+            user: String::new(),
+            password: Secret::default(),
+            token: Secret::default(),
+            nkey_seed: Secret::default(),
+            creds_file: String::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_required: false,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Bearer tokens accepted by `POST /v1/publish`.
+    pub publish_tokens: Vec<Secret>,
+    /// Static credentials (aliases with argon2 hashes, API tokens).
+    #[serde(rename = "static")]
+    pub static_: StaticAuthSettings,
+    /// JWT validation for the JWT dialects.
+    pub jwt: JwtSettings,
+    /// Auth result cache.
+    pub cache: AuthCacheSettings,
+}
+
+/// `[auth.static]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StaticAuthSettings {
+    /// Optional TOML file with more `[[aliases]]` and `[[tokens]]`.
+    pub file: String,
+    /// Aliases allowed to log in with a password.
+    pub aliases: Vec<AliasCredential>,
+    /// API tokens and the aliases each may act for.
+    pub tokens: Vec<TokenCredential>,
+}
+
+/// One alias login.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasCredential {
+    /// The login name, `alias@domain`.
+    pub alias: String,
+    /// The alias id used in subjects.
+    pub id: String,
+    /// argon2 PHC string (`herald hash-password`).
+    pub password_hash: Secret,
+}
+
+/// One API token.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCredential {
+    /// The token presented as the Basic username.
+    pub token: Secret,
+    /// Alias ids the token may connect as (`?alias_id=`).
+    pub alias_ids: Vec<String>,
+}
+
+/// `[auth.jwt]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtSettings {
+    /// `HS256`, `RS256` or `ES256`.
+    pub algorithm: String,
+    /// HS256 shared secret.
+    pub secret: Secret,
+    /// PEM public key for RS256/ES256.
+    pub public_key_file: String,
+    /// JWKS file, reloaded on change.
+    pub jwks_file: String,
+    /// Expected `iss`, if set.
+    pub issuer: String,
+    /// Expected `aud`, if set.
+    pub audience: String,
+    /// Clock skew allowed on `exp`/`nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        JwtSettings {
+            algorithm: "HS256".into(),
+            secret: Secret::default(),
+            public_key_file: String::new(),
+            jwks_file: String::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[auth.cache]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthCacheSettings {
+    /// How long a successful login is remembered.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long a failed login is remembered.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// Most entries kept.
+    pub max_entries: u64,
+}
+
+impl Default for AuthCacheSettings {
+    fn default() -> Self {
+        AuthCacheSettings {
+            ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(10),
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest notification sent whole; larger ones have resources truncated.
+    pub max_notification_bytes: usize,
+    /// Output a session may have queued before it is disconnected as a slow consumer.
+    pub max_buffered_bytes: usize,
+    /// Largest frame a `/v1/ws` client may send (1009 above it).
+    pub max_client_frame_bytes: usize,
+    /// New connections per client address per minute.
+    pub connections_per_ip_per_minute: u32,
+    /// Sessions per alias.
+    pub max_sessions_per_alias: usize,
+    /// Sessions per node.
+    pub max_sessions_total: usize,
+    /// Sessions per address waiting for their `?auth=message` frame.
+    pub max_pending_auth_per_ip: usize,
+    /// Anonymous (broadcast-only) sessions per address.
+    pub max_anonymous_per_ip: usize,
+    /// Failed logins per address before it is blocked.
+    pub failed_logins_per_ip: u32,
+    /// How long a blocked address stays blocked.
+    #[serde(with = "humantime_serde")]
+    pub failed_login_block: Duration,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_notification_bytes: 1 << 20,
+            max_buffered_bytes: 1 << 20,
+            max_client_frame_bytes: 1024,
+            connections_per_ip_per_minute: 30,
+            max_sessions_per_alias: 10,
+            max_sessions_total: 10_000,
+            max_pending_auth_per_ip: 5,
+            max_anonymous_per_ip: 3,
+            failed_logins_per_ip: 10,
+            failed_login_block: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `[forwardemail]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardEmailSettings {
+    /// Accept sessions without credentials (broadcast events only).
+    pub allow_anonymous: bool,
+    /// Keepalive round: protocol ping + `{"event":"ping"}`.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long an `?auth=message` session may take to send its auth frame.
+    #[serde(with = "humantime_serde")]
+    pub auth_frame_timeout: Duration,
+    /// How long an auth backend may take before the client gets 504/1013.
+    #[serde(with = "humantime_serde")]
+    pub auth_backend_timeout: Duration,
+}
+
+impl Default for ForwardEmailSettings {
+    fn default() -> Self {
+        ForwardEmailSettings {
+            allow_anonymous: false,
+            ping_interval: Duration::from_secs(30),
+            auth_frame_timeout: Duration::from_secs(5),
+            auth_backend_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Seconds over which sessions are closed on SIGTERM.
+    pub drain_seconds: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        ShutdownSettings { drain_seconds: 10 }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatSetting {
+    /// Human-readable.
+    #[default]
+    Pretty,
+    /// JSON lines.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// Level or EnvFilter directive.
+    pub level: String,
+    /// `pretty` or `json`.
+    pub format: LogFormatSetting,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            level: "info".into(),
+            format: LogFormatSetting::Pretty,
+        }
+    }
+}
+
+/// The extra credentials file named by `auth.static.file`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct CredentialsFile {
+    aliases: Vec<AliasCredential>,
+    tokens: Vec<TokenCredential>,
+}
+
+impl Settings {
+    /// Loads defaults < `file` (or the embedded dev config when `None`) < `HERALD__…` env, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        builder = match file {
+            Some(path) => builder.add_source(config::File::from(path).required(true)),
+            None => {
+                builder.add_source(config::File::from_str(DEV_CONFIG, config::FileFormat::Toml))
+            }
+        };
+        let mut env = config::Environment::with_prefix("HERALD")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        for key in LIST_KEYS {
+            env = env.with_list_parse_key(key);
+        }
+        let mut settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        settings.load_credentials_file()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn load_credentials_file(&mut self) -> Result<(), ConfigError> {
+        if self.auth.static_.file.is_empty() {
+            return Ok(());
+        }
+        let path = PathBuf::from(&self.auth.static_.file);
+        let err = |reason: String| ConfigError::CredentialsFile {
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+        let extra: CredentialsFile = toml_from_str(&text).map_err(err)?;
+        self.auth.static_.aliases.extend(extra.aliases);
+        self.auth.static_.tokens.extend(extra.tokens);
+        Ok(())
+    }
+
+    /// Checks every value that parsed but could still be wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "server.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8080",
+                    self.server.listen
+                ),
+            );
+        }
+        if !self.server.metrics_listen.is_empty()
+            && self.server.metrics_listen.parse::<SocketAddr>().is_err()
+        {
+            return invalid(
+                "server.metrics_listen",
+                format!(
+                    "{:?} is not an address like 0.0.0.0:9090 (or leave it empty)",
+                    self.server.metrics_listen
+                ),
+            );
+        }
+        if self.bus.kind == BusKind::Nats {
+            if self.bus.nats.urls.is_empty() {
+                return invalid(
+                    "bus.nats.urls",
+                    "bus.kind is \"nats\" but no URL is set".into(),
+                );
+            }
+            for url in &self.bus.nats.urls {
+                let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
+                    .iter()
+                    .any(|s| url.starts_with(s));
+                if !scheme_ok {
+                    return invalid(
+                        "bus.nats.urls",
+                        format!("{url:?} must start with nats://, tls://, ws:// or wss://"),
+                    );
+                }
+            }
+        }
+        if self.bus.memory.ring_size == 0 {
+            return invalid("bus.memory.ring_size", "must be at least 1".into());
+        }
+        let limits = &self.limits;
+        for (key, value) in [
+            (
+                "limits.max_notification_bytes",
+                limits.max_notification_bytes,
+            ),
+            ("limits.max_buffered_bytes", limits.max_buffered_bytes),
+            (
+                "limits.max_client_frame_bytes",
+                limits.max_client_frame_bytes,
+            ),
+            (
+                "limits.max_sessions_per_alias",
+                limits.max_sessions_per_alias,
+            ),
+            ("limits.max_sessions_total", limits.max_sessions_total),
+            (
+                "limits.max_pending_auth_per_ip",
+                limits.max_pending_auth_per_ip,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be greater than 0".into());
+            }
+        }
+        if limits.connections_per_ip_per_minute == 0 {
+            return invalid(
+                "limits.connections_per_ip_per_minute",
+                "must be greater than 0".into(),
+            );
+        }
+        if limits.failed_logins_per_ip == 0 {
+            return invalid(
+                "limits.failed_logins_per_ip",
+                "must be greater than 0".into(),
+            );
+        }
+        if self.forwardemail.ping_interval < Duration::from_millis(100) {
+            return invalid(
+                "forwardemail.ping_interval",
+                "must be at least 100ms".into(),
+            );
+        }
+        if self.forwardemail.auth_frame_timeout.is_zero() {
+            return invalid(
+                "forwardemail.auth_frame_timeout",
+                "must be greater than 0".into(),
+            );
+        }
+        for (i, alias) in self.auth.static_.aliases.iter().enumerate() {
+            if herald_protocol::subject::validate_identifier(&alias.id).is_err() {
+                return invalid(
+                    "auth.static.aliases",
+                    format!(
+                        "entry {i} ({}): id {:?} must match [A-Za-z0-9_-]{{1,128}}",
+                        alias.alias, alias.id
+                    ),
+                );
+            }
+            if argon2::PasswordHash::new(alias.password_hash.expose()).is_err() {
+                return invalid(
+                    "auth.static.aliases",
+                    format!("entry {i} ({}): password_hash is not an argon2 PHC string (make one with `herald hash-password`)", alias.alias),
+                );
+            }
+        }
+        for (i, token) in self.auth.static_.tokens.iter().enumerate() {
+            if token.token.is_empty() {
+                return invalid("auth.static.tokens", format!("entry {i}: token is empty"));
+            }
+            if let Some(bad) = token
+                .alias_ids
+                .iter()
+                .find(|id| herald_protocol::subject::validate_identifier(id).is_err())
+            {
+                return invalid(
+                    "auth.static.tokens",
+                    format!("entry {i}: alias id {bad:?} must match [A-Za-z0-9_-]{{1,128}}"),
+                );
+            }
+        }
+        if self.auth.publish_tokens.iter().any(Secret::is_empty) {
+            return invalid(
+                "auth.publish_tokens",
+                "an empty token would accept anyone: remove it".into(),
+            );
+        }
+        if !["HS256", "RS256", "ES256"].contains(&self.auth.jwt.algorithm.as_str()) {
+            return invalid(
+                "auth.jwt.algorithm",
+                format!(
+                    "{:?} is not one of HS256, RS256, ES256",
+                    self.auth.jwt.algorithm
+                ),
+            );
+        }
+        if let Err(e) = herald_telemetry::validate_level(&self.log.level) {
+            return invalid("log.level", e.to_string());
+        }
+        Ok(())
+    }
+
+    /// Whether the demo credentials of `config/dev.toml` are active (herald warns loudly).
+    pub fn uses_demo_credentials(&self) -> bool {
+        self.auth
+            .static_
+            .aliases
+            .iter()
+            .any(|a| DEMO_ALIAS_IDS.contains(&a.id.as_str()))
+            || self
+                .auth
+                .publish_tokens
+                .iter()
+                .any(|t| t.expose() == "herald-dev-admin")
+    }
+
+    /// The effective configuration as TOML, secrets redacted (`herald config check`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml_to_string(self)
+    }
+}
+
+fn toml_from_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+fn toml_to_string<T: Serialize>(value: &T) -> String {
+    toml::to_string_pretty(value).unwrap_or_else(|e| format!("<unprintable config: {e}>"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_dev_config_is_valid_and_has_the_demo_data() {
+        let s = Settings::load(None).unwrap();
+        assert_eq!(s.server.listen, "127.0.0.1:8080");
+        assert_eq!(s.bus.kind, BusKind::Memory);
+        assert!(s.uses_demo_credentials());
+        assert_eq!(s.auth.static_.aliases[0].alias, "demo@herald.local");
+        assert_eq!(s.auth.static_.tokens[0].token.expose(), "herald-demo-token");
+        assert_eq!(s.auth.jwt.secret.expose(), "herald-dev-jwt-secret");
+    }
+
+    #[test]
+    fn redacted_output_hides_every_secret() {
+        let s = Settings::load(None).unwrap();
+        let out = s.to_redacted_toml();
+        for secret in [
+            "herald-dev-admin",
+            "herald-demo-token",
+            "herald-dev-jwt-secret",
+            "$argon2id",
+        ] {
+            assert!(!out.contains(secret), "{secret} leaked");
+        }
+        assert!(out.contains("[redacted]"));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let dir = std::env::temp_dir().join(format!("herald-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(
+            &file,
+            "[bus]\nkind = \"nats\"\n[bus.nats]\nurls = [\"http://x\"]\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("bus.nats.urls"), "{err}");
+        std::fs::write(&file, "[server]\nlisten = \"nope\"\n").unwrap();
+        let err = Settings::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("server.listen"), "{err}");
+        std::fs::write(&file, "[server]\nlisten_typo = \"x\"\n").unwrap();
+        let err = Settings::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("listen_typo"), "{err}");
+    }
+}

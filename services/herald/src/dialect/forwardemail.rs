@@ -1,0 +1,574 @@
+//! `/v1/ws`: Forward Email's real-time API. Auth happens during the upgrade (Basic alias
+//! password, or API token + `?alias_id=`) or, with `?auth=message`, in the first frame.
+//! The channel is read-only: notifications flow out as JSON text frames, or MessagePack
+//! binary frames with `?msgpackr=true`.
+
+use std::net::IpAddr;
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
+use base64::Engine;
+use bytestring::ByteString;
+use futures_util::future::join_all;
+use herald_protocol::subject::validate_identifier;
+use herald_protocol::WireFormat;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{AuthError, Credentials, Principal};
+use crate::dialect::Refusal;
+use crate::limits::{client_ip, Slot};
+use crate::metrics;
+use crate::outbox::{Frame, Outbox, OutboxReceiver};
+use crate::registry::{Join, Member, RoutingKey, SessionId};
+use crate::state::AppState;
+
+/// Dialect label in metrics.
+const DIALECT: &str = "v1";
+/// Seconds a client should wait after hitting its alias's session cap.
+const ALIAS_FULL_RETRY_AFTER: u64 = 10;
+/// Seconds a client should wait when the node is full or draining.
+const NODE_FULL_RETRY_AFTER: u64 = 60;
+
+/// How the client authenticates.
+#[derive(Debug)]
+enum AuthMode {
+    /// Credentials in the `Authorization` header.
+    Header(Credentials),
+    /// `?auth=message`: the first frame carries them.
+    Frame,
+    /// No credentials at all.
+    Anonymous,
+}
+
+/// What the upgrade request asks for.
+#[derive(Debug)]
+struct UpgradeRequest {
+    auth: AuthMode,
+    format: WireFormat,
+}
+
+/// Reads the query and headers, refusing credentials in the query string and
+/// contradictory auth modes (SPEC §4.1).
+fn parse_request(req: &HttpRequest) -> Result<UpgradeRequest, Refusal> {
+    let query: Vec<(String, String)> = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    for secret in ["token", "username", "password"] {
+        if param(secret).is_some() {
+            return Err(Refusal::BadRequest(format!(
+                "credentials must not be sent in the query string ({secret}=): use the Authorization header or ?auth=message"
+            )));
+        }
+    }
+    let format = match param("msgpackr") {
+        Some("true" | "1") => WireFormat::MessagePack,
+        _ => WireFormat::Json,
+    };
+    let alias_id = param("alias_id").map(str::to_owned);
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| Refusal::BadRequest("Authorization header is not ASCII".into()))
+        })
+        .transpose()?;
+    let auth = match (param("auth"), header) {
+        (Some("message"), Some(_)) => {
+            return Err(Refusal::BadRequest(
+                "?auth=message and an Authorization header are mutually exclusive: send one".into(),
+            ))
+        }
+        (Some("message"), None) => AuthMode::Frame,
+        (Some(other), _) => {
+            return Err(Refusal::BadRequest(format!(
+                "auth={other:?} is not supported: the only value is auth=message"
+            )))
+        }
+        (None, Some(header)) => AuthMode::Header(parse_basic(header, alias_id)?),
+        (None, None) => AuthMode::Anonymous,
+    };
+    Ok(UpgradeRequest { auth, format })
+}
+
+/// Parses `Basic base64(user:password)` into credentials.
+fn parse_basic(header: &str, alias_id: Option<String>) -> Result<Credentials, Refusal> {
+    let encoded = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))
+        .ok_or_else(|| {
+            Refusal::BadRequest(
+                "Authorization must be Basic base64(alias:password) or Basic base64(token:)".into(),
+            )
+        })?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            Refusal::BadRequest("Authorization Basic value is not valid base64 UTF-8".into())
+        })?;
+    let (username, password) = decoded.split_once(':').unwrap_or((decoded.as_str(), ""));
+    credentials(username, password, alias_id)
+}
+
+/// An alias login when the username has an `@`, else an API token that needs `alias_id`.
+fn credentials(
+    username: &str,
+    password: &str,
+    alias_id: Option<String>,
+) -> Result<Credentials, Refusal> {
+    if username.is_empty() {
+        return Err(Refusal::Unauthorized("empty username".into()));
+    }
+    if username.contains('@') {
+        return Ok(Credentials::Password {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        });
+    }
+    let alias_id = alias_id.ok_or_else(|| {
+        Refusal::BadRequest(
+            "an API token needs ?alias_id=<alias id> to say which alias to connect as".into(),
+        )
+    })?;
+    validate_identifier(&alias_id).map_err(|e| Refusal::BadRequest(format!("alias_id: {e}")))?;
+    Ok(Credentials::Token {
+        token: username.to_owned(),
+        alias_id,
+    })
+}
+
+/// Checks credentials with the backend timeout, counting failures against the address.
+async fn authenticate(
+    state: &AppState,
+    credentials: &Credentials,
+    ip: IpAddr,
+) -> Result<Principal, Refusal> {
+    let timeout = state.settings.forwardemail.auth_backend_timeout;
+    match tokio::time::timeout(timeout, state.auth.authenticate(credentials)).await {
+        Err(_) | Ok(Err(AuthError::Timeout)) => Err(Refusal::AuthTimeout),
+        Ok(Ok(principal)) => Ok(principal),
+        Ok(Err(error)) => {
+            metrics::auth_failure(DIALECT);
+            state.limits.record_failure(ip);
+            Err(match error {
+                AuthError::AliasNotAllowed(_) => Refusal::Forbidden(error.to_string()),
+                _ => Refusal::Unauthorized(error.to_string()),
+            })
+        }
+    }
+}
+
+/// Takes the alias's session slot or refuses with 429/4429.
+fn alias_slot(state: &AppState, alias_id: &str) -> Result<Slot<String>, Refusal> {
+    let max = state.limits.settings.max_sessions_per_alias;
+    state
+        .limits
+        .per_alias
+        .try_acquire(alias_id.to_owned(), max)
+        .ok_or_else(|| {
+            metrics::connection_refused("alias_sessions");
+            Refusal::TooMany {
+                reason: format!(
+                    "alias {alias_id} already has {max} sessions (limits.max_sessions_per_alias)"
+                ),
+                retry_after: ALIAS_FULL_RETRY_AFTER,
+            }
+        })
+}
+
+/// `GET /v1/ws`: checks everything that can be checked before the upgrade, then upgrades.
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let request = parse_request(&req)?;
+    let settings = &state.settings;
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let ip = client_ip(req.peer_addr(), forwarded, settings.server.trust_proxy);
+    state.admit(&req, ip)?;
+    let node_slot = state
+        .limits
+        .total
+        .try_acquire((), state.limits.settings.max_sessions_total)
+        .ok_or_else(|| {
+            metrics::connection_refused("node_full");
+            Refusal::Unavailable {
+                reason: "this node is at limits.max_sessions_total; retry another node".into(),
+                retry_after: NODE_FULL_RETRY_AFTER,
+            }
+        })?;
+    let phase = match request.auth {
+        AuthMode::Header(credentials) => {
+            let principal = authenticate(&state, &credentials, ip).await?;
+            let slot = alias_slot(&state, &principal.alias_id)?;
+            Phase::Live(Identity::Alias {
+                principal,
+                _slot: slot,
+            })
+        }
+        AuthMode::Frame => {
+            let max = state.limits.settings.max_pending_auth_per_ip;
+            let slot = state.limits.pending_auth.try_acquire(ip, max).ok_or_else(|| {
+                metrics::connection_refused("pending_auth");
+                Refusal::TooMany {
+                    reason: format!("{max} sessions from this address are already waiting for their auth frame"),
+                    retry_after: settings.forwardemail.auth_frame_timeout.as_secs().max(1),
+                }
+            })?;
+            Phase::AwaitingAuth { _slot: slot }
+        }
+        AuthMode::Anonymous => {
+            if !settings.forwardemail.allow_anonymous {
+                metrics::auth_failure(DIALECT);
+                return Err(Refusal::Unauthorized(
+                    "credentials required: Authorization: Basic, or ?auth=message".into(),
+                )
+                .into());
+            }
+            let max = state.limits.settings.max_anonymous_per_ip;
+            let slot = state.limits.anonymous.try_acquire(ip, max).ok_or_else(|| {
+                metrics::connection_refused("anonymous");
+                Refusal::TooMany {
+                    reason: format!("{max} anonymous sessions from this address already"),
+                    retry_after: ALIAS_FULL_RETRY_AFTER,
+                }
+            })?;
+            Phase::Live(Identity::Anonymous { _slot: slot })
+        }
+    };
+    let (response, socket, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream.max_frame_size(state.limits.settings.max_client_frame_bytes);
+    FeSession::start_with(
+        state.into_inner(),
+        ip,
+        request.format,
+        phase,
+        node_slot,
+        socket,
+        stream,
+    );
+    Ok(response)
+}
+
+/// Who a live session is.
+enum Identity {
+    /// An authenticated alias, holding its place under the alias cap.
+    Alias {
+        principal: Principal,
+        _slot: Slot<String>,
+    },
+    /// A broadcast-only session, holding its place under the per-address cap.
+    Anonymous { _slot: Slot<IpAddr> },
+}
+
+/// Where a session is in its life.
+enum Phase {
+    /// `?auth=message`: waiting for the first frame (holding a pending-auth slot).
+    AwaitingAuth { _slot: Slot<IpAddr> },
+    /// The auth frame arrived and is being checked; later frames are ignored.
+    Authenticating,
+    /// Authenticated (or anonymous): receiving notifications.
+    Live(Identity),
+}
+
+/// The first frame of an `?auth=message` session.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFrame {
+    event: String,
+    username: String,
+    password: String,
+    #[serde(default)]
+    alias_id: Option<String>,
+}
+
+/// Closes a session from outside (slow consumer now; revocation and drain later).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Evict {
+    code: u16,
+    reason: &'static str,
+}
+
+/// One `/v1/ws` session.
+pub struct FeSession {
+    id: SessionId,
+    state: std::sync::Arc<AppState>,
+    ip: IpAddr,
+    format: WireFormat,
+    phase: Phase,
+    outbox: Outbox,
+    /// Taken by the writer task once the session is live (frames queue until then).
+    writer: Option<(OutboxReceiver, actix_ws::Session)>,
+    writer_task: Option<tokio::task::JoinHandle<()>>,
+    joined: Vec<RoutingKey>,
+    /// Whether the client showed life since the last keepalive round.
+    alive: bool,
+    _node_slot: Slot<()>,
+}
+
+impl FeSession {
+    #[allow(clippy::too_many_arguments)]
+    fn start_with(
+        state: std::sync::Arc<AppState>,
+        ip: IpAddr,
+        format: WireFormat,
+        phase: Phase,
+        node_slot: Slot<()>,
+        socket: actix_ws::Session,
+        stream: actix_ws::MessageStream,
+    ) -> Addr<FeSession> {
+        FeSession::create(|ctx| {
+            ctx.add_stream(stream);
+            let addr = ctx.address();
+            let (outbox, receiver) = Outbox::new(
+                state.limits.settings.max_buffered_bytes,
+                Box::new(move || {
+                    addr.do_send(Evict {
+                        code: 1013,
+                        reason: "slow consumer: reconnect with since=<last seq>",
+                    })
+                }),
+            );
+            FeSession {
+                id: crate::state::next_session_id(),
+                state,
+                ip,
+                format,
+                phase,
+                outbox,
+                writer: Some((receiver, socket)),
+                writer_task: None,
+                joined: Vec::new(),
+                alive: true,
+                _node_slot: node_slot,
+            }
+        })
+    }
+
+    fn encode(&self, value: &serde_json::Value) -> Option<Frame> {
+        match self.format {
+            WireFormat::Json => ByteString::try_from(serde_json::to_vec(value).ok()?)
+                .ok()
+                .map(Frame::Text),
+            WireFormat::MessagePack => WireFormat::MessagePack
+                .encode(value)
+                .ok()
+                .map(Frame::Binary),
+        }
+    }
+
+    /// Sends `connected`, joins the registries, then starts writing: frames the registries
+    /// queue meanwhile wait behind `connected`, and nothing published after it is missed.
+    fn go_live(&mut self, identity: Identity, ctx: &mut Context<Self>) {
+        let (connected, keys) = match &identity {
+            Identity::Alias { principal, .. } => (
+                json!({"event": "connected", "aliasId": principal.alias_id}),
+                vec![
+                    RoutingKey::Alias(principal.alias_id.clone()),
+                    RoutingKey::Broadcast,
+                ],
+            ),
+            Identity::Anonymous { .. } => (
+                json!({"event": "connected", "broadcastOnly": true}),
+                vec![RoutingKey::Broadcast],
+            ),
+        };
+        self.phase = Phase::Live(identity);
+        if let Some(frame) = self.encode(&connected) {
+            let _ = self.outbox.push(frame);
+        }
+        let member = Member {
+            id: self.id,
+            outbox: self.outbox.clone(),
+            format: self.format,
+        };
+        let directory = self.state.directory.clone();
+        let joins = keys
+            .iter()
+            .map(|key| Join {
+                key: key.clone(),
+                member: member.clone(),
+            })
+            .collect::<Vec<_>>();
+        let joins = async move { join_all(joins.into_iter().map(|j| directory.join(j))).await };
+        self.joined = keys;
+        ctx.wait(joins.into_actor(self).map(|_, act, _| act.start_writer()));
+    }
+
+    fn start_writer(&mut self) {
+        if let Some((receiver, socket)) = self.writer.take() {
+            self.writer_task = Some(actix_web::rt::spawn(receiver.run_writer(socket)));
+        }
+    }
+
+    /// Queues a close frame and stops the actor.
+    fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+        self.outbox.close(Some(CloseReason {
+            code: CloseCode::from(code),
+            description: Some(reason.to_owned()),
+        }));
+        self.start_writer();
+        ctx.stop();
+    }
+
+    fn on_auth_frame(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let frame = match serde_json::from_str::<AuthFrame>(text) {
+            Ok(frame) if frame.event == "auth" => frame,
+            _ => return self.close(
+                4400,
+                "first frame must be {\"event\":\"auth\",\"username\",\"password\"[,\"alias_id\"]}",
+                ctx,
+            ),
+        };
+        let credentials = match credentials(&frame.username, &frame.password, frame.alias_id) {
+            Ok(c) => c,
+            Err(refusal) => return self.close(refusal.close_code(), &refusal.to_string(), ctx),
+        };
+        self.phase = Phase::Authenticating;
+        let state = std::sync::Arc::clone(&self.state);
+        let ip = self.ip;
+        let check = async move {
+            let principal = authenticate(&state, &credentials, ip).await?;
+            let slot = alias_slot(&state, &principal.alias_id)?;
+            Ok::<_, Refusal>(Identity::Alias {
+                principal,
+                _slot: slot,
+            })
+        };
+        ctx.wait(check.into_actor(self).map(|result, act, ctx| match result {
+            Ok(identity) => act.go_live(identity, ctx),
+            Err(refusal) => act.close(refusal.close_code(), &refusal.to_string(), ctx),
+        }));
+    }
+
+    fn keepalive(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.phase, Phase::Live(_)) {
+            return;
+        }
+        if !self.alive {
+            return self.close(1008, "keepalive timeout: no pong since the last ping", ctx);
+        }
+        self.alive = false;
+        self.outbox.ping();
+        if let Some(frame) = self.encode(&json!({"event": "ping"})) {
+            let _ = self.outbox.push(frame);
+        }
+    }
+}
+
+impl Actor for FeSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::session_delta(DIALECT, 1.0);
+        let interval = self.state.settings.forwardemail.ping_interval;
+        ctx.run_interval(interval, |act, ctx| act.keepalive(ctx));
+        ctx.add_stream(tokio_stream::wrappers::WatchStream::new(
+            self.state.shutdown.subscribe(),
+        ));
+        match std::mem::replace(&mut self.phase, Phase::Authenticating) {
+            Phase::Live(identity) => self.go_live(identity, ctx),
+            other => {
+                self.phase = other;
+                let timeout = self.state.settings.forwardemail.auth_frame_timeout;
+                ctx.run_later(timeout, |act, ctx| {
+                    if matches!(act.phase, Phase::AwaitingAuth { .. }) {
+                        act.close(4408, "no auth frame in time", ctx);
+                    }
+                });
+            }
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        metrics::session_delta(DIALECT, -1.0);
+        for key in self.joined.drain(..) {
+            self.state.directory.leave(key, self.id);
+        }
+        if self.outbox.is_overflowed() {
+            // The client stopped reading: don't wait for its socket, drop it.
+            if let Some(task) = self.writer_task.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl StreamHandler<Result<Message, ProtocolError>> for FeSession {
+    fn handle(&mut self, item: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
+        self.alive = true;
+        match item {
+            Ok(Message::Text(text)) => {
+                if matches!(self.phase, Phase::AwaitingAuth { .. }) {
+                    self.on_auth_frame(&text, ctx);
+                }
+            }
+            Ok(Message::Binary(_)) => {
+                if matches!(self.phase, Phase::AwaitingAuth { .. }) {
+                    self.close(4400, "the auth frame must be a JSON text frame", ctx);
+                }
+            }
+            Ok(Message::Ping(data)) => self.outbox.pong(data),
+            Ok(Message::Close(_)) => {
+                self.outbox.close(None);
+                self.start_writer();
+                ctx.stop();
+            }
+            Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop) => {}
+            Err(ProtocolError::Overflow) => {
+                self.close(1009, "frame too big (limits.max_client_frame_bytes)", ctx)
+            }
+            Err(error) => {
+                tracing::debug!(session = self.id, %error, "protocol error; closing");
+                self.close(1002, "protocol error", ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Node shutdown: close with 1001 at a random moment of the drain window, so clients
+/// reconnect to other nodes gradually rather than all at once.
+impl StreamHandler<bool> for FeSession {
+    fn handle(&mut self, draining: bool, ctx: &mut Self::Context) {
+        if !draining {
+            return;
+        }
+        let window = self.state.settings.shutdown.drain_seconds.max(1) * 1000;
+        let delay = std::time::Duration::from_millis(rand::random_range(0..window));
+        ctx.run_later(delay, |act, ctx| {
+            act.close(1001, "node shutting down; reconnect", ctx)
+        });
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+impl Handler<Evict> for FeSession {
+    type Result = ();
+
+    fn handle(&mut self, evict: Evict, ctx: &mut Self::Context) {
+        if evict.code == 1013 {
+            metrics::slow_consumer();
+        }
+        self.close(evict.code, evict.reason, ctx);
+    }
+}

@@ -1,0 +1,81 @@
+//! Client dialects: thin codecs over the registry core. Each translates its frames and
+//! credentials; routing, auth and limits are shared.
+
+pub mod forwardemail;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+/// Why an upgrade (or an auth frame) was refused; maps to an HTTP status before the
+/// upgrade and to a close code after it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Malformed request.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Origin or alias not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A per-address or per-alias limit; retry after the given seconds.
+    #[error("{reason}")]
+    TooMany {
+        /// What limit was hit.
+        reason: String,
+        /// Seconds until a retry may succeed.
+        retry_after: u64,
+    },
+    /// The node is full or draining; retry after the given seconds.
+    #[error("{reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+        /// Seconds until a retry may succeed.
+        retry_after: u64,
+    },
+    /// The auth backend did not answer in time.
+    #[error("the authentication backend did not answer in time; retry later")]
+    AuthTimeout,
+}
+
+impl Refusal {
+    /// The close code used when the refusal happens after the upgrade.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Refusal::BadRequest(_) => 4400,
+            Refusal::Unauthorized(_) => 4401,
+            Refusal::Forbidden(_) => 4403,
+            Refusal::TooMany { .. } => 4429,
+            Refusal::Unavailable { .. } | Refusal::AuthTimeout => 1013,
+        }
+    }
+}
+
+impl ResponseError for Refusal {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+            Refusal::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::AuthTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            Refusal::TooMany { retry_after, .. } | Refusal::Unavailable { retry_after, .. } => {
+                response.insert_header(("Retry-After", retry_after.to_string()));
+            }
+            Refusal::Unauthorized(_) => {
+                response.insert_header(("WWW-Authenticate", "Basic realm=\"herald\""));
+            }
+            _ => {}
+        }
+        response.json(serde_json::json!({ "error": self.to_string() }))
+    }
+}

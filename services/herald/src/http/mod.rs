@@ -1,0 +1,36 @@
+//! Plain HTTP endpoints: health, readiness, metrics and publishing.
+
+pub mod publish;
+
+use std::sync::atomic::Ordering;
+
+use actix_web::{web, HttpResponse};
+
+use crate::state::AppState;
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok")
+}
+
+/// `GET /readyz`: the bus is connected and the node is not draining.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.draining.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("draining");
+    }
+    if !state.bus.is_connected() {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("bus disconnected");
+    }
+    HttpResponse::Ok().content_type("text/plain").body("ready")
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}

@@ -1,0 +1,24 @@
+//! The herald node: routes bus events to WebSocket sessions.
+//!
+//! - [`config`]: the typed, validated configuration tree.
+//! - [`bus`]: where events come from (in-process or NATS).
+//! - [`directory`] and [`registry`]: the actor core that fans events out per routing key.
+//! - [`outbox`]: each session's byte-bounded outbound queue and socket writer.
+//! - [`dialect`]: client protocols (`/v1/ws` so far) over that core.
+//! - [`auth`], [`limits`]: who may connect, and how much.
+//! - [`http`]: health, readiness, metrics and publishing.
+//! - [`startup`]: building and running a node.
+
+pub mod auth;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod dialect;
+pub mod directory;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod outbox;
+pub mod registry;
+pub mod startup;
+pub mod state;

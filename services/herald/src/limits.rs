@@ -1,0 +1,257 @@
+//! Connection limits (SPEC §6): per-address rate, failed-login blocks, and counted slots
+//! (per address, per alias, per node) that free themselves when dropped.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::config::LimitSettings;
+
+/// The client address every per-IP limit is keyed by: IPv4 as is (IPv4-mapped IPv6
+/// included), IPv6 reduced to its /64.
+pub fn ip_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// The client's address: the socket peer, or with `trust_proxy` the last valid
+/// `X-Forwarded-For` entry (an invalid entry falls back to the peer).
+pub fn client_ip(
+    peer: Option<SocketAddr>,
+    forwarded_for: Option<&str>,
+    trust_proxy: bool,
+) -> IpAddr {
+    let peer_ip = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+    let forwarded = trust_proxy
+        .then(|| {
+            forwarded_for?
+                .rsplit(',')
+                .next()?
+                .trim()
+                .parse::<IpAddr>()
+                .ok()
+        })
+        .flatten();
+    ip_bucket(forwarded.unwrap_or(peer_ip))
+}
+
+/// Counted slots per key with a ceiling; a [`Slot`] gives its place back when dropped.
+pub struct Counter<K: Eq + Hash + Clone> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+}
+
+impl<K: Eq + Hash + Clone> Default for Counter<K> {
+    fn default() -> Self {
+        Counter {
+            counts: Arc::default(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone> Counter<K> {
+    /// Takes a slot for `key` unless `max` are taken.
+    pub fn try_acquire(&self, key: K, max: usize) -> Option<Slot<K>> {
+        let mut counts = self.counts.lock().expect("limits lock");
+        let count = counts.entry(key.clone()).or_insert(0);
+        if *count >= max {
+            if *count == 0 {
+                counts.remove(&key);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            counts: Arc::clone(&self.counts),
+            key,
+        })
+    }
+
+    /// Slots currently taken for `key`.
+    pub fn count(&self, key: &K) -> usize {
+        self.counts
+            .lock()
+            .expect("limits lock")
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// A taken slot; dropping it frees the place.
+pub struct Slot<K: Eq + Hash + Clone> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Clone> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().expect("limits lock");
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Every connection limit of a node.
+pub struct Limits {
+    /// The configured numbers.
+    pub settings: LimitSettings,
+    rate: DefaultKeyedRateLimiter<IpAddr>,
+    failures: moka::sync::Cache<IpAddr, u32>,
+    blocked: moka::sync::Cache<IpAddr, ()>,
+    /// Sessions waiting for their auth frame, per address.
+    pub pending_auth: Counter<IpAddr>,
+    /// Anonymous sessions, per address.
+    pub anonymous: Counter<IpAddr>,
+    /// Sessions per alias.
+    pub per_alias: Counter<String>,
+    /// Sessions on this node.
+    pub total: Counter<()>,
+}
+
+impl Limits {
+    /// Limits from validated settings.
+    pub fn new(settings: &LimitSettings) -> Arc<Limits> {
+        let per_minute =
+            NonZeroU32::new(settings.connections_per_ip_per_minute).unwrap_or(NonZeroU32::MIN);
+        Arc::new(Limits {
+            settings: settings.clone(),
+            rate: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(settings.failed_login_block)
+                .build(),
+            blocked: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(settings.failed_login_block)
+                .build(),
+            pending_auth: Counter::default(),
+            anonymous: Counter::default(),
+            per_alias: Counter::default(),
+            total: Counter::default(),
+        })
+    }
+
+    /// Counts one connection attempt; `Err(wait)` when the address is over its rate.
+    pub fn check_rate(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.rate
+            .check_key(&ip)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// `Some(remaining block)` while the address is blocked for failed logins.
+    pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
+        self.blocked
+            .contains_key(&ip)
+            .then_some(self.settings.failed_login_block)
+    }
+
+    /// Records a failed login; the address is blocked once it reaches the limit.
+    pub fn record_failure(&self, ip: IpAddr) {
+        let failures = self
+            .failures
+            .entry(ip)
+            .and_upsert_with(|old| old.map_or(1, |e| e.into_value() + 1))
+            .into_value();
+        if failures >= self.settings.failed_logins_per_ip {
+            self.blocked.insert(ip, ());
+            self.failures.invalidate(&ip);
+            tracing::warn!(%ip, failures, "address blocked after repeated failed logins");
+        }
+    }
+
+    /// Forgets rate-limiter state of idle addresses (called periodically).
+    pub fn housekeeping(&self) {
+        self.rate.retain_recent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_is_bucketed_by_64_and_mapped_ipv4_counts_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_bucket(a), ip_bucket(b));
+        assert_ne!(ip_bucket(a), ip_bucket(c));
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(ip_bucket(mapped), "10.1.2.3".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn forwarded_for_is_used_only_behind_a_trusted_proxy_and_only_its_last_valid_entry() {
+        let peer = Some("127.0.0.1:5000".parse().unwrap());
+        let xff = Some("1.1.1.1, 2.2.2.2");
+        assert_eq!(
+            client_ip(peer, xff, false),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(peer, xff, true),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(peer, Some("1.1.1.1, junk"), true),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn slots_are_capped_and_freed_on_drop() {
+        let counter = Counter::default();
+        let a = counter.try_acquire("x", 2).unwrap();
+        let _b = counter.try_acquire("x", 2).unwrap();
+        assert!(counter.try_acquire("x", 2).is_none());
+        drop(a);
+        assert_eq!(counter.count(&"x"), 1);
+        assert!(counter.try_acquire("x", 2).is_some());
+    }
+
+    #[test]
+    fn repeated_failures_block_the_address() {
+        let limits = Limits::new(&LimitSettings {
+            failed_logins_per_ip: 3,
+            ..LimitSettings::default()
+        });
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..2 {
+            limits.record_failure(ip);
+        }
+        assert!(limits.blocked(ip).is_none());
+        limits.record_failure(ip);
+        assert!(limits.blocked(ip).is_some());
+    }
+
+    #[test]
+    fn the_rate_limit_refuses_the_burst_overflow() {
+        let limits = Limits::new(&LimitSettings {
+            connections_per_ip_per_minute: 2,
+            ..LimitSettings::default()
+        });
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(limits.check_rate(ip).is_ok());
+        assert!(limits.check_rate(ip).is_ok());
+        let wait = limits.check_rate(ip).unwrap_err();
+        assert!(wait > Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,208 @@
+//! A session's outbound queue: bounded by bytes, not by count, and drained by one writer
+//! task per socket so a slow client never delays the registry that fans out to it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix_ws::CloseReason;
+use bytes::Bytes;
+use bytestring::ByteString;
+use tokio::sync::mpsc;
+
+/// One encoded frame, shared by every session that receives it.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A JSON text frame.
+    Text(ByteString),
+    /// A MessagePack (or other binary) frame.
+    Binary(Bytes),
+}
+
+impl Frame {
+    /// Payload size, counted against `limits.max_buffered_bytes`.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Text(s) => s.len(),
+            Frame::Binary(b) => b.len(),
+        }
+    }
+
+    /// Whether the frame is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+enum Outbound {
+    Frame(Frame),
+    Ping,
+    Pong(Bytes),
+    Close(Option<CloseReason>),
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The session has more than its byte budget queued: it is being disconnected.
+    SlowConsumer,
+    /// The session is gone.
+    Closed,
+}
+
+/// Called once when a session first overflows, so its actor can close it at once.
+pub type OnOverflow = Box<dyn Fn() + Send + Sync>;
+
+struct State {
+    buffered: AtomicUsize,
+    limit: usize,
+    overflowed: AtomicBool,
+    on_overflow: OnOverflow,
+}
+
+/// The sending half, cloned into every registry the session joins.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Outbound>,
+    state: Arc<State>,
+}
+
+/// The receiving half, consumed by [`Outbox::run_writer`].
+pub struct OutboxReceiver {
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    state: Arc<State>,
+}
+
+impl Outbox {
+    /// A new queue that overflows past `limit` bytes.
+    pub fn new(limit: usize, on_overflow: OnOverflow) -> (Outbox, OutboxReceiver) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(State {
+            buffered: AtomicUsize::new(0),
+            limit,
+            overflowed: AtomicBool::new(false),
+            on_overflow,
+        });
+        (
+            Outbox {
+                tx,
+                state: Arc::clone(&state),
+            },
+            OutboxReceiver { rx, state },
+        )
+    }
+
+    /// Queues a data frame; past the byte budget the session is marked a slow consumer.
+    pub fn push(&self, frame: Frame) -> Result<(), PushError> {
+        if self.state.overflowed.load(Ordering::Relaxed) {
+            return Err(PushError::SlowConsumer);
+        }
+        let len = frame.len();
+        let queued = self.state.buffered.fetch_add(len, Ordering::Relaxed) + len;
+        if queued > self.state.limit {
+            self.state.buffered.fetch_sub(len, Ordering::Relaxed);
+            if !self.state.overflowed.swap(true, Ordering::Relaxed) {
+                (self.state.on_overflow)();
+            }
+            return Err(PushError::SlowConsumer);
+        }
+        self.tx
+            .send(Outbound::Frame(frame))
+            .map_err(|_| PushError::Closed)
+    }
+
+    /// Whether the session overflowed its budget.
+    pub fn is_overflowed(&self) -> bool {
+        self.state.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Queues a protocol ping (not counted: it is tiny and must not starve).
+    pub fn ping(&self) {
+        let _ = self.tx.send(Outbound::Ping);
+    }
+
+    /// Answers a client's ping.
+    pub fn pong(&self, data: Bytes) {
+        let _ = self.tx.send(Outbound::Pong(data));
+    }
+
+    /// Queues a close after what is already queued; the writer stops after it.
+    pub fn close(&self, reason: Option<CloseReason>) {
+        let _ = self.tx.send(Outbound::Close(reason));
+    }
+}
+
+impl OutboxReceiver {
+    /// Writes queued frames to the socket until a close, an error, or every sender is gone.
+    /// An overflowed queue is abandoned: the session closes with 1013 and the client resumes
+    /// with `since`.
+    pub async fn run_writer(mut self, mut socket: actix_ws::Session) {
+        while let Some(out) = self.rx.recv().await {
+            if self.state.overflowed.load(Ordering::Relaxed) {
+                let _ = socket
+                    .close(Some(CloseReason {
+                        code: actix_ws::CloseCode::Again,
+                        description: Some("slow consumer: reconnect with since=<last seq>".into()),
+                    }))
+                    .await;
+                return;
+            }
+            let result = match out {
+                Outbound::Frame(frame) => {
+                    let len = frame.len();
+                    let r = match frame {
+                        Frame::Text(text) => socket.text(text).await,
+                        Frame::Binary(bin) => socket.binary(bin).await,
+                    };
+                    self.state.buffered.fetch_sub(len, Ordering::Relaxed);
+                    r
+                }
+                Outbound::Ping => socket.ping(b"").await,
+                Outbound::Pong(data) => socket.pong(&data).await,
+                Outbound::Close(reason) => {
+                    let _ = socket.close(reason).await;
+                    return;
+                }
+            };
+            if result.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushing_past_the_budget_marks_a_slow_consumer_once() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let (outbox, _rx) = Outbox::new(
+            10,
+            Box::new(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }),
+        );
+        let frame = Frame::Binary(Bytes::from_static(b"123456"));
+        assert_eq!(outbox.push(frame.clone()), Ok(()));
+        assert_eq!(outbox.push(frame.clone()), Err(PushError::SlowConsumer));
+        assert!(outbox.is_overflowed());
+        assert_eq!(
+            outbox.push(Frame::Binary(Bytes::new())),
+            Err(PushError::SlowConsumer)
+        );
+        assert_eq!(outbox.push(frame), Err(PushError::SlowConsumer));
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "the session is told once");
+    }
+
+    #[test]
+    fn a_dropped_receiver_reports_closed() {
+        let (outbox, rx) = Outbox::new(10, Box::new(|| {}));
+        drop(rx);
+        assert_eq!(
+            outbox.push(Frame::Binary(Bytes::from_static(b"x"))),
+            Err(PushError::Closed)
+        );
+    }
+}

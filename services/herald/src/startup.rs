@@ -1,0 +1,170 @@
+//! Building and running a node: `Application::build(settings)` binds the listeners (port 0
+//! works, so tests start real nodes on free ports), `run_until_stopped()` serves until
+//! SIGTERM/SIGINT and then drains.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+
+use crate::auth::StaticAuth;
+use crate::bus::{Bus, MemoryBus, NatsBus};
+use crate::config::{BusKind, Settings};
+use crate::directory::Directory;
+use crate::limits::Limits;
+use crate::registry::RegistrySettings;
+use crate::state::AppState;
+use crate::{dialect, http, metrics};
+
+/// A node ready to serve.
+pub struct Application {
+    address: SocketAddr,
+    metrics_address: Option<SocketAddr>,
+    server: Server,
+    metrics_server: Option<Server>,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Connects the bus, starts the directory and binds the listeners.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let settings = Arc::new(settings);
+        let node_name = format!("herald-{}", std::process::id());
+        let bus = match settings.bus.kind {
+            BusKind::Memory => {
+                metrics::bus_connected(true);
+                Bus::Memory(MemoryBus::default())
+            }
+            BusKind::Nats => {
+                metrics::bus_connected(false);
+                Bus::Nats(NatsBus::connect(&settings.bus.nats, &node_name).await?)
+            }
+        };
+        let registry_settings = Arc::new(RegistrySettings {
+            max_notification_bytes: settings.limits.max_notification_bytes,
+        });
+        let shards = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let directory = Directory::start(shards, bus.clone(), registry_settings);
+        let state = web::Data::new(AppState {
+            auth: StaticAuth::new(&settings.auth),
+            limits: Limits::new(&settings.limits),
+            settings: Arc::clone(&settings),
+            bus,
+            directory,
+            draining: Default::default(),
+            metrics: metrics::install(),
+            shutdown: tokio::sync::watch::channel(false).0,
+        });
+
+        let listener = TcpListener::bind(&settings.server.listen)?;
+        let address = listener.local_addr()?;
+        let separate_metrics = !settings.server.metrics_listen.is_empty();
+        let app_state = state.clone();
+        let drain = Duration::from_secs(settings.shutdown.drain_seconds);
+        let server = HttpServer::new(move || {
+            let app = App::new()
+                .app_data(app_state.clone())
+                .route("/healthz", web::get().to(http::healthz))
+                .route("/readyz", web::get().to(http::readyz))
+                .route("/v1/ws", web::get().to(dialect::forwardemail::upgrade))
+                .route("/v1/publish", web::post().to(http::publish::publish));
+            if separate_metrics {
+                app
+            } else {
+                app.route("/metrics", web::get().to(http::metrics))
+            }
+        })
+        .disable_signals()
+        .shutdown_timeout(drain.as_secs() + 5)
+        .listen(listener)?;
+        let mut metrics_address = None;
+        let mut metrics_server = None;
+        if separate_metrics {
+            let metrics_listener = TcpListener::bind(&settings.server.metrics_listen)?;
+            metrics_address = Some(metrics_listener.local_addr()?);
+            let metrics_state = state.clone();
+            metrics_server = Some(
+                HttpServer::new(move || {
+                    App::new()
+                        .app_data(metrics_state.clone())
+                        .route("/metrics", web::get().to(http::metrics))
+                })
+                .workers(1)
+                .disable_signals()
+                .listen(metrics_listener)?
+                .run(),
+            );
+        }
+        Ok(Application {
+            address,
+            metrics_address,
+            server: server.run(),
+            metrics_server,
+            state,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Serves until SIGTERM/SIGINT, then drains: readiness off, upgrades refused, sessions
+    /// closed with 1001 spread over `shutdown.drain_seconds`, then exit.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let state = self.state.clone();
+        let server = actix_web::rt::spawn(self.server);
+        let metrics_handle = self.metrics_server.map(|m| {
+            let handle = m.handle();
+            actix_web::rt::spawn(m);
+            handle
+        });
+        let housekeeping_state = state.clone();
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                housekeeping_state.limits.housekeeping();
+            }
+        });
+        wait_for_signal().await;
+        let drain = Duration::from_secs(state.settings.shutdown.drain_seconds);
+        tracing::info!(
+            drain_seconds = drain.as_secs(),
+            "shutdown requested: draining sessions"
+        );
+        state.draining.store(true, Ordering::SeqCst);
+        let _ = state.shutdown.send(true);
+        tokio::time::sleep(drain + Duration::from_millis(500)).await;
+        handle.stop(false).await;
+        if let Some(m) = metrics_handle {
+            m.stop(false).await;
+        }
+        let _ = server.await;
+        tracing::info!("drained; exiting");
+        Ok(())
+    }
+
+    /// The metrics listener's address, when separate.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_address
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,89 @@
+//! What every request handler and session shares.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix_web::HttpRequest;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::StaticAuth;
+use crate::bus::Bus;
+use crate::config::Settings;
+use crate::dialect::Refusal;
+use crate::directory::Directory;
+use crate::limits::Limits;
+use crate::metrics;
+use crate::registry::SessionId;
+
+/// Node-wide state handed to handlers (`web::Data`) and sessions.
+pub struct AppState {
+    /// The validated configuration.
+    pub settings: Arc<Settings>,
+    /// The bus events arrive on.
+    pub bus: Bus,
+    /// Finds or starts registries.
+    pub directory: Directory,
+    /// Static credentials.
+    pub auth: Arc<StaticAuth>,
+    /// Connection limits.
+    pub limits: Arc<Limits>,
+    /// Set on SIGTERM: readiness off, upgrades refused.
+    pub draining: AtomicBool,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Flips to `true` on SIGTERM; every session watches it and closes with 1001.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A node-unique session id.
+pub fn next_session_id() -> SessionId {
+    NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+impl AppState {
+    /// The checks every dialect makes before authenticating: draining, Origin,
+    /// failed-login block and per-address connection rate.
+    pub fn admit(&self, req: &HttpRequest, ip: IpAddr) -> Result<(), Refusal> {
+        if self.draining.load(Ordering::SeqCst) {
+            metrics::connection_refused("draining");
+            return Err(Refusal::Unavailable {
+                reason: "this node is shutting down; reconnect to another node".into(),
+                retry_after: 1,
+            });
+        }
+        let allowed = &self.settings.server.allowed_origins;
+        if !allowed.is_empty() {
+            let origin = req
+                .headers()
+                .get(actix_web::http::header::ORIGIN)
+                .and_then(|v| v.to_str().ok());
+            if let Some(origin) = origin {
+                if !allowed.iter().any(|a| a == origin) {
+                    metrics::connection_refused("origin");
+                    return Err(Refusal::Forbidden(format!(
+                        "origin {origin:?} is not in server.allowed_origins"
+                    )));
+                }
+            }
+        }
+        if let Some(block) = self.limits.blocked(ip) {
+            metrics::connection_refused("blocked");
+            return Err(Refusal::TooMany {
+                reason: "too many failed logins from this address; try again later".into(),
+                retry_after: block.as_secs().max(1),
+            });
+        }
+        self.limits.check_rate(ip).map_err(|wait| {
+            metrics::connection_refused("rate");
+            Refusal::TooMany {
+                reason:
+                    "too many connections from this address (limits.connections_per_ip_per_minute)"
+                        .into(),
+                retry_after: wait.as_secs().max(1),
+            }
+        })
+    }
+}

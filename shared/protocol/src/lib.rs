@@ -1,0 +1,18 @@
+//! herald's wire contract, shared by the node, its CLI, the tests and the load generator.
+//!
+//! - [`event`]: the catalog of event names (exact wire spelling).
+//! - [`subject`]: NATS subject builders, parsers and wildcard matching.
+//! - [`envelope`]: the `{aliasId, payload}` body producers publish.
+//! - [`notification`]: turning one envelope into the notifications clients receive.
+//! - [`codec`]: JSON and MessagePack encodings of frames.
+
+pub mod codec;
+pub mod envelope;
+pub mod event;
+pub mod notification;
+pub mod subject;
+
+pub use codec::WireFormat;
+pub use envelope::{Envelope, EnvelopeError};
+pub use event::{Event, EventFamily};
+pub use subject::{Subject, SubjectError};

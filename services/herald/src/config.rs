@@ -206,6 +206,23 @@ pub struct NatsSettings {
     pub tls_key_file: String,
     /// Require TLS even if the server does not ask for it.
     pub tls_required: bool,
+    /// JetStream stream holding every routed event (created or updated at start).
+    pub stream_name: String,
+    /// Stream replicas (3 on a 3-node NATS cluster).
+    pub stream_replicas: usize,
+    /// `file` or `memory`.
+    pub stream_storage: StreamStorage,
+}
+
+/// Where JetStream keeps the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamStorage {
+    /// On disk: survives a NATS restart.
+    #[default]
+    File,
+    /// In memory: faster, lost on restart.
+    Memory,
 }
 
 impl Default for NatsSettings {
@@ -221,6 +238,9 @@ impl Default for NatsSettings {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             tls_required: false,
+            stream_name: "HERALD".into(),
+            stream_replicas: 1,
+            stream_storage: StreamStorage::File,
         }
     }
 }
@@ -538,6 +558,22 @@ impl Settings {
                     );
                 }
             }
+        }
+        let stream = &self.bus.nats.stream_name;
+        if stream.is_empty() || stream.contains(['.', ' ', '*', '>', '/', '\\']) {
+            return invalid(
+                "bus.nats.stream_name",
+                format!("{stream:?} must be non-empty without spaces, dots, wildcards or slashes"),
+            );
+        }
+        if !(1..=5).contains(&self.bus.nats.stream_replicas) {
+            return invalid("bus.nats.stream_replicas", "must be between 1 and 5".into());
+        }
+        if self.bus.retention.is_zero() {
+            return invalid(
+                "bus.retention",
+                "must be greater than 0 (e.g. \"24h\")".into(),
+            );
         }
         if self.bus.memory.ring_size == 0 {
             return invalid("bus.memory.ring_size", "must be at least 1".into());

@@ -48,6 +48,11 @@ pub fn delivery_latency(seconds: f64) {
     histogram!("herald_delivery_latency_seconds").record(seconds);
 }
 
+/// Events sent again from the stream (`since` catch-up or reconnect gap fill).
+pub fn events_replayed(n: u64) {
+    counter!("herald_events_replayed_total").increment(n);
+}
+
 /// A bus body that did not decode.
 pub fn bus_decode_error() {
     counter!("herald_bus_decode_errors_total").increment(1);

@@ -13,7 +13,7 @@ use herald_protocol::notification::{self, Enrichment};
 use herald_protocol::{Envelope, Subject, WireFormat};
 use serde_json::{Map, Value};
 
-use crate::bus::{Bus, BusMessage};
+use crate::bus::{Bus, BusMessage, Replay};
 use crate::metrics;
 use crate::outbox::{Frame, Outbox, PushError};
 
@@ -58,6 +58,11 @@ pub struct Join {
     pub key: RoutingKey,
     /// The joining session.
     pub member: Member,
+    /// Replay what the session missed after this sequence before going live.
+    pub since: Option<u64>,
+    /// Whether this registry sends the session `resyncRequired` when the replay cannot
+    /// be served (one of a session's registries does, so the client gets it once).
+    pub announces_resync: bool,
 }
 
 /// Removes a member.
@@ -82,14 +87,31 @@ pub struct RegistrySettings {
     pub max_notification_bytes: usize,
 }
 
+/// One notification encoded per wire format (`None` where no member wants it), with its
+/// publish timestamp for the latency histogram.
+type Encoded = ([Option<Frame>; 2], Option<u64>);
+
+/// A member and, while it catches up on a `since` replay, the live frames held for it.
+struct MemberState {
+    member: Member,
+    /// `Some` while the member's replay runs: live frames (with their sequence) wait here.
+    held: Option<Vec<(Option<u64>, Frame)>>,
+}
+
 /// The registry actor of one routing key.
 pub struct Registry {
     key: RoutingKey,
     bus: Bus,
     settings: Arc<RegistrySettings>,
-    members: HashMap<SessionId, Member>,
+    members: HashMap<SessionId, MemberState>,
     /// Members per format, so an event is encoded only in formats someone wants.
     per_format: [usize; 2],
+    /// Highest sequence fanned out; a live or replayed event at or below it is a duplicate.
+    last_seq: Option<u64>,
+    /// Stream sequence when the subscription started: gaps are filled from here at least.
+    floor: Option<u64>,
+    /// `Some` while a gap fill after a bus reconnect runs: live messages wait here.
+    held_live: Option<Vec<BusMessage>>,
 }
 
 impl Registry {
@@ -101,6 +123,9 @@ impl Registry {
             settings,
             members: HashMap::new(),
             per_format: [0; 2],
+            last_seq: None,
+            floor: None,
+            held_live: None,
         }
     }
 
@@ -110,21 +135,26 @@ impl Registry {
         // `wait` holds back Joins until the subscription exists, so a session's
         // `connected` frame means "events published from now on reach you".
         ctx.wait(
-            async move { bus.subscribe(&pattern).await }
-                .into_actor(self)
-                .map(|result, act, ctx| match result {
-                    Ok(stream) => {
-                        ctx.add_stream(stream);
-                    }
-                    Err(error) => {
-                        tracing::error!(key = ?act.key, %error, "subscription failed; retrying in 1s");
-                        ctx.run_later(Duration::from_secs(1), |act, ctx| act.subscribe(ctx));
-                    }
-                }),
+            async move {
+                let stream = bus.subscribe(&pattern).await?;
+                let floor = bus.last_sequence().await.ok().flatten();
+                Ok::<_, crate::bus::BusError>((stream, floor))
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok((stream, floor)) => {
+                    act.floor = floor;
+                    ctx.add_stream(stream);
+                }
+                Err(error) => {
+                    tracing::error!(key = ?act.key, %error, "subscription failed; retrying in 1s");
+                    ctx.run_later(Duration::from_secs(1), |act, ctx| act.subscribe(ctx));
+                }
+            }),
         );
     }
 
-    /// Turns one bus message into encoded notifications, or says why it cannot.
+    /// Turns one bus message into notifications, or says why it cannot.
     fn notifications(&self, message: &BusMessage) -> Result<Vec<Map<String, Value>>, String> {
         let subject = Subject::parse(&message.subject).map_err(|e| e.to_string())?;
         let envelope =
@@ -164,18 +194,22 @@ impl Registry {
         Ok(notification::prepare(envelope.payload, &info))
     }
 
-    /// Encodes one notification in every wanted format, truncating resources if too big.
-    fn encode(&self, mut notification: Map<String, Value>) -> [Option<Frame>; 2] {
+    /// Encodes one notification in the wanted formats, truncating resources if too big.
+    fn encode(
+        &self,
+        mut notification: Map<String, Value>,
+        wanted: [bool; 2],
+    ) -> [Option<Frame>; 2] {
         let mut json = serde_json::to_vec(&notification).unwrap_or_default();
         if json.len() > self.settings.max_notification_bytes
             && notification::truncate_resources(&mut notification)
         {
             json = serde_json::to_vec(&notification).unwrap_or_default();
         }
-        let text = (self.per_format[WireFormat::Json.index()] > 0)
+        let text = wanted[WireFormat::Json.index()]
             .then(|| ByteString::try_from(json).ok().map(Frame::Text))
             .flatten();
-        let binary = (self.per_format[WireFormat::MessagePack.index()] > 0)
+        let binary = wanted[WireFormat::MessagePack.index()]
             .then(|| {
                 WireFormat::MessagePack
                     .encode(&notification)
@@ -186,23 +220,168 @@ impl Registry {
         [text, binary]
     }
 
-    fn fan_out(&mut self, frames: &[Option<Frame>; 2], published_ms: Option<u64>) {
+    /// Decodes a bus message into frames for the formats in use; `None` if undecodable.
+    fn frames(&self, message: &BusMessage, wanted: [bool; 2]) -> Option<Vec<Encoded>> {
+        match self.notifications(message) {
+            Ok(notifications) => Some(
+                notifications
+                    .into_iter()
+                    .map(|n| {
+                        let published = n.get("timestamp").and_then(Value::as_u64);
+                        (self.encode(n, wanted), published)
+                    })
+                    .collect(),
+            ),
+            Err(reason) => {
+                metrics::bus_decode_error();
+                tracing::warn!(subject = %message.subject, %reason, "skipping undecodable bus message");
+                None
+            }
+        }
+    }
+
+    /// Fans one live message out to every member (held for members still catching up).
+    fn deliver(&mut self, message: BusMessage) {
+        if let (Some(seq), Some(last)) = (message.seq, self.last_seq) {
+            if seq <= last {
+                return;
+            }
+        }
+        if message.seq.is_some() {
+            self.last_seq = message.seq;
+        }
+        let wanted = self.per_format.map(|n| n > 0);
+        let Some(frames) = self.frames(&message, wanted) else {
+            return;
+        };
+        metrics::event_received();
         let mut delivered = 0u64;
-        for member in self.members.values() {
-            let Some(frame) = &frames[member.format.index()] else {
-                continue;
-            };
-            match member.outbox.push(frame.clone()) {
-                Ok(()) => delivered += 1,
-                Err(PushError::SlowConsumer) => metrics::event_dropped("slow_consumer"),
-                Err(PushError::Closed) => metrics::event_dropped("closed"),
+        for (frames, published_ms) in frames {
+            for state in self.members.values_mut() {
+                let Some(frame) = &frames[state.member.format.index()] else {
+                    continue;
+                };
+                if let Some(held) = &mut state.held {
+                    held.push((message.seq, frame.clone()));
+                    continue;
+                }
+                match state.member.outbox.push(frame.clone()) {
+                    Ok(()) => delivered += 1,
+                    Err(PushError::SlowConsumer) => metrics::event_dropped("slow_consumer"),
+                    Err(PushError::Closed) => metrics::event_dropped("closed"),
+                }
+            }
+            if let Some(ms) = published_ms {
+                metrics::delivery_latency(now_ms().saturating_sub(ms) as f64 / 1000.0);
             }
         }
         metrics::events_delivered(delivered);
-        if let Some(ms) = published_ms {
-            let latency = now_ms().saturating_sub(ms) as f64 / 1000.0;
-            metrics::delivery_latency(latency);
+    }
+
+    /// The dialect's "you missed too much, refetch" frame.
+    fn resync_frame(format: WireFormat) -> Option<Frame> {
+        let value = serde_json::json!({"event": "resyncRequired"});
+        match format {
+            WireFormat::Json => Some(Frame::Text(ByteString::from(value.to_string()))),
+            WireFormat::MessagePack => WireFormat::MessagePack
+                .encode(&value)
+                .ok()
+                .map(Frame::Binary),
         }
+    }
+
+    /// Ends a member's catch-up: replayed events, then the live frames held meanwhile that
+    /// come after them — no gap, no duplicate at the seam.
+    fn finish_catch_up(
+        &mut self,
+        id: SessionId,
+        (since, announce): (u64, bool),
+        replay: Result<Replay, crate::bus::BusError>,
+    ) {
+        let Some(state) = self.members.get(&id) else {
+            return;
+        };
+        let format = state.member.format;
+        let mut wanted = [false; 2];
+        wanted[format.index()] = true;
+        let mut upto = since;
+        let mut out: Vec<Frame> = Vec::new();
+        match replay {
+            Ok(Replay::Messages(missed)) => {
+                metrics::events_replayed(missed.len() as u64);
+                for message in &missed {
+                    let seq = message.seq.unwrap_or(upto);
+                    for (frames, _) in self.frames(message, wanted).unwrap_or_default() {
+                        out.extend(frames[format.index()].clone());
+                    }
+                    upto = upto.max(seq);
+                }
+            }
+            Ok(Replay::ResyncRequired) => {
+                if announce {
+                    out.extend(Self::resync_frame(format));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(key = ?self.key, %error, "replay failed; asking the client to resync");
+                if announce {
+                    out.extend(Self::resync_frame(format));
+                }
+            }
+        }
+        let Some(state) = self.members.get_mut(&id) else {
+            return;
+        };
+        let held = state.held.take().unwrap_or_default();
+        out.extend(
+            held.into_iter()
+                .filter(|(seq, _)| seq.is_none_or(|s| s > upto))
+                .map(|(_, frame)| frame),
+        );
+        for frame in out {
+            if state.member.outbox.push(frame).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// After a bus reconnect: replay what the subscription missed while it was down.
+    fn fill_gap(&mut self, ctx: &mut Context<Self>) {
+        let Some(since) = self.last_seq.max(self.floor) else {
+            return;
+        };
+        if self.held_live.is_some() {
+            return;
+        }
+        self.held_live = Some(Vec::new());
+        let bus = self.bus.clone();
+        let pattern = self.key.subject_pattern();
+        ctx.spawn(
+            async move { bus.replay(&pattern, since).await }
+                .into_actor(self)
+                .map(|result, act, _| {
+                    match result {
+                        Ok(Replay::Messages(missed)) => {
+                            if !missed.is_empty() {
+                                tracing::info!(key = ?act.key, count = missed.len(), "filled the gap left by a bus reconnect");
+                            }
+                            metrics::events_replayed(missed.len() as u64);
+                            missed.into_iter().for_each(|m| act.deliver(m));
+                        }
+                        Ok(Replay::ResyncRequired) | Err(_) => {
+                            tracing::warn!(key = ?act.key, "cannot fill the reconnect gap; asking clients to resync");
+                            for state in act.members.values() {
+                                if let Some(frame) = Self::resync_frame(state.member.format) {
+                                    let _ = state.member.outbox.push(frame);
+                                }
+                            }
+                        }
+                    }
+                    for message in act.held_live.take().unwrap_or_default() {
+                        act.deliver(message);
+                    }
+                }),
+        );
     }
 }
 
@@ -220,6 +399,11 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::registry_delta(1.0);
         self.subscribe(ctx);
+        if let Some(reconnects) = self.bus.reconnects() {
+            ctx.add_stream(tokio_stream::wrappers::WatchStream::from_changes(
+                reconnects,
+            ));
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -229,19 +413,9 @@ impl Actor for Registry {
 
 impl StreamHandler<BusMessage> for Registry {
     fn handle(&mut self, message: BusMessage, _: &mut Self::Context) {
-        let notifications = match self.notifications(&message) {
-            Ok(n) => n,
-            Err(reason) => {
-                metrics::bus_decode_error();
-                tracing::warn!(subject = %message.subject, %reason, "skipping undecodable bus message");
-                return;
-            }
-        };
-        metrics::event_received();
-        for n in notifications {
-            let published = n.get("timestamp").and_then(Value::as_u64);
-            let frames = self.encode(n);
-            self.fan_out(&frames, published);
+        match &mut self.held_live {
+            Some(held) => held.push(message),
+            None => self.deliver(message),
         }
     }
 
@@ -254,13 +428,40 @@ impl StreamHandler<BusMessage> for Registry {
     }
 }
 
+/// A bus reconnection.
+impl StreamHandler<u64> for Registry {
+    fn handle(&mut self, _: u64, ctx: &mut Self::Context) {
+        self.fill_gap(ctx);
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
 impl Handler<Join> for Registry {
     type Result = ();
 
-    fn handle(&mut self, join: Join, _: &mut Self::Context) {
+    fn handle(&mut self, join: Join, ctx: &mut Self::Context) {
+        let id = join.member.id;
         self.per_format[join.member.format.index()] += 1;
-        if let Some(old) = self.members.insert(join.member.id, join.member) {
-            self.per_format[old.format.index()] -= 1;
+        let held = join.since.map(|_| Vec::new());
+        if let Some(old) = self.members.insert(
+            id,
+            MemberState {
+                member: join.member,
+                held,
+            },
+        ) {
+            self.per_format[old.member.format.index()] -= 1;
+        }
+        if let Some(since) = join.since {
+            let announce = join.announces_resync;
+            let bus = self.bus.clone();
+            let pattern = self.key.subject_pattern();
+            ctx.spawn(
+                async move { bus.replay(&pattern, since).await }
+                    .into_actor(self)
+                    .map(move |result, act, _| act.finish_catch_up(id, (since, announce), result)),
+            );
         }
     }
 }
@@ -270,7 +471,7 @@ impl Handler<Leave> for Registry {
 
     fn handle(&mut self, leave: Leave, _: &mut Self::Context) {
         if let Some(old) = self.members.remove(&leave.id) {
-            self.per_format[old.format.index()] -= 1;
+            self.per_format[old.member.format.index()] -= 1;
         }
     }
 }

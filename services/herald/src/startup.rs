@@ -36,11 +36,15 @@ impl Application {
         let bus = match settings.bus.kind {
             BusKind::Memory => {
                 metrics::bus_connected(true);
-                Bus::Memory(MemoryBus::default())
+                Bus::Memory(MemoryBus::new(
+                    settings.bus.memory.ring_size,
+                    settings.bus.retention,
+                    settings.bus.dedup_window,
+                ))
             }
             BusKind::Nats => {
                 metrics::bus_connected(false);
-                Bus::Nats(NatsBus::connect(&settings.bus.nats, &node_name).await?)
+                Bus::Nats(Box::new(NatsBus::connect(&settings.bus, &node_name).await?))
             }
         };
         let registry_settings = Arc::new(RegistrySettings {

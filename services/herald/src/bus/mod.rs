@@ -34,6 +34,21 @@ pub struct BusMessage {
 pub struct PublishAck {
     /// Sequence assigned to the event, when the bus assigns one.
     pub seq: Option<u64>,
+    /// The `Nats-Msg-Id` was seen inside the dedup window: not delivered again.
+    pub duplicate: bool,
+}
+
+/// Most events one `since` replay returns; a client further behind must resync.
+pub const MAX_REPLAY: usize = 100_000;
+
+/// The answer to "what did I miss since `seq`?".
+#[derive(Debug, Clone)]
+pub enum Replay {
+    /// Every retained event after `since`, in order (possibly none).
+    Messages(Vec<BusMessage>),
+    /// Events after `since` are no longer retained (or `since` is from another stream):
+    /// the client must refetch.
+    ResyncRequired,
 }
 
 /// A bus operation that failed.
@@ -42,6 +57,14 @@ pub enum BusError {
     /// Could not subscribe (NATS unreachable and the request could not be queued).
     #[error("cannot subscribe to {subject}: {reason}")]
     Subscribe {
+        /// Subject pattern.
+        subject: String,
+        /// Underlying error.
+        reason: String,
+    },
+    /// Could not read the stream for a replay.
+    #[error("cannot replay {subject}: {reason}")]
+    Replay {
         /// Subject pattern.
         subject: String,
         /// Underlying error.
@@ -69,7 +92,7 @@ pub enum Bus {
     /// In-process.
     Memory(MemoryBus),
     /// NATS.
-    Nats(NatsBus),
+    Nats(Box<NatsBus>),
 }
 
 impl Bus {
@@ -86,6 +109,30 @@ impl Bus {
         match self {
             Bus::Memory(bus) => Ok(bus.publish(message)),
             Bus::Nats(bus) => bus.publish(message).await,
+        }
+    }
+
+    /// Every retained event matching `pattern` with a sequence after `since`.
+    pub async fn replay(&self, pattern: &str, since: u64) -> Result<Replay, BusError> {
+        match self {
+            Bus::Memory(bus) => Ok(bus.replay(pattern, since)),
+            Bus::Nats(bus) => bus.replay(pattern, since).await,
+        }
+    }
+
+    /// The stream's last sequence now (NATS), the floor from which a registry fills gaps.
+    pub async fn last_sequence(&self) -> Result<Option<u64>, BusError> {
+        match self {
+            Bus::Memory(_) => Ok(None),
+            Bus::Nats(bus) => bus.last_sequence().await.map(Some),
+        }
+    }
+
+    /// Fires after every reconnection (never, for the in-process bus).
+    pub fn reconnects(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match self {
+            Bus::Memory(_) => None,
+            Bus::Nats(bus) => Some(bus.reconnects()),
         }
     }
 

@@ -1,32 +1,85 @@
-//! The NATS bus: core subscriptions per routing key; the connection retries forever in
-//! the background, and async-nats resubscribes every live subscription on reconnect.
+//! The NATS bus. Every routed event is stored in one JetStream stream (retention
+//! `bus.retention`, dedup `bus.dedup_window`), which RePublishes each stored message to
+//! `herald.live.…` with its stream sequence in the headers. Registries subscribe with core
+//! NATS to the live subject of their key only, so a node receives just the keys its
+//! sessions need; `since` replays read the stream through an ordered consumer filtered to
+//! the key.
+//!
+//! ```text
+//! producer ──► herald.v1.alias.A.newMessage ──► stream HERALD (seq 42)
+//!                                                  └─ RePublish ──► herald.live.alias.A.newMessage
+//!                                                                   (Nats-Sequence: 42) ──► registry(A)
+//! ```
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::header::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
+use tokio::sync::watch;
 
-use super::{BusError, BusMessage, PublishAck, Subscription};
-use crate::config::NatsSettings;
+use super::{BusError, BusMessage, PublishAck, Replay, Subscription, MAX_REPLAY};
+use crate::config::{BusSettings, StreamStorage};
 use crate::metrics;
+
+const JSON: &str = "application/json";
+const CONTENT_TYPE: &str = "Content-Type";
+const NATS_MESSAGE_ID: &str = "Nats-Msg-Id";
+/// Subjects the stream stores: the routed event families, never control/auth/custom.
+const STREAM_SUBJECTS: &[&str] = &[
+    "herald.v1.alias.>",
+    "herald.v1.broadcast.>",
+    "herald.v1.topic.>",
+    "herald.v1.user.>",
+    "herald.v1.room.>",
+];
+/// Where the stream republishes stored events (with their sequence) for live delivery.
+const LIVE_PREFIX: &str = "herald.live.";
+/// How long a replay waits for the next stored message before giving up.
+const REPLAY_STALL: Duration = Duration::from_secs(5);
+
+/// The live subject a stored subject (or pattern) is republished on.
+pub fn live_subject(subject: &str) -> String {
+    match subject.strip_prefix("herald.v1.") {
+        Some(rest) => format!("{LIVE_PREFIX}{rest}"),
+        None => subject.to_owned(),
+    }
+}
+
+/// Whether `subject` is stored in the stream (and so gets a sequence).
+pub fn is_streamed(subject: &str) -> bool {
+    ["alias", "broadcast", "topic", "user", "room"]
+        .iter()
+        .any(|kind| {
+            subject
+                .strip_prefix("herald.v1.")
+                .and_then(|r| r.strip_prefix(kind))
+                .is_some_and(|r| r.starts_with('.'))
+        })
+}
 
 /// A NATS connection shared by every registry of the node.
 #[derive(Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
+    jetstream: jetstream::Context,
+    stream_name: String,
     connected: Arc<AtomicBool>,
+    stream_ready: Arc<AtomicBool>,
+    /// Bumped on every (re)connection, so registries can fill what they missed meanwhile.
+    reconnects: watch::Receiver<u64>,
 }
 
-const JSON: &str = "application/json";
-const CONTENT_TYPE: &str = "Content-Type";
-const NATS_MESSAGE_ID: &str = "Nats-Msg-Id";
-
 impl NatsBus {
-    /// Connects in the background: returns at once even when NATS is down (`/readyz` says so).
-    pub async fn connect(settings: &NatsSettings, node_name: &str) -> Result<NatsBus, BusError> {
+    /// Connects in the background: returns at once even when NATS is down (`/readyz`
+    /// says so), and (re)creates the stream on every connection.
+    pub async fn connect(settings: &BusSettings, node_name: &str) -> Result<NatsBus, BusError> {
+        let nats = &settings.nats;
         let connected = Arc::new(AtomicBool::new(false));
+        let (reconnect_tx, reconnects) = watch::channel(0u64);
         let flag = Arc::clone(&connected);
         let mut options = async_nats::ConnectOptions::new()
             .name(node_name)
@@ -34,11 +87,13 @@ impl NatsBus {
             .max_reconnects(None)
             .event_callback(move |event| {
                 let flag = Arc::clone(&flag);
+                let reconnect_tx = reconnect_tx.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => {
                             flag.store(true, Ordering::SeqCst);
                             metrics::bus_connected(true);
+                            reconnect_tx.send_modify(|n| *n += 1);
                             tracing::info!("connected to NATS");
                         }
                         async_nats::Event::Disconnected => {
@@ -52,40 +107,40 @@ impl NatsBus {
                     }
                 }
             });
-        if !settings.user.is_empty() {
+        if !nats.user.is_empty() {
+            options =
+                options.user_and_password(nats.user.clone(), nats.password.expose().to_owned());
+        }
+        if !nats.token.is_empty() {
+            options = options.token(nats.token.expose().to_owned());
+        }
+        if !nats.nkey_seed.is_empty() {
+            options = options.nkey(nats.nkey_seed.expose().to_owned());
+        }
+        if !nats.creds_file.is_empty() {
             options = options
-                .user_and_password(settings.user.clone(), settings.password.expose().to_owned());
-        }
-        if !settings.token.is_empty() {
-            options = options.token(settings.token.expose().to_owned());
-        }
-        if !settings.nkey_seed.is_empty() {
-            options = options.nkey(settings.nkey_seed.expose().to_owned());
-        }
-        if !settings.creds_file.is_empty() {
-            options = options
-                .credentials_file(&settings.creds_file)
+                .credentials_file(&nats.creds_file)
                 .await
                 .map_err(|e| {
                     BusError::Connect(format!(
                         "bus.nats.creds_file {:?} is unreadable: {e}",
-                        settings.creds_file
+                        nats.creds_file
                     ))
                 })?;
         }
-        if !settings.tls_ca_file.is_empty() {
-            options = options.add_root_certificates(PathBuf::from(&settings.tls_ca_file));
+        if !nats.tls_ca_file.is_empty() {
+            options = options.add_root_certificates(PathBuf::from(&nats.tls_ca_file));
         }
-        if !settings.tls_cert_file.is_empty() {
+        if !nats.tls_cert_file.is_empty() {
             options = options.add_client_certificate(
-                PathBuf::from(&settings.tls_cert_file),
-                PathBuf::from(&settings.tls_key_file),
+                PathBuf::from(&nats.tls_cert_file),
+                PathBuf::from(&nats.tls_key_file),
             );
         }
-        if settings.tls_required {
+        if nats.tls_required {
             options = options.require_tls(true);
         }
-        let urls: Vec<async_nats::ServerAddr> = settings
+        let urls: Vec<async_nats::ServerAddr> = nats
             .urls
             .iter()
             .map(|u| {
@@ -97,7 +152,47 @@ impl NatsBus {
             .connect(urls)
             .await
             .map_err(|e| BusError::Connect(e.to_string()))?;
-        Ok(NatsBus { client, connected })
+        let bus = NatsBus {
+            jetstream: jetstream::new(client.clone()),
+            client,
+            stream_name: nats.stream_name.clone(),
+            connected,
+            stream_ready: Arc::new(AtomicBool::new(false)),
+            reconnects,
+        };
+        tokio::spawn(bus.clone().keep_stream(stream_config(settings)));
+        Ok(bus)
+    }
+
+    /// Creates or updates the stream on every connection, retrying until it succeeds.
+    async fn keep_stream(self, config: stream::Config) {
+        let mut reconnects = self.reconnects.clone();
+        loop {
+            if reconnects.wait_for(|n| *n > 0).await.is_err() {
+                return;
+            }
+            reconnects.mark_unchanged();
+            loop {
+                match self.jetstream.create_or_update_stream(config.clone()).await {
+                    Ok(_) => {
+                        self.stream_ready.store(true, Ordering::SeqCst);
+                        tracing::info!(stream = %config.name, "JetStream stream ready");
+                        break;
+                    }
+                    Err(error) => {
+                        self.stream_ready.store(false, Ordering::SeqCst);
+                        tracing::error!(
+                            stream = %config.name, %error,
+                            "cannot create or update the JetStream stream (is JetStream enabled for this account? start nats-server with -js); retrying in 2s"
+                        );
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            }
+            if reconnects.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// The underlying client, for request/reply users (auth callout, custom types).
@@ -105,16 +200,27 @@ impl NatsBus {
         &self.client
     }
 
-    /// Whether the connection is up.
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::SeqCst)
+    /// Fires after every (re)connection.
+    pub fn reconnects(&self) -> watch::Receiver<u64> {
+        self.reconnects.clone()
     }
 
-    /// Subscribes to `pattern`; the stream unsubscribes when dropped.
+    /// Whether the connection is up and the stream exists.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst) && self.stream_ready.load(Ordering::SeqCst)
+    }
+
+    /// Subscribes to the live (republished) subjects of a stored `pattern`, or to the
+    /// subject itself for control subjects; the stream unsubscribes when dropped.
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, BusError> {
+        let subject = if is_streamed(pattern) {
+            live_subject(pattern)
+        } else {
+            pattern.to_owned()
+        };
         let subscriber = self
             .client
-            .subscribe(pattern.to_owned())
+            .subscribe(subject)
             .await
             .map_err(|e| BusError::Subscribe {
                 subject: pattern.to_owned(),
@@ -123,35 +229,150 @@ impl NatsBus {
         Ok(subscriber.map(from_nats).boxed())
     }
 
-    /// Publishes one message with its headers.
+    /// Publishes one message: stored subjects through JetStream (acknowledged, with the
+    /// sequence and dedup verdict), others with core NATS.
     pub async fn publish(&self, message: BusMessage) -> Result<PublishAck, BusError> {
-        let mut headers = HeaderMap::new();
-        if message.json {
-            headers.insert(CONTENT_TYPE, JSON);
-        }
-        if let Some(id) = &message.msg_id {
-            headers.insert(NATS_MESSAGE_ID, id.as_str());
-        }
-        if let Some(tp) = &message.traceparent {
-            headers.insert("traceparent", tp.as_str());
-        }
-        if let Some(ts) = &message.tracestate {
-            headers.insert("tracestate", ts.as_str());
-        }
+        let headers = to_headers(&message);
         let subject = message.subject.clone();
         let err = |e: &dyn std::fmt::Display| BusError::Publish {
             subject: subject.clone(),
             reason: e.to_string(),
         };
+        if is_streamed(&message.subject) {
+            let ack = self
+                .jetstream
+                .publish_with_headers(message.subject, headers, message.payload)
+                .await
+                .map_err(|e| err(&e))?
+                .await
+                .map_err(|e| err(&e))?;
+            return Ok(PublishAck {
+                seq: Some(ack.sequence),
+                duplicate: ack.duplicate,
+            });
+        }
         self.client
             .publish_with_headers(message.subject, headers, message.payload)
             .await
             .map_err(|e| err(&e))?;
         self.client.flush().await.map_err(|e| err(&e))?;
-        Ok(PublishAck { seq: None })
+        Ok(PublishAck::default())
+    }
+
+    /// The stream's last sequence.
+    pub async fn last_sequence(&self) -> Result<u64, BusError> {
+        let err = |e: &dyn std::fmt::Display| BusError::Replay {
+            subject: self.stream_name.clone(),
+            reason: e.to_string(),
+        };
+        let stream = self
+            .jetstream
+            .get_stream(&self.stream_name)
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(stream
+            .get_info()
+            .await
+            .map_err(|e| err(&e))?
+            .state
+            .last_sequence)
+    }
+
+    /// Every stored event matching `pattern` after `since`, read with an ordered consumer.
+    pub async fn replay(&self, pattern: &str, since: u64) -> Result<Replay, BusError> {
+        let err = |e: &dyn std::fmt::Display| BusError::Replay {
+            subject: pattern.to_owned(),
+            reason: e.to_string(),
+        };
+        let stream = self
+            .jetstream
+            .get_stream(&self.stream_name)
+            .await
+            .map_err(|e| err(&e))?;
+        let state = stream.get_info().await.map_err(|e| err(&e))?.state;
+        if since > state.last_sequence || since.saturating_add(1) < state.first_sequence {
+            return Ok(Replay::ResyncRequired);
+        }
+        if since == state.last_sequence {
+            return Ok(Replay::Messages(Vec::new()));
+        }
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: pattern.to_owned(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: since + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e))?;
+        let pending = consumer.get_info().await.map_err(|e| err(&e))?.num_pending;
+        if pending as usize > MAX_REPLAY {
+            return Ok(Replay::ResyncRequired);
+        }
+        let mut missed = Vec::with_capacity(pending as usize);
+        if pending == 0 {
+            return Ok(Replay::Messages(missed));
+        }
+        let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+        loop {
+            let next = tokio::time::timeout(REPLAY_STALL, messages.next())
+                .await
+                .map_err(|_| err(&"the stream stopped answering mid-replay"))?;
+            let Some(message) = next else { break };
+            let message = message.map_err(|e| err(&e))?;
+            let info = message.info().map_err(|e| err(&e))?;
+            let (seq, remaining) = (info.stream_sequence, info.pending);
+            let mut bus_message = from_nats(message.split().0);
+            bus_message.seq = Some(seq);
+            missed.push(bus_message);
+            if remaining == 0 || missed.len() > MAX_REPLAY {
+                break;
+            }
+        }
+        Ok(Replay::Messages(missed))
     }
 }
 
+fn stream_config(settings: &BusSettings) -> stream::Config {
+    stream::Config {
+        name: settings.nats.stream_name.clone(),
+        subjects: STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
+        max_age: settings.retention,
+        duplicate_window: settings.dedup_window,
+        num_replicas: settings.nats.stream_replicas,
+        storage: match settings.nats.stream_storage {
+            StreamStorage::File => stream::StorageType::File,
+            StreamStorage::Memory => stream::StorageType::Memory,
+        },
+        allow_direct: true,
+        republish: Some(stream::Republish {
+            source: "herald.v1.>".into(),
+            destination: format!("{LIVE_PREFIX}>"),
+            headers_only: false,
+        }),
+        ..Default::default()
+    }
+}
+
+fn to_headers(message: &BusMessage) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if message.json {
+        headers.insert(CONTENT_TYPE, JSON);
+    }
+    if let Some(id) = &message.msg_id {
+        headers.insert(NATS_MESSAGE_ID, id.as_str());
+    }
+    if let Some(tp) = &message.traceparent {
+        headers.insert("traceparent", tp.as_str());
+    }
+    if let Some(ts) = &message.tracestate {
+        headers.insert("tracestate", ts.as_str());
+    }
+    headers
+}
+
+/// A received message: republished ones carry the stored subject and sequence in headers.
 fn from_nats(message: async_nats::Message) -> BusMessage {
     let header = |name: &str| {
         message
@@ -165,8 +386,23 @@ fn from_nats(message: async_nats::Message) -> BusMessage {
         msg_id: header(NATS_MESSAGE_ID),
         traceparent: header("traceparent"),
         tracestate: header("tracestate"),
-        seq: None,
-        subject: message.subject.to_string(),
+        seq: header("Nats-Sequence").and_then(|s| s.parse().ok()),
+        subject: header("Nats-Subject").unwrap_or_else(|| message.subject.to_string()),
         payload: message.payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_subjects_map_to_live_ones_and_control_does_not() {
+        assert_eq!(live_subject("herald.v1.alias.a.*"), "herald.live.alias.a.*");
+        assert!(is_streamed("herald.v1.alias.a.newMessage"));
+        assert!(is_streamed("herald.v1.room.task.1"));
+        assert!(!is_streamed("herald.v1.control.revoke"));
+        assert!(!is_streamed("herald.v1.custom.X-y"));
+        assert!(!is_streamed("herald.v1.aliasx.a"));
     }
 }

@@ -47,6 +47,8 @@ enum AuthMode {
 struct UpgradeRequest {
     auth: AuthMode,
     format: WireFormat,
+    /// `?since=<seq>`: replay what was missed after it.
+    since: Option<u64>,
 }
 
 /// Reads the query and headers, refusing credentials in the query string and
@@ -72,6 +74,15 @@ fn parse_request(req: &HttpRequest) -> Result<UpgradeRequest, Refusal> {
         Some("true" | "1") => WireFormat::MessagePack,
         _ => WireFormat::Json,
     };
+    let since = param("since")
+        .map(|s| {
+            s.parse::<u64>().map_err(|_| {
+                Refusal::BadRequest(format!(
+                    "since={s:?} must be the last seq you received (an integer)"
+                ))
+            })
+        })
+        .transpose()?;
     let alias_id = param("alias_id").map(str::to_owned);
     let header = req
         .headers()
@@ -96,7 +107,11 @@ fn parse_request(req: &HttpRequest) -> Result<UpgradeRequest, Refusal> {
         (None, Some(header)) => AuthMode::Header(parse_basic(header, alias_id)?),
         (None, None) => AuthMode::Anonymous,
     };
-    Ok(UpgradeRequest { auth, format })
+    Ok(UpgradeRequest {
+        auth,
+        format,
+        since,
+    })
 }
 
 /// Parses `Basic base64(user:password)` into credentials.
@@ -255,7 +270,7 @@ pub async fn upgrade(
     FeSession::start_with(
         state.into_inner(),
         ip,
-        request.format,
+        (request.format, request.since),
         phase,
         node_slot,
         socket,
@@ -310,6 +325,8 @@ pub struct FeSession {
     state: std::sync::Arc<AppState>,
     ip: IpAddr,
     format: WireFormat,
+    /// `?since=`: what the registries replay before going live.
+    since: Option<u64>,
     phase: Phase,
     outbox: Outbox,
     /// Taken by the writer task once the session is live (frames queue until then).
@@ -326,7 +343,7 @@ impl FeSession {
     fn start_with(
         state: std::sync::Arc<AppState>,
         ip: IpAddr,
-        format: WireFormat,
+        (format, since): (WireFormat, Option<u64>),
         phase: Phase,
         node_slot: Slot<()>,
         socket: actix_ws::Session,
@@ -349,6 +366,7 @@ impl FeSession {
                 state,
                 ip,
                 format,
+                since,
                 phase,
                 outbox,
                 writer: Some((receiver, socket)),
@@ -400,9 +418,12 @@ impl FeSession {
         let directory = self.state.directory.clone();
         let joins = keys
             .iter()
-            .map(|key| Join {
+            .enumerate()
+            .map(|(i, key)| Join {
                 key: key.clone(),
                 member: member.clone(),
+                since: self.since,
+                announces_resync: i == 0,
             })
             .collect::<Vec<_>>();
         let joins = async move { join_all(joins.into_iter().map(|j| directory.join(j))).await };

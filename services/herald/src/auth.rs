@@ -93,6 +93,7 @@ impl StaticAuth {
             positive: Cache::builder()
                 .max_capacity(cache.max_entries)
                 .time_to_live(cache.ttl)
+                .support_invalidation_closures()
                 .build(),
             negative: Cache::builder()
                 .max_capacity(cache.max_entries)
@@ -100,6 +101,17 @@ impl StaticAuth {
                 .build(),
             hasher: RandomState::new(),
         })
+    }
+
+    /// Drops cached logins of a revoked alias, so its next connection is checked afresh.
+    pub fn forget_alias(&self, alias_id: &str) {
+        let alias_id = alias_id.to_owned();
+        if let Err(error) = self
+            .positive
+            .invalidate_entries_if(move |_, principal| principal.alias_id == alias_id)
+        {
+            tracing::error!(%error, "cannot drop cached logins of a revoked alias");
+        }
     }
 
     /// Checks credentials, from cache when possible.

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::bus::Bus;
-use crate::registry::{Join, Leave, Registry, RegistrySettings, Retire, RoutingKey, SessionId};
+use crate::registry::{
+    CloseAll, Join, Leave, Registry, RegistrySettings, Retire, RoutingKey, SessionId,
+};
 
 /// Registry mailbox size: large enough that a shard's `send` never parks (see Join).
 const REGISTRY_MAILBOX: usize = 1 << 30;
@@ -50,6 +52,11 @@ impl Directory {
     /// Joins a registry; resolves once the registry's subscription is in place.
     pub async fn join(&self, join: Join) {
         let _ = self.shard(&join.key).send(join).await;
+    }
+
+    /// Closes every session of `key` on this node (no-op if none).
+    pub fn close_all(&self, close: CloseAll) {
+        self.shard(&close.key).do_send(close);
     }
 
     /// Leaves a registry (fire and forget: used from `stopped()`).
@@ -113,6 +120,16 @@ impl Handler<Leave> for DirectoryShard {
         if last {
             // Same sender, so the registry sees Leave before Retire.
             registry.do_send(Retire);
+        }
+    }
+}
+
+impl Handler<CloseAll> for DirectoryShard {
+    type Result = ();
+
+    fn handle(&mut self, close: CloseAll, _: &mut Self::Context) {
+        if let Some((registry, _)) = self.registries.get(&close.key) {
+            registry.do_send(close);
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod dialect;
 pub mod directory;
 pub mod http;

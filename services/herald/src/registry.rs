@@ -75,6 +75,18 @@ pub struct Leave {
     pub id: SessionId,
 }
 
+/// Closes every member session (credential revocation: 4001).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct CloseAll {
+    /// The key whose sessions close.
+    pub key: RoutingKey,
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason sent to the client.
+    pub reason: &'static str,
+}
+
 /// Tells a registry it has no members left: stop and unsubscribe.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -189,7 +201,7 @@ impl Registry {
                 message.seq,
                 &message.payload,
             ),
-            now_ms: now_ms(),
+            now_ms: message.stored_ms.unwrap_or_else(now_ms),
         };
         Ok(notification::prepare(envelope.payload, &info))
     }
@@ -212,7 +224,7 @@ impl Registry {
         let binary = wanted[WireFormat::MessagePack.index()]
             .then(|| {
                 WireFormat::MessagePack
-                    .encode(&notification)
+                    .encode_value(&Value::Object(notification))
                     .ok()
                     .map(Frame::Binary)
             })
@@ -284,7 +296,7 @@ impl Registry {
         match format {
             WireFormat::Json => Some(Frame::Text(ByteString::from(value.to_string()))),
             WireFormat::MessagePack => WireFormat::MessagePack
-                .encode(&value)
+                .encode_value(&value)
                 .ok()
                 .map(Frame::Binary),
         }
@@ -472,6 +484,19 @@ impl Handler<Leave> for Registry {
     fn handle(&mut self, leave: Leave, _: &mut Self::Context) {
         if let Some(old) = self.members.remove(&leave.id) {
             self.per_format[old.member.format.index()] -= 1;
+        }
+    }
+}
+
+impl Handler<CloseAll> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, close: CloseAll, _: &mut Self::Context) {
+        for state in self.members.values() {
+            state.member.outbox.close(Some(actix_ws::CloseReason {
+                code: actix_ws::CloseCode::from(close.code),
+                description: Some(close.reason.to_owned()),
+            }));
         }
     }
 }

@@ -32,6 +32,8 @@ impl Application {
     /// Connects the bus, starts the directory and binds the listeners.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let settings = Arc::new(settings);
+        // First: everything after this may record metrics.
+        let metrics_handle = metrics::install();
         let node_name = format!("herald-{}", std::process::id());
         let bus = match settings.bus.kind {
             BusKind::Memory => {
@@ -59,7 +61,7 @@ impl Application {
             bus,
             directory,
             draining: Default::default(),
-            metrics: metrics::install(),
+            metrics: metrics_handle,
             shutdown: tokio::sync::watch::channel(false).0,
         });
 
@@ -127,6 +129,7 @@ impl Application {
             actix_web::rt::spawn(m);
             handle
         });
+        actix_web::rt::spawn(crate::control::run(state.bus.clone(), state.clone()));
         let housekeeping_state = state.clone();
         actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));

@@ -12,7 +12,7 @@ pub mod event;
 pub mod notification;
 pub mod subject;
 
-pub use codec::WireFormat;
+pub use codec::{JsCompatible, WireFormat};
 pub use envelope::{Envelope, EnvelopeError};
 pub use event::{Event, EventFamily};
 pub use subject::{Subject, SubjectError};

@@ -160,6 +160,10 @@ impl MemoryBus {
 
     /// Publishes to every matching subscription, assigning the next sequence of the key.
     pub fn publish(&self, mut message: BusMessage) -> PublishAck {
+        if !super::is_streamed(&message.subject) {
+            self.send(&message);
+            return PublishAck::default();
+        }
         let mut streams = self.inner.streams.lock().expect("bus lock");
         let seq = streams.last_seq + 1;
         if let Some(id) = &message.msg_id {
@@ -171,15 +175,25 @@ impl MemoryBus {
             }
         }
         streams.last_seq = seq;
+        message.seq = Some(seq);
+        message.stored_ms = Some(crate::registry::now_ms());
         let stream = streams
             .keys
             .entry(sequence_key(&message.subject).to_owned())
             .or_default();
-        message.seq = Some(seq);
         stream.ring.push_back((Instant::now(), message.clone()));
         stream.expire(self.inner.retention, self.inner.ring_size);
+        // Deliver under the streams lock: sequence order is delivery order.
+        self.send(&message);
+        PublishAck {
+            seq: Some(seq),
+            duplicate: false,
+        }
+    }
 
-        let subject = message.subject.clone();
+    /// Hands `message` to every matching subscription.
+    fn send(&self, message: &BusMessage) {
+        let subject = &message.subject;
         let subs = self.inner.subscriptions.lock().expect("bus lock");
         let send = |pattern: &str| {
             if let Some(list) = subs.get(pattern) {
@@ -188,18 +202,14 @@ impl MemoryBus {
                 }
             }
         };
-        send(&subject);
+        send(subject);
         if let Some((parent, _)) = subject.rsplit_once('.') {
             send(&format!("{parent}.*"));
         }
         for pattern in self.inner.scanned.lock().expect("bus lock").iter() {
-            if matches(pattern, &subject) {
+            if matches(pattern, subject) {
                 send(pattern);
             }
-        }
-        PublishAck {
-            seq: Some(seq),
-            duplicate: false,
         }
     }
 

@@ -27,6 +27,9 @@ pub struct BusMessage {
     pub tracestate: Option<String>,
     /// Sequence of the event in its key's stream, when the bus assigns one.
     pub seq: Option<u64>,
+    /// When the bus stored the event (ms since the epoch): the same on every node, so it
+    /// is the `timestamp` herald adds when the producer set none.
+    pub stored_ms: Option<u64>,
 }
 
 /// What the bus says after a publish.
@@ -81,6 +84,19 @@ pub enum BusError {
     /// The NATS connection options are unusable.
     #[error("cannot set up the NATS connection: {0}")]
     Connect(String),
+}
+
+/// Whether `subject` (or pattern) is a routed event family that is stored and sequenced:
+/// `alias`, `broadcast`, `topic`, `user`, `room` — never `control`, `auth` or `custom`.
+pub fn is_streamed(subject: &str) -> bool {
+    ["alias", "broadcast", "topic", "user", "room"]
+        .iter()
+        .any(|kind| {
+            subject
+                .strip_prefix("herald.v1.")
+                .and_then(|r| r.strip_prefix(kind))
+                .is_some_and(|r| r.starts_with('.'))
+        })
 }
 
 /// A stream of messages matching one subscription; unsubscribes when dropped.

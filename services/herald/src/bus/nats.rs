@@ -21,7 +21,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::{BusError, BusMessage, PublishAck, Replay, Subscription, MAX_REPLAY};
+use super::{is_streamed, BusError, BusMessage, PublishAck, Replay, Subscription, MAX_REPLAY};
 use crate::config::{BusSettings, StreamStorage};
 use crate::metrics;
 
@@ -47,18 +47,6 @@ pub fn live_subject(subject: &str) -> String {
         Some(rest) => format!("{LIVE_PREFIX}{rest}"),
         None => subject.to_owned(),
     }
-}
-
-/// Whether `subject` is stored in the stream (and so gets a sequence).
-pub fn is_streamed(subject: &str) -> bool {
-    ["alias", "broadcast", "topic", "user", "room"]
-        .iter()
-        .any(|kind| {
-            subject
-                .strip_prefix("herald.v1.")
-                .and_then(|r| r.strip_prefix(kind))
-                .is_some_and(|r| r.starts_with('.'))
-        })
 }
 
 /// A NATS connection shared by every registry of the node.
@@ -323,8 +311,10 @@ impl NatsBus {
             let message = message.map_err(|e| err(&e))?;
             let info = message.info().map_err(|e| err(&e))?;
             let (seq, remaining) = (info.stream_sequence, info.pending);
+            let stored_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
             let mut bus_message = from_nats(message.split().0);
             bus_message.seq = Some(seq);
+            bus_message.stored_ms = Some(stored_ms);
             missed.push(bus_message);
             if remaining == 0 || missed.len() > MAX_REPLAY {
                 break;
@@ -387,9 +377,19 @@ fn from_nats(message: async_nats::Message) -> BusMessage {
         traceparent: header("traceparent"),
         tracestate: header("tracestate"),
         seq: header("Nats-Sequence").and_then(|s| s.parse().ok()),
+        stored_ms: header("Nats-Time-Stamp").and_then(|t| rfc3339_ms(&t)),
         subject: header("Nats-Subject").unwrap_or_else(|| message.subject.to_string()),
         payload: message.payload,
     }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 UTC time (`Nats-Time-Stamp`).
+fn rfc3339_ms(time: &str) -> Option<u64> {
+    humantime::parse_rfc3339(time)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -404,5 +404,14 @@ mod tests {
         assert!(!is_streamed("herald.v1.control.revoke"));
         assert!(!is_streamed("herald.v1.custom.X-y"));
         assert!(!is_streamed("herald.v1.aliasx.a"));
+    }
+
+    #[test]
+    fn store_times_parse_with_nanoseconds() {
+        assert_eq!(
+            rfc3339_ms("2026-11-23T13:07:28.706050948Z"),
+            Some(1_795_439_248_706)
+        );
+        assert_eq!(rfc3339_ms("garbage"), None);
     }
 }

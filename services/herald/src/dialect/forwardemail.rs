@@ -384,7 +384,7 @@ impl FeSession {
                 .ok()
                 .map(Frame::Text),
             WireFormat::MessagePack => WireFormat::MessagePack
-                .encode(value)
+                .encode_value(value)
                 .ok()
                 .map(Frame::Binary),
         }

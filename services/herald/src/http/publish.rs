@@ -86,34 +86,44 @@ pub async fn publish(
                 .insert("event".into(), Value::from(event.as_str()));
         }
     }
-    // Fix the id here so every node and session sees the same one.
-    let notification_id = match envelope.payload.get("notificationId") {
-        Some(Value::String(id)) if !id.is_empty() => id.clone(),
-        _ => {
-            let id = uuid::Uuid::new_v4().to_string();
-            envelope
-                .payload
-                .insert("notificationId".into(), Value::from(id.clone()));
-            id
-        }
-    };
     let header = |name: &str| {
         req.headers()
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    let msg_id = header("idempotency-key").or_else(|| header("nats-msg-id"));
+    // Fix the id here so every node and session sees the same one; a retry with the
+    // same idempotency key gets the same id as the original.
+    let notification_id = match envelope.payload.get("notificationId") {
+        Some(Value::String(id)) if !id.is_empty() => id.clone(),
+        _ => {
+            let id = match &msg_id {
+                Some(key) => {
+                    herald_protocol::notification::derive_notification_id("", Some(key), None, b"")
+                }
+                None => uuid::Uuid::new_v4().to_string(),
+            };
+            envelope
+                .payload
+                .insert("notificationId".into(), Value::from(id.clone()));
+            id
+        }
+    };
     let message = BusMessage {
         subject: subject.to_string(),
         payload: envelope.to_msgpack().into(),
         json: false,
-        msg_id: header("idempotency-key").or_else(|| header("nats-msg-id")),
+        msg_id,
         traceparent: header("traceparent"),
         tracestate: header("tracestate"),
         seq: None,
+        stored_ms: None,
     };
     let ack = state.bus.publish(message).await?;
-    Ok(HttpResponse::Accepted().json(json!({ "notificationId": notification_id, "seq": ack.seq })))
+    Ok(HttpResponse::Accepted().json(
+        json!({ "notificationId": notification_id, "seq": ack.seq, "duplicate": ack.duplicate }),
+    ))
 }
 
 /// Parses an event name given on the command line.

@@ -1,0 +1,164 @@
+//! Scenario "idle": open N authenticated sessions, wait until every one has its
+//! `connected` frame, and report the connect rate and the server's resident memory per
+//! idle session (ΔRSS / N).
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::procfs::{self, Process, Usage};
+use crate::session::{self, Failures, Target, WsStream, MAX_SESSIONS};
+
+/// How long a session may take to send its close frame at the end.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Descriptors the generator needs besides its sessions (runtime, stdio, NATS).
+const SPARE_FDS: usize = 64;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct IdleOptions {
+    /// The server.
+    pub target: Target,
+    /// Alias ids the sessions authenticate as (round-robin).
+    pub aliases: Vec<String>,
+    /// Loopback source addresses (round-robin).
+    pub sources: Vec<IpAddr>,
+    /// Sessions to open.
+    pub sessions: usize,
+    /// Sessions connecting at the same time.
+    pub concurrency: usize,
+    /// Wait after the last `connected` before reading RSS (lets allocations settle).
+    pub settle: Duration,
+    /// The server's pid, for RSS and CPU.
+    pub server_pid: u32,
+}
+
+/// The result, as written to `report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleReport {
+    /// Always `"idle"`.
+    pub scenario: &'static str,
+    /// Sessions asked for.
+    pub sessions_requested: usize,
+    /// Sessions that got `connected`.
+    pub sessions_connected: usize,
+    /// Sessions still open when RSS was read after the settle time.
+    pub sessions_alive_at_measure: usize,
+    /// Aliases the sessions were spread over.
+    pub aliases: usize,
+    /// Source addresses the sessions were spread over.
+    pub sources: usize,
+    /// Connects in flight at once.
+    pub concurrency: usize,
+    /// Seconds from the first connect to the last `connected`.
+    pub connect_secs: f64,
+    /// Sessions connected per second.
+    pub connect_rate_per_sec: f64,
+    /// Server memory and CPU from before the first connect to after the settle time.
+    pub server: Usage,
+    /// Server CPU while connecting, percent of one core.
+    pub server_cpu_percent_connecting: f64,
+    /// The load generator's CPU while connecting, percent of one core (near 100 on its
+    /// pinned core means the generator, not the server, set the connect rate).
+    pub generator_cpu_percent_connecting: f64,
+    /// Server file descriptors after the settle time.
+    pub server_open_fds: usize,
+    /// (RSS after − RSS before) / sessions connected.
+    pub bytes_per_session: f64,
+    /// Failed connects.
+    pub failures: Failures,
+}
+
+/// Keeps a session open, answering pings, until `stop`; then closes it.
+async fn hold(mut ws: WsStream, mut stop: watch::Receiver<bool>, alive: Arc<AtomicUsize>) {
+    loop {
+        tokio::select! {
+            frame = ws.next() => match frame {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => break,
+            },
+            _ = stop.changed() => {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+                break;
+            }
+        }
+    }
+    alive.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Runs the scenario; the sessions are closed before it returns.
+pub async fn run(options: IdleOptions) -> anyhow::Result<IdleReport> {
+    if options.sessions == 0 || options.sessions > MAX_SESSIONS {
+        bail!("--sessions must be 1..={MAX_SESSIONS} (one file descriptor each)");
+    }
+    let server = Process::Pid(options.server_pid);
+    procfs::ensure_fd_room(
+        Process::Myself,
+        options.sessions + SPARE_FDS,
+        "the load generator",
+    )?;
+    procfs::ensure_fd_room(server, options.sessions, "the server")?;
+
+    let before = procfs::sample(server)?;
+    let generator_before = procfs::sample(Process::Myself)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let alive = Arc::new(AtomicUsize::new(0));
+    let opened = session::open_sessions(
+        &options.target,
+        &options.aliases,
+        &options.sources,
+        options.sessions,
+        options.concurrency,
+        |_placement, ws| {
+            alive.fetch_add(1, Ordering::SeqCst);
+            hold(ws, stop_rx.clone(), Arc::clone(&alive))
+        },
+    )
+    .await;
+    let connected_at = procfs::sample(server)?;
+    let generator_connected_at = procfs::sample(Process::Myself)?;
+    tokio::time::sleep(options.settle).await;
+    let after = procfs::sample(server)?;
+    let alive_at_measure = alive.load(Ordering::SeqCst);
+    let server_open_fds = procfs::open_fds(server).unwrap_or(0);
+
+    // Bounded: every holder closes within 2 × CLOSE_TIMEOUT of the stop signal.
+    let _ = stop_tx.send(true);
+    futures_util::future::join_all(opened.handles).await;
+
+    let connected = options.sessions - opened.failures.total() as usize;
+    let connect_secs = opened.elapsed.as_secs_f64();
+    Ok(IdleReport {
+        scenario: "idle",
+        sessions_requested: options.sessions,
+        sessions_connected: connected,
+        sessions_alive_at_measure: alive_at_measure,
+        aliases: options.aliases.len(),
+        sources: options.sources.len(),
+        concurrency: options.concurrency,
+        connect_secs,
+        connect_rate_per_sec: if connect_secs > 0.0 {
+            connected as f64 / connect_secs
+        } else {
+            0.0
+        },
+        server: Usage::between(before, after),
+        server_cpu_percent_connecting: Usage::between(before, connected_at).cpu_percent,
+        generator_cpu_percent_connecting: Usage::between(generator_before, generator_connected_at)
+            .cpu_percent,
+        server_open_fds,
+        bytes_per_session: if connected > 0 {
+            (after.rss as f64 - before.rss as f64) / connected as f64
+        } else {
+            0.0
+        },
+        failures: opened.failures,
+    })
+}

@@ -1,0 +1,28 @@
+//! `herald-loadtest`: a load generator for herald's `/v1/ws` dialect.
+//!
+//! It opens many authenticated WebSocket sessions (spread over many aliases and several
+//! `127.0.0.x` source addresses, so one process is not limited by one address's ephemeral
+//! ports), publishes probe events over NATS at a target rate, and measures what a user
+//! of herald would feel: connect rate, publish→receipt latency, lost and duplicated
+//! events, and the server's memory and CPU (read from `/proc`).
+//!
+//! Every scenario is bounded in count and time and talks only to loopback addresses.
+//!
+//! Modules:
+//! - [`spread`]: which alias and source address each session uses.
+//! - [`session`]: one session (bound socket, upgrade, `connected`) and opening many.
+//! - [`probe`]: the probe event published over NATS and read back from the socket.
+//! - [`procfs`]: server RSS, CPU time and file-descriptor limits from `/proc`.
+//! - [`idle`]: scenario "idle sessions": bytes per idle session, connect rate.
+//! - [`latency`]: scenario "latency": publish→receipt percentiles, lost, duplicated.
+//! - [`nodeconfig`]: a herald config with many aliases and high limits.
+//! - [`report`]: percentiles, JSON results, and the combined `report.md`/`report.json`.
+
+pub mod idle;
+pub mod latency;
+pub mod nodeconfig;
+pub mod probe;
+pub mod procfs;
+pub mod report;
+pub mod session;
+pub mod spread;

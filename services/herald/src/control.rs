@@ -1,0 +1,65 @@
+//! Node-wide control messages on `herald.v1.control.revoke`: `{"aliasId": "..."}` closes
+//! that alias's sessions on every node with 4001 and drops its cached logins.
+
+use futures_util::StreamExt;
+use herald_protocol::subject::CONTROL_REVOKE;
+use serde::Deserialize;
+
+use crate::bus::{Bus, BusMessage};
+use crate::registry::{CloseAll, RoutingKey};
+use crate::state::AppState;
+
+/// Close code for sessions whose credentials were revoked.
+pub const REVOKED: u16 = 4001;
+
+/// A revocation.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revoke {
+    /// The alias whose sessions close.
+    pub alias_id: Option<String>,
+}
+
+/// Decodes a revocation body (JSON, or MessagePack like every other bus body).
+pub fn decode(message: &BusMessage) -> Result<Revoke, String> {
+    serde_json::from_slice(&message.payload)
+        .or_else(|_| rmp_serde::from_slice(&message.payload))
+        .map_err(|e| format!("revocation body must be {{\"aliasId\": \"...\"}}: {e}"))
+}
+
+/// Listens for revocations until the bus goes away (resubscribing if the stream ends).
+pub async fn run(bus: Bus, state: actix_web::web::Data<AppState>) {
+    loop {
+        let mut messages = match bus.subscribe(CONTROL_REVOKE).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::error!(%error, "cannot subscribe to revocations; retrying in 1s");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            match decode(&message) {
+                Ok(Revoke {
+                    alias_id: Some(alias_id),
+                }) => {
+                    tracing::info!(alias_id = %alias_id, "credentials revoked: closing sessions");
+                    state.auth.forget_alias(&alias_id);
+                    state.directory.close_all(CloseAll {
+                        key: RoutingKey::Alias(alias_id),
+                        code: REVOKED,
+                        reason: "credentials revoked",
+                    });
+                }
+                Ok(Revoke { alias_id: None }) => {
+                    tracing::warn!("revocation without aliasId ignored")
+                }
+                Err(reason) => {
+                    crate::metrics::bus_decode_error();
+                    tracing::warn!(subject = CONTROL_REVOKE, %reason, "skipping undecodable revocation");
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

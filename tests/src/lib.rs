@@ -1,0 +1,77 @@
+//! Test harness: starts real nats-server and herald processes on free ports and talks to
+//! them like users do (WebSocket clients, NATS producers, HTTP).
+//!
+//! In the spirit of nats.rs's test harness and zero-to-production's `spawn_app`:
+//!
+//! - [`nats`]: [`NatsServer`] (single JetStream server, restartable) and [`NatsCluster`].
+//! - [`node`]: [`Node`], a real `herald serve` process started from a [`NodeConfig`].
+//! - [`client`]: `/v1/ws` WebSocket clients over tokio-tungstenite, and refusals.
+//! - [`raw`]: a hand-rolled WebSocket client that never answers pings (dead clients).
+//! - [`publisher`]: a foreign producer publishing envelopes to NATS or `POST /v1/publish`.
+//! - [`metrics`]: a Prometheus text scrape.
+//! - [`fixtures`]: the demo credentials and payload builders.
+//!
+//! Every process is killed when its handle is dropped, so a panicking test leaves nothing
+//! behind.
+
+pub mod client;
+pub mod fixtures;
+pub mod metrics;
+pub mod nats;
+pub mod node;
+pub mod publisher;
+pub mod raw;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use client::{Connect, Frame, Refusal, WsClient};
+pub use metrics::Metrics;
+pub use nats::{NatsCluster, NatsServer};
+pub use node::{Node, NodeConfig};
+pub use publisher::Publisher;
+pub use raw::RawWs;
+
+/// How long a test waits for something that should happen promptly (a frame, a close, a
+/// process becoming ready). Generous: debug builds on a loaded 2-core machine are slow,
+/// and a wait only lasts this long when the test is failing anyway.
+pub const PROMPT: Duration = Duration::from_secs(10);
+
+/// The workspace root (the directory holding the top-level `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent directory")
+        .to_path_buf()
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+///
+/// Binding port 0 and dropping the listener leaves a small window in which another
+/// process may take the port; the kernel does not hand the same ephemeral port out again
+/// soon, which is good enough for tests.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot bind an ephemeral port on 127.0.0.1")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,221 @@
+//! A hand-rolled WebSocket client over raw TCP: it performs the upgrade and reads frames,
+//! but never answers pings unless told to. tungstenite answers pings whenever the socket
+//! is read, so a client that is "alive but unresponsive" needs this.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// WebSocket opcodes (RFC 6455 §5.2).
+pub mod opcode {
+    /// Text data frame.
+    pub const TEXT: u8 = 0x1;
+    /// Binary data frame.
+    pub const BINARY: u8 = 0x2;
+    /// Close control frame.
+    pub const CLOSE: u8 = 0x8;
+    /// Ping control frame.
+    pub const PING: u8 = 0x9;
+    /// Pong control frame.
+    pub const PONG: u8 = 0xA;
+}
+
+/// One frame read from the server (servers never mask).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawFrame {
+    /// A frame: opcode and (unfragmented) payload.
+    Frame {
+        /// The opcode.
+        opcode: u8,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// The server closed the TCP connection.
+    Eof,
+    /// Nothing arrived in time.
+    Timeout,
+}
+
+impl RawFrame {
+    /// The close code, for a close frame that carries one.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            RawFrame::Frame {
+                opcode: opcode::CLOSE,
+                payload,
+            } if payload.len() >= 2 => Some(u16::from_be_bytes([payload[0], payload[1]])),
+            _ => None,
+        }
+    }
+}
+
+/// A WebSocket connection that does exactly what the test says and nothing else.
+pub struct RawWs {
+    /// The TCP stream after the upgrade.
+    stream: TcpStream,
+    /// Bytes read but not yet parsed into frames.
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Sends the upgrade request for `path_and_query` with `headers`; returns the socket on
+    /// `101`, else the status code.
+    pub async fn connect(
+        addr: SocketAddr,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<RawWs, u16> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("cannot connect to herald");
+        Self::upgrade(stream, addr, path_and_query, headers).await
+    }
+
+    /// Like [`RawWs::connect`] with a tiny socket receive buffer, so that the server's
+    /// writes back up quickly when this client does not read (a slow consumer).
+    pub async fn connect_slow(
+        addr: SocketAddr,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<RawWs, u16> {
+        let socket = TcpSocket::new_v4().expect("cannot create a socket");
+        socket
+            .set_recv_buffer_size(4096)
+            .expect("cannot shrink the receive buffer");
+        let stream = socket
+            .connect(addr)
+            .await
+            .expect("cannot connect to herald");
+        Self::upgrade(stream, addr, path_and_query, headers).await
+    }
+
+    /// Sends the upgrade request on `stream` and reads the response head.
+    async fn upgrade(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<RawWs, u16> {
+        let mut request = format!(
+            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n"
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("cannot send the upgrade request");
+
+        let mut buf = Vec::new();
+        let head_end = loop {
+            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(crate::PROMPT, stream.read(&mut chunk))
+                .await
+                .expect("no upgrade response in time")
+                .expect("cannot read the upgrade response");
+            assert!(n > 0, "connection closed during the upgrade");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("malformed upgrade response: {head}"));
+        if status != 101 {
+            return Err(status);
+        }
+        buf.drain(..head_end);
+        Ok(RawWs { stream, buf })
+    }
+
+    /// Parses one complete frame from the buffer, if there is one.
+    fn parse(&mut self) -> Option<RawFrame> {
+        let b = &self.buf;
+        if b.len() < 2 {
+            return None;
+        }
+        let opcode = b[0] & 0x0F;
+        let masked = b[1] & 0x80 != 0;
+        let (len, mut at) = match b[1] & 0x7F {
+            126 if b.len() >= 4 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            127 if b.len() >= 10 => (
+                u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")),
+                10,
+            ),
+            126 | 127 => return None,
+            n => (u64::from(n), 2),
+        };
+        let mask = if masked {
+            if b.len() < at + 4 {
+                return None;
+            }
+            let m = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+            at += 4;
+            Some(m)
+        } else {
+            None
+        };
+        let end = at + usize::try_from(len).expect("frame fits in memory");
+        if b.len() < end {
+            return None;
+        }
+        let mut payload = b[at..end].to_vec();
+        if let Some(mask) = mask {
+            payload
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x ^= mask[i % 4]);
+        }
+        self.buf.drain(..end);
+        Some(RawFrame::Frame { opcode, payload })
+    }
+
+    /// Reads the next frame within `timeout` (pings are returned, not answered).
+    pub async fn read_frame(&mut self, timeout: Duration) -> RawFrame {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(frame) = self.parse() {
+                return frame;
+            }
+            let mut chunk = [0u8; 8192];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return RawFrame::Timeout,
+                Ok(Ok(0)) | Ok(Err(_)) => return RawFrame::Eof,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Sends one masked frame, as a client must.
+    pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | u8::try_from(n).expect("< 126")),
+            n if n <= usize::from(u16::MAX) => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&u16::try_from(n).expect("fits u16").to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, x)| x ^ mask[i % 4]));
+        self.stream
+            .write_all(&frame)
+            .await
+            .expect("cannot send a frame");
+    }
+}

@@ -52,7 +52,7 @@ struct SessionArgs {
     /// Prefix of generated alias ids.
     #[arg(long, default_value = "a")]
     alias_prefix: String,
-    /// Loopback source addresses, comma-separated; default 127.0.0.2, … one per 10,000 sessions.
+    /// Loopback source addresses, comma-separated; default 127.0.0.2, … one per 1,000 sessions.
     #[arg(long)]
     sources: Option<String>,
     /// Sessions connecting at the same time.

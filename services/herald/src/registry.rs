@@ -108,6 +108,9 @@ struct MemberState {
     member: Member,
     /// `Some` while the member's replay runs: live frames (with their sequence) wait here.
     held: Option<Vec<(Option<u64>, Frame)>>,
+    /// Highest sequence this member was sent by its own replay: later deliveries at or
+    /// below it (a gap fill, a live event that raced the replay) are not sent again.
+    sent_upto: Option<u64>,
 }
 
 /// The registry actor of one routing key.
@@ -273,6 +276,11 @@ impl Registry {
                 let Some(frame) = &frames[state.member.format.index()] else {
                     continue;
                 };
+                if let (Some(seq), Some(upto)) = (message.seq, state.sent_upto) {
+                    if seq <= upto {
+                        continue;
+                    }
+                }
                 if let Some(held) = &mut state.held {
                     held.push((message.seq, frame.clone()));
                     continue;
@@ -344,6 +352,7 @@ impl Registry {
         let Some(state) = self.members.get_mut(&id) else {
             return;
         };
+        state.sent_upto = Some(upto);
         let held = state.held.take().unwrap_or_default();
         out.extend(
             held.into_iter()
@@ -461,6 +470,7 @@ impl Handler<Join> for Registry {
             MemberState {
                 member: join.member,
                 held,
+                sent_upto: None,
             },
         ) {
             self.per_format[old.member.format.index()] -= 1;

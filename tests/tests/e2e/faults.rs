@@ -19,6 +19,10 @@ use crate::nats_setup;
 /// How soon a revocation must close the alias's sessions (SPEC §6).
 const REVOKE_WITHIN: Duration = Duration::from_secs(1);
 
+/// How long the revocation test waits for a close before failing (the timing assertion
+/// against [`REVOKE_WITHIN`] comes after, with the measured time in its message).
+const PROMPT_CLOSE: Duration = Duration::from_secs(5);
+
 /// Events the background publisher of the kill tests sends: ~2 s at ~500 events/s.
 const STREAM_EVENTS: u64 = 1_000;
 
@@ -160,7 +164,7 @@ fn assert_exactly_once_in_order(what: &str, got: &[Got], expected: RangeInclusiv
     }
 }
 
-/// Publishes `{"event": "newMessage", "n": n}` for DEMO through NATS.
+/// Publishes `{"event": "newMessage", "n": n}` for `alias_id` through NATS (core publish).
 async fn publish_n(publisher: &Publisher, alias_id: &str, n: u64) {
     publisher
         .alias_event(alias_id, &json!({"event": "newMessage", "n": n}))
@@ -202,7 +206,7 @@ async fn publish_paced(
         let give_up = Instant::now() + Duration::from_secs(60);
         loop {
             match publisher
-                .try_alias_event_acked(DEMO.id, &payload, &msg_id, Duration::from_secs(2))
+                .try_alias_event_acked(DEMO.id, &payload, &msg_id, Duration::from_millis(500))
                 .await
             {
                 Ok(ack) => {
@@ -219,7 +223,7 @@ async fn publish_paced(
                         Instant::now() < give_up,
                         "publishing n={n} kept failing for 60 s: {error} ({produced:?})"
                     );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }
@@ -354,10 +358,6 @@ async fn revoking_an_alias_closes_its_sessions_on_every_node_with_4001() {
     assert_exactly_once_in_order("OTHER across DEMO's revocation", &reading.got, 1..=6);
 }
 
-/// How long the revocation test waits for a close before failing (the timing assertion
-/// against [`REVOKE_WITHIN`] comes after, with the measured time in its message).
-const PROMPT_CLOSE: Duration = Duration::from_secs(5);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_moves_to_the_other_node_after_kill_9_and_misses_nothing() {
     /// Node A is killed once the client has received this many events.
@@ -441,13 +441,23 @@ async fn client_moves_to_the_other_node_after_kill_9_and_misses_nothing() {
 async fn nats_crash_restart_mid_stream_loses_nothing_for_a_connected_client() {
     /// NATS is killed once the publisher has had this many events acknowledged.
     const CRASH_AFTER: u64 = 300;
-    /// How long NATS stays down.
-    const DOWN_FOR: Duration = Duration::from_secs(1);
+    /// How long NATS stays down. The node's reconnect backoff doubles from 1 ms (attempts
+    /// ~0.5 s, ~1 s, ~2 s, ~4 s after the crash), so it comes back ~0.5 s after the
+    /// restart, while the publisher (10 ms backoff) is back at once: events stored
+    /// meanwhile must come from the node's gap fill, the rest live, across that seam.
+    const DOWN_FOR: Duration = Duration::from_millis(1_500);
     let mut nats = NatsServer::start();
     let node =
         Node::start(NodeConfig::nats(&[nats.url()]).set("bus.nats.stream_storage", "file")).await;
     wait_ready(&node, "node ready").await;
-    let publisher = Arc::new(Publisher::nats(&nats.url()).await);
+    // The producer reconnects every 10 ms, so it is back (and publishing) right after the
+    // restart, before the node.
+    let producer_client = async_nats::ConnectOptions::new()
+        .reconnect_delay_callback(|_| Duration::from_millis(10))
+        .connect(nats.url())
+        .await
+        .expect("the producer connects to NATS");
+    let publisher = Arc::new(Publisher::Nats(producer_client));
     let mut client = Connect::v1(&node).alias(&DEMO).connect().await;
     publisher.sync_alias(DEMO.id, &mut [&mut client]).await;
 
@@ -471,15 +481,22 @@ async fn nats_crash_restart_mid_stream_loses_nothing_for_a_connected_client() {
     .await;
     tokio::task::block_in_place(|| nats.kill());
     let published_at_crash = progress.load(Ordering::SeqCst);
+    let logs_at_crash = node.logs().len();
     tokio::time::sleep(DOWN_FOR).await;
     tokio::task::block_in_place(|| nats.restart());
     let restarted_at = Instant::now();
 
     let produced = producer.await.expect("the publisher task");
     let (_client, reading) = reader.await.expect("the reader task");
+    let gap_fills: Vec<String> = node.logs()[logs_at_crash..]
+        .iter()
+        .filter(|l| l.contains("gap"))
+        .cloned()
+        .collect();
     eprintln!(
-        "NATS crash: published {published_at_crash} before the kill; publisher {produced:?}; \
-         client received {} events ({} after the restart's first {:?}), others {:?}, ended {:?}",
+        "NATS crash: published {published_at_crash} before the kill, publisher {produced:?}; \
+         client received {} events, {} with n > {published_at_crash}, done {:?} after the \
+         restart; others {:?}; ended {:?}; node gap fills after the crash: {gap_fills:?}",
         reading.got.len(),
         reading
             .got

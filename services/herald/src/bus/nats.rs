@@ -188,9 +188,12 @@ impl NatsBus {
         &self.client
     }
 
-    /// Fires after every (re)connection.
+    /// Fires after every (re)connection from now on (connections before the call are
+    /// marked seen, so a new registry does not mistake the first connect for a gap).
     pub fn reconnects(&self) -> watch::Receiver<u64> {
-        self.reconnects.clone()
+        let mut receiver = self.reconnects.clone();
+        receiver.mark_unchanged();
+        receiver
     }
 
     /// Whether the connection is up and the stream exists.

@@ -350,7 +350,10 @@ def check_notification(got: Optional[dict], sent: dict, who: str, nodes: list[No
     assert isinstance(got.get("notificationId"), str) and got["notificationId"], \
         f"{who}: notificationId missing: {got!r}"
     ts = got.get("timestamp")
-    assert isinstance(ts, int) and not isinstance(ts, bool), f"{who}: timestamp missing: {got!r}"
+    # An integral number of ms. In MessagePack it arrives as float64, as msgpackr writes
+    # any integer beyond 32 bits (so JS clients decode a number, not a BigInt).
+    assert isinstance(ts, (int, float)) and not isinstance(ts, bool), f"{who}: timestamp missing: {got!r}"
+    assert ts == int(ts), f"{who}: timestamp {ts!r} is not a whole number of ms"
     assert abs(ts - time.time() * 1000) < 60_000, f"{who}: timestamp {ts} is not ms since epoch"
 
 

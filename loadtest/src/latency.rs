@@ -121,7 +121,7 @@ struct Tally {
 struct Progress {
     /// Distinct (session, probe) deliveries so far.
     unique: AtomicU64,
-    /// Unix nanos of the latest receipt.
+    /// Unix microseconds of the latest receipt.
     last_receipt: AtomicU64,
 }
 
@@ -158,7 +158,7 @@ async fn read_probes(
             frame = ws.next() => frame,
             _ = stop.changed() => break,
         };
-        let received = probe::unix_nanos();
+        let received = probe::unix_micros();
         let text = match frame {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
@@ -176,7 +176,7 @@ async fn read_probes(
         }
         tally
             .latency_us
-            .saturating_record(received.saturating_sub(sent) / 1_000);
+            .saturating_record(received.saturating_sub(sent));
         if highest.is_some_and(|h| n < h) {
             tally.reordered += 1;
         }
@@ -198,7 +198,7 @@ async fn read_probes(
 struct Published {
     count: u64,
     lag_us: Histogram<u64>,
-    first_nanos: u64,
+    first_micros: u64,
     elapsed: Duration,
 }
 
@@ -215,7 +215,7 @@ async fn publish(
     let period = (options.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / options.rate));
     let mut lag_us = micros_histogram();
     let start = tokio::time::Instant::now();
-    let first_nanos = probe::unix_nanos();
+    let first_micros = probe::unix_micros();
     for n in 0..options.events {
         if let Some(period) = period {
             let due = start + period.mul_f64(n as f64);
@@ -223,7 +223,7 @@ async fn publish(
             lag_us.saturating_record(due.elapsed().as_micros() as u64);
         }
         let alias = (n % options.aliases.len() as u64) as usize;
-        let body = probe::encode(&options.aliases[alias], run, n, probe::unix_nanos(), &eml);
+        let body = probe::encode(&options.aliases[alias], run, n, probe::unix_micros(), &eml);
         client
             .publish(subjects[alias].clone(), body.into())
             .await
@@ -233,7 +233,7 @@ async fn publish(
     Ok(Published {
         count: options.events,
         lag_us,
-        first_nanos,
+        first_micros,
         elapsed: start.elapsed(),
     })
 }
@@ -257,7 +257,7 @@ pub async fn run(options: LatencyOptions) -> anyhow::Result<LatencyReport> {
         .context("NATS did not answer in time")?
         .with_context(|| format!("connecting to {}", options.nats_url))?;
 
-    let run: Arc<str> = format!("r{}", probe::unix_nanos()).into();
+    let run: Arc<str> = format!("r{}", probe::unix_micros()).into();
     let progress = Arc::new(Progress {
         unique: AtomicU64::new(0),
         last_receipt: AtomicU64::new(0),
@@ -322,7 +322,7 @@ pub async fn run(options: LatencyOptions) -> anyhow::Result<LatencyReport> {
         disconnected += usize::from(tally.disconnected);
     }
     let last = progress.last_receipt.load(Ordering::Relaxed);
-    let span = last.saturating_sub(published.first_nanos) as f64 / 1e9;
+    let span = last.saturating_sub(published.first_micros) as f64 / 1e6;
     Ok(LatencyReport {
         scenario: "latency",
         sessions: sessions - opened.failures.total() as usize,

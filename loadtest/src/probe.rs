@@ -2,7 +2,7 @@
 //! number in the payload, and what the load generator reads back from each session.
 //!
 //! herald passes payload fields through flat, so the notification a session receives is
-//! `{"event":"newMessage","aliasId":…,"loadtestRun":…,"n":…,"sentAtNanos":…,"message":{…},
+//! `{"event":"newMessage","aliasId":…,"loadtestRun":…,"n":…,"sentAtMicros":…,"message":{…},
 //! "timestamp":…,"notificationId":…}`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,11 +20,12 @@ pub fn subject(alias_id: &str) -> String {
     format!("herald.v1.alias.{alias_id}.{EVENT}")
 }
 
-/// Nanoseconds since the Unix epoch, the clock both ends of a measurement read.
-pub fn unix_nanos() -> u64 {
+/// Microseconds since the Unix epoch, the clock both ends of a measurement read (a
+/// safe integer for JavaScript peers, unlike nanoseconds).
+pub fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// A raw RFC 5322 message of `bytes` bytes (at least its headers).
@@ -60,8 +61,8 @@ struct Payload<'a> {
     loadtest_run: &'a str,
     /// Sequence number of the event in the run.
     n: u64,
-    /// When it was published, Unix nanoseconds.
-    sent_at_nanos: u64,
+    /// When it was published, Unix microseconds.
+    sent_at_micros: u64,
     message: MailMessage<'a>,
 }
 
@@ -74,14 +75,14 @@ struct MailMessage<'a> {
 }
 
 /// The MessagePack body (string-keyed maps, as producers send) of probe `n`.
-pub fn encode(alias_id: &str, run: &str, n: u64, sent_at_nanos: u64, eml: &str) -> Vec<u8> {
+pub fn encode(alias_id: &str, run: &str, n: u64, sent_at_micros: u64, eml: &str) -> Vec<u8> {
     let envelope = Envelope {
         alias_id,
         payload: Payload {
             event: EVENT,
             loadtest_run: run,
             n,
-            sent_at_nanos,
+            sent_at_micros,
             message: MailMessage {
                 uid: n + 1,
                 mailbox: "INBOX",
@@ -103,7 +104,7 @@ pub struct Receipt {
     /// Set on probes.
     pub n: Option<u64>,
     /// Set on probes.
-    pub sent_at_nanos: Option<u64>,
+    pub sent_at_micros: Option<u64>,
 }
 
 impl Receipt {
@@ -112,12 +113,12 @@ impl Receipt {
         serde_json::from_str(text).ok()
     }
 
-    /// `(n, sent_at_nanos)` when this is a probe of `run`.
+    /// `(n, sent_at_micros)` when this is a probe of `run`.
     pub fn probe_of(&self, run: &str) -> Option<(u64, u64)> {
         if self.event != EVENT || self.loadtest_run.as_deref() != Some(run) {
             return None;
         }
-        Some((self.n?, self.sent_at_nanos?))
+        Some((self.n?, self.sent_at_micros?))
     }
 }
 

@@ -109,6 +109,32 @@ fn mib(value: &Value, path: &[&str]) -> String {
         .map_or_else(|| "-".into(), |b| format!("{:.1}", b / (1024.0 * 1024.0)))
 }
 
+/// Appends a `## title` section with a right-aligned table, unless `rows` is empty.
+fn table(md: &mut String, title: &str, headers: &[&str], rows: &[Vec<String>]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## {title}\n");
+    let _ = writeln!(md, "| {} |", headers.join(" | "));
+    let _ = writeln!(md, "|{}", "---:|".repeat(headers.len()));
+    for row in rows {
+        let _ = writeln!(md, "| {} |", row.join(" | "));
+    }
+    md.push('\n');
+}
+
+/// Failed connects: `0`, or the count per class.
+fn failures(result: &Value) -> String {
+    match result["failures"]["counts"].as_object() {
+        Some(counts) if !counts.is_empty() => counts
+            .iter()
+            .map(|(class, n)| format!("{class}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "0".into(),
+    }
+}
+
 /// The results of one scenario kind.
 fn of<'a>(results: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
     results.iter().filter(move |r| r["scenario"] == kind)
@@ -126,14 +152,9 @@ fn markdown(meta: &Value, results: &[Value]) -> String {
         }
         md.push('\n');
     }
-    if of(results, "idle").next().is_some() {
-        md.push_str("## Idle sessions\n\n");
-        md.push_str("| sessions | connected | connect/s | server CPU connecting % | generator CPU % | RSS before MiB | RSS after MiB | bytes/session | failures |\n");
-        md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-        for r in of(results, "idle") {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+    let idle: Vec<Vec<String>> = of(results, "idle")
+        .map(|r| {
+            vec![
                 num(r, &["sessions_requested"], 0),
                 num(r, &["sessions_connected"], 0),
                 num(r, &["connect_rate_per_sec"], 0),
@@ -142,21 +163,29 @@ fn markdown(meta: &Value, results: &[Value]) -> String {
                 mib(r, &["server", "rss_before_bytes"]),
                 mib(r, &["server", "rss_after_bytes"]),
                 num(r, &["bytes_per_session"], 0),
-                r["failures"]["counts"],
-            );
-        }
-        md.push('\n');
-    }
-    if of(results, "latency").next().is_some() {
-        md.push_str("## Publish → receipt latency\n\n");
-        md.push_str("| sessions | aliases | eml B | rate target | rate achieved | deliveries/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | dup | reordered | server CPU % | server RSS MiB |\n");
-        md.push_str(
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        );
-        for r in of(results, "latency") {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                failures(r),
+            ]
+        })
+        .collect();
+    table(
+        &mut md,
+        "Idle sessions",
+        &[
+            "sessions",
+            "connected",
+            "connect/s",
+            "server CPU connecting %",
+            "generator CPU %",
+            "RSS before MiB",
+            "RSS after MiB",
+            "bytes/session",
+            "failures",
+        ],
+        &idle,
+    );
+    let latency: Vec<Vec<String>> = of(results, "latency")
+        .map(|r| {
+            vec![
                 num(r, &["sessions"], 0),
                 num(r, &["aliases"], 0),
                 num(r, &["eml_bytes"], 0),
@@ -174,10 +203,33 @@ fn markdown(meta: &Value, results: &[Value]) -> String {
                 num(r, &["server", "cpu_percent"], 0),
                 mib(r, &["server", "rss_after_bytes"]),
                 num(r, &["generator_cpu_percent"], 0),
-            );
-        }
-        md.push('\n');
-    }
+            ]
+        })
+        .collect();
+    table(
+        &mut md,
+        "Publish → receipt latency",
+        &[
+            "sessions",
+            "aliases",
+            "eml B",
+            "rate target",
+            "rate achieved",
+            "deliveries/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "lost",
+            "dup",
+            "reordered",
+            "server CPU %",
+            "server RSS MiB",
+            "generator CPU %",
+        ],
+        &latency,
+    );
     md
 }
 

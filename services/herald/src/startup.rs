@@ -84,6 +84,8 @@ impl Application {
             }
         })
         .disable_signals()
+        // Nagle + delayed ACK held a session's second frame ~40 ms (loadtest: p99 42 ms → 4 ms).
+        .tcp_nodelay(true)
         .shutdown_timeout(drain.as_secs() + 5)
         .listen(listener)?;
         let mut metrics_address = None;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use actix_ws::CloseReason;
 use bytes::Bytes;
 use bytestring::ByteString;
+use herald_protocol::WireFormat;
 use tokio::sync::mpsc;
 
 /// One encoded frame, shared by every session that receives it.
@@ -19,6 +20,14 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// Encodes a control frame (`connected`, `ping`, `resyncRequired`, ...) in `format`.
+    pub fn encode(format: WireFormat, value: &serde_json::Value) -> Option<Frame> {
+        match format {
+            WireFormat::Json => Some(Frame::Text(ByteString::from(value.to_string()))),
+            WireFormat::MessagePack => format.encode_value(value).ok().map(Frame::Binary),
+        }
+    }
+
     /// Payload size, counted against `limits.max_buffered_bytes`.
     pub fn len(&self) -> usize {
         match self {

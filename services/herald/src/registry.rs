@@ -300,14 +300,7 @@ impl Registry {
 
     /// The dialect's "you missed too much, refetch" frame.
     fn resync_frame(format: WireFormat) -> Option<Frame> {
-        let value = serde_json::json!({"event": "resyncRequired"});
-        match format {
-            WireFormat::Json => Some(Frame::Text(ByteString::from(value.to_string()))),
-            WireFormat::MessagePack => WireFormat::MessagePack
-                .encode_value(&value)
-                .ok()
-                .map(Frame::Binary),
-        }
+        Frame::encode(format, &serde_json::json!({"event": "resyncRequired"}))
     }
 
     /// Ends a member's catch-up: replayed events, then the live frames held meanwhile that

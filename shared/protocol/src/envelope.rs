@@ -63,16 +63,7 @@ impl Envelope {
         let value = if json {
             serde_json::from_slice::<Value>(body)?
         } else {
-            let mut cursor = body;
-            let value = rmpv::decode::read_value(&mut cursor)
-                .map_err(|e| EnvelopeError::MessagePack(e.to_string()))?;
-            if !cursor.is_empty() {
-                return Err(EnvelopeError::MessagePack(format!(
-                    "{} trailing bytes after the envelope",
-                    cursor.len()
-                )));
-            }
-            msgpack_to_json(value)?
+            decode_msgpack(body)?
         };
         let envelope: Envelope =
             serde_json::from_value(value).map_err(|e| EnvelopeError::Shape(e.to_string()))?;
@@ -115,6 +106,20 @@ impl Envelope {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a JSON-shaped envelope always encodes")
     }
+}
+
+/// Decodes one MessagePack value (a body or a frame) into JSON, refusing trailing bytes.
+pub fn decode_msgpack(bytes: &[u8]) -> Result<Value, EnvelopeError> {
+    let mut cursor = bytes;
+    let value = rmpv::decode::read_value(&mut cursor)
+        .map_err(|e| EnvelopeError::MessagePack(e.to_string()))?;
+    if !cursor.is_empty() {
+        return Err(EnvelopeError::MessagePack(format!(
+            "{} trailing bytes after the value",
+            cursor.len()
+        )));
+    }
+    msgpack_to_json(value)
 }
 
 /// Converts a MessagePack value to JSON: binary that is UTF-8 becomes a string

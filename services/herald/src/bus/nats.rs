@@ -250,29 +250,10 @@ impl NatsBus {
         Ok(PublishAck::default())
     }
 
-    /// The stream's last sequence.
-    pub async fn last_sequence(&self) -> Result<u64, BusError> {
+    /// The stream and its current state; errors name `subject`, the key being served.
+    async fn stream(&self, subject: &str) -> Result<(stream::Stream, stream::State), BusError> {
         let err = |e: &dyn std::fmt::Display| BusError::Replay {
-            subject: self.stream_name.clone(),
-            reason: e.to_string(),
-        };
-        let stream = self
-            .jetstream
-            .get_stream(&self.stream_name)
-            .await
-            .map_err(|e| err(&e))?;
-        Ok(stream
-            .get_info()
-            .await
-            .map_err(|e| err(&e))?
-            .state
-            .last_sequence)
-    }
-
-    /// Every stored event matching `pattern` after `since`, read with an ordered consumer.
-    pub async fn replay(&self, pattern: &str, since: u64) -> Result<Replay, BusError> {
-        let err = |e: &dyn std::fmt::Display| BusError::Replay {
-            subject: pattern.to_owned(),
+            subject: subject.to_owned(),
             reason: e.to_string(),
         };
         let stream = self
@@ -281,6 +262,21 @@ impl NatsBus {
             .await
             .map_err(|e| err(&e))?;
         let state = stream.get_info().await.map_err(|e| err(&e))?.state;
+        Ok((stream, state))
+    }
+
+    /// The stream's last sequence.
+    pub async fn last_sequence(&self) -> Result<u64, BusError> {
+        Ok(self.stream(&self.stream_name).await?.1.last_sequence)
+    }
+
+    /// Every stored event matching `pattern` after `since`, read with an ordered consumer.
+    pub async fn replay(&self, pattern: &str, since: u64) -> Result<Replay, BusError> {
+        let err = |e: &dyn std::fmt::Display| BusError::Replay {
+            subject: pattern.to_owned(),
+            reason: e.to_string(),
+        };
+        let (stream, state) = self.stream(pattern).await?;
         if since > state.last_sequence || since.saturating_add(1) < state.first_sequence {
             return Ok(Replay::ResyncRequired);
         }

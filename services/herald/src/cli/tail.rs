@@ -57,8 +57,8 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         match message? {
             Message::Text(text) => println!("{text}"),
             Message::Binary(bytes) => {
-                let value: serde_json::Value =
-                    rmp_serde_free_decode(&bytes).context("binary frame is not MessagePack")?;
+                let value = herald_protocol::envelope::decode_msgpack(&bytes)
+                    .context("binary frame is not MessagePack")?;
                 println!("{value}");
             }
             Message::Ping(data) => socket.send(Message::Pong(data)).await?,
@@ -70,19 +70,4 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn rmp_serde_free_decode(bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
-    let envelope_like = herald_protocol::Envelope::decode(
-        &{
-            // Reuse the protocol's MessagePack → JSON conversion by wrapping the frame.
-            let mut wrapped = Vec::with_capacity(bytes.len() + 16);
-            wrapped.extend_from_slice(&[0x81, 0xa7]);
-            wrapped.extend_from_slice(b"payload");
-            wrapped.extend_from_slice(bytes);
-            wrapped
-        },
-        false,
-    )?;
-    Ok(serde_json::Value::Object(envelope_like.payload))
 }

@@ -9,7 +9,6 @@ use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use base64::Engine;
-use bytestring::ByteString;
 use futures_util::future::join_all;
 use herald_protocol::subject::validate_identifier;
 use herald_protocol::WireFormat;
@@ -30,6 +29,16 @@ const DIALECT: &str = "v1";
 const ALIAS_FULL_RETRY_AFTER: u64 = 10;
 /// Seconds a client should wait when the node is full or draining.
 const NODE_FULL_RETRY_AFTER: u64 = 60;
+
+/// The app-level keepalive frame, encoded once per format for every session.
+fn ping_frame(format: WireFormat) -> Frame {
+    static PING: std::sync::LazyLock<[Frame; 2]> = std::sync::LazyLock::new(|| {
+        WireFormat::ALL.map(|format| {
+            Frame::encode(format, &json!({"event": "ping"})).expect("a constant frame encodes")
+        })
+    });
+    PING[format.index()].clone()
+}
 
 /// How the client authenticates.
 #[derive(Debug)]
@@ -378,18 +387,6 @@ impl FeSession {
         })
     }
 
-    fn encode(&self, value: &serde_json::Value) -> Option<Frame> {
-        match self.format {
-            WireFormat::Json => ByteString::try_from(serde_json::to_vec(value).ok()?)
-                .ok()
-                .map(Frame::Text),
-            WireFormat::MessagePack => WireFormat::MessagePack
-                .encode_value(value)
-                .ok()
-                .map(Frame::Binary),
-        }
-    }
-
     /// Sends `connected`, joins the registries, then starts writing: frames the registries
     /// queue meanwhile wait behind `connected`, and nothing published after it is missed.
     fn go_live(&mut self, identity: Identity, ctx: &mut Context<Self>) {
@@ -407,7 +404,7 @@ impl FeSession {
             ),
         };
         self.phase = Phase::Live(identity);
-        if let Some(frame) = self.encode(&connected) {
+        if let Some(frame) = Frame::encode(self.format, &connected) {
             let _ = self.outbox.push(frame);
         }
         let member = Member {
@@ -486,9 +483,7 @@ impl FeSession {
         }
         self.alive = false;
         self.outbox.ping();
-        if let Some(frame) = self.encode(&json!({"event": "ping"})) {
-            let _ = self.outbox.push(frame);
-        }
+        let _ = self.outbox.push(ping_frame(self.format));
     }
 }
 

@@ -3,7 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use herald_protocol::{Envelope, Event, Subject};
+use herald_protocol::{Envelope, Subject};
 use serde_json::{json, Value};
 
 use crate::bus::{BusError, BusMessage};
@@ -124,11 +124,6 @@ pub async fn publish(
     Ok(HttpResponse::Accepted().json(
         json!({ "notificationId": notification_id, "seq": ack.seq, "duplicate": ack.duplicate }),
     ))
-}
-
-/// Parses an event name given on the command line.
-pub fn parse_event(name: &str) -> Result<Event, String> {
-    name.parse::<Event>().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -724,6 +724,32 @@ mod tests {
     }
 
     #[test]
+    fn defaults_are_the_contracts_numbers() {
+        // SPEC §3–§6: these are promises to operators, not tuning knobs to drift.
+        for s in [Settings::default(), Settings::load(None).unwrap()] {
+            let l = &s.limits;
+            assert_eq!(l.max_notification_bytes, 1024 * 1024);
+            assert_eq!(l.max_buffered_bytes, 1024 * 1024);
+            assert_eq!(l.max_client_frame_bytes, 1024);
+            assert_eq!(l.connections_per_ip_per_minute, 30);
+            assert_eq!(l.max_sessions_per_alias, 10);
+            assert_eq!(l.max_sessions_total, 10_000);
+            assert_eq!(l.max_pending_auth_per_ip, 5);
+            assert_eq!(l.max_anonymous_per_ip, 3);
+            assert_eq!(l.failed_logins_per_ip, 10);
+            assert_eq!(l.failed_login_block, Duration::from_secs(600));
+            let fe = &s.forwardemail;
+            assert!(!fe.allow_anonymous);
+            assert_eq!(fe.ping_interval, Duration::from_secs(30));
+            assert_eq!(fe.auth_frame_timeout, Duration::from_secs(5));
+            assert_eq!(fe.auth_backend_timeout, Duration::from_secs(10));
+            assert_eq!(s.bus.retention, Duration::from_secs(24 * 3600));
+            assert_eq!(s.bus.dedup_window, Duration::from_secs(120));
+            assert_eq!(s.server.listen, "127.0.0.1:8080");
+        }
+    }
+
+    #[test]
     fn redacted_output_hides_every_secret() {
         let s = Settings::load(None).unwrap();
         let out = s.to_redacted_toml();

@@ -1,29 +1,31 @@
-//! Scenario "idle": open N authenticated sessions, wait until every one has its
-//! `connected` frame, and report the connect rate and the server's resident memory per
-//! idle session (ΔRSS / N).
+//! Scenario "idle" (and "connect storm"): open N authenticated sessions, wait until every
+//! one has its `connected` frame (raw NATS: its subscription confirmed), and report the
+//! rate at which sessions were accepted, the server's resident memory per idle session
+//! (ΔRSS / N), and RSS at every tenth of N on the way.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::bail;
-use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::procfs::{self, Process, Usage};
-use crate::session::{self, Failures, Target, WsStream, MAX_SESSIONS};
+use crate::session::{self, Failures, Session, System, Target, MAX_SESSIONS};
 
 /// How long a session may take to send its close frame at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Descriptors the generator needs besides its sessions (runtime, stdio, NATS).
 const SPARE_FDS: usize = 64;
+/// Points of the RSS-vs-sessions curve.
+const CURVE_POINTS: usize = 10;
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct IdleOptions {
-    /// The server.
+    /// The server (one node).
     pub target: Target,
     /// Alias ids the sessions authenticate as (round-robin).
     pub aliases: Vec<String>,
@@ -37,13 +39,17 @@ pub struct IdleOptions {
     pub settle: Duration,
     /// The server's pid, for RSS and CPU.
     pub server_pid: u32,
+    /// Scenario name in the report (`idle`).
+    pub scenario: String,
 }
 
 /// The result, as written to `report.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleReport {
-    /// Always `"idle"`.
-    pub scenario: &'static str,
+    /// `idle` (or the name given).
+    pub scenario: String,
+    /// The system under test.
+    pub system: System,
     /// Sessions asked for.
     pub sessions_requested: usize,
     /// Sessions that got `connected`.
@@ -71,21 +77,25 @@ pub struct IdleReport {
     pub server_open_fds: usize,
     /// (RSS after − RSS before) / sessions connected.
     pub bytes_per_session: f64,
+    /// `[sessions connected, server RSS bytes]` while connecting, and after the settle time.
+    pub rss_curve: Vec<[u64; 2]>,
     /// Failed connects.
     pub failures: Failures,
 }
 
 /// Keeps a session open, answering pings, until `stop`; then closes it.
-async fn hold(mut ws: WsStream, mut stop: watch::Receiver<bool>, alive: Arc<AtomicUsize>) {
+async fn hold(mut session: Session, mut stop: watch::Receiver<bool>, alive: Arc<AtomicUsize>) {
+    let mut ignored = Vec::new();
     loop {
         tokio::select! {
-            frame = ws.next() => match frame {
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => break,
-            },
+            open = session.read(&mut ignored) => {
+                ignored.clear();
+                if !open {
+                    break;
+                }
+            }
             _ = stop.changed() => {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;
                 break;
             }
         }
@@ -110,15 +120,22 @@ pub async fn run(options: IdleOptions) -> anyhow::Result<IdleReport> {
     let generator_before = procfs::sample(Process::Myself)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let alive = Arc::new(AtomicUsize::new(0));
+    let every = options.sessions.div_ceil(CURVE_POINTS).max(1);
+    let curve = Mutex::new(vec![[0, before.rss]]);
     let opened = session::open_sessions(
-        &options.target,
+        std::slice::from_ref(&options.target),
         &options.aliases,
         &options.sources,
         options.sessions,
         options.concurrency,
-        |_placement, ws| {
-            alive.fetch_add(1, Ordering::SeqCst);
-            hold(ws, stop_rx.clone(), Arc::clone(&alive))
+        |_placement, session| {
+            let count = alive.fetch_add(1, Ordering::SeqCst) + 1;
+            if count.is_multiple_of(every) {
+                if let Ok(rss) = procfs::rss_bytes(server) {
+                    curve.lock().expect("curve lock").push([count as u64, rss]);
+                }
+            }
+            hold(session, stop_rx.clone(), Arc::clone(&alive))
         },
     )
     .await;
@@ -128,6 +145,8 @@ pub async fn run(options: IdleOptions) -> anyhow::Result<IdleReport> {
     let after = procfs::sample(server)?;
     let alive_at_measure = alive.load(Ordering::SeqCst);
     let server_open_fds = procfs::open_fds(server).unwrap_or(0);
+    let mut rss_curve = curve.into_inner().expect("curve lock");
+    rss_curve.push([alive_at_measure as u64, after.rss]);
 
     // Bounded: every holder closes within 2 × CLOSE_TIMEOUT of the stop signal.
     let _ = stop_tx.send(true);
@@ -136,7 +155,8 @@ pub async fn run(options: IdleOptions) -> anyhow::Result<IdleReport> {
     let connected = options.sessions - opened.failures.total() as usize;
     let connect_secs = opened.elapsed.as_secs_f64();
     Ok(IdleReport {
-        scenario: "idle",
+        scenario: options.scenario.clone(),
+        system: options.target.system,
         sessions_requested: options.sessions,
         sessions_connected: connected,
         sessions_alive_at_measure: alive_at_measure,
@@ -159,6 +179,7 @@ pub async fn run(options: IdleOptions) -> anyhow::Result<IdleReport> {
         } else {
             0.0
         },
+        rss_curve,
         failures: opened.failures,
     })
 }

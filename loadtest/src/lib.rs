@@ -1,4 +1,5 @@
-//! `herald-loadtest`: a load generator for herald's `/v1/ws` dialect.
+//! `herald-loadtest`: a load generator and benchmark for herald's `/v1/ws` dialect and its
+//! peers (raw NATS over WebSocket, a reference of Forward Email's Node.js architecture).
 //!
 //! It opens many authenticated WebSocket sessions (spread over many aliases and several
 //! `127.0.0.x` source addresses, so one process is not limited by one address's ephemeral
@@ -17,12 +18,20 @@
 //! - [`latency`]: scenario "latency": publish→receipt percentiles, lost, duplicated.
 //! - [`nodeconfig`]: a herald config with many aliases and high limits.
 //! - [`report`]: percentiles, JSON results, and the combined `report.md`/`report.json`.
+//! - [`plots`]: the report's SVG charts.
+//! - [`natsproto`]: the NATS text protocol of the raw-NATS peer sessions.
+//! - [`publisher`]: probes published on NATS or Redis.
+//! - [`bench`]: the whole benchmark — herald and its peers started, scenarios run, report.
 
+pub mod bench;
 pub mod idle;
 pub mod latency;
+pub mod natsproto;
 pub mod nodeconfig;
+pub mod plots;
 pub mod probe;
 pub mod procfs;
+pub mod publisher;
 pub mod report;
 pub mod session;
 pub mod spread;

@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use herald_loadtest::bench::{self, BenchOptions, NodeTools, Pinning, Sizes, Tools};
 use herald_loadtest::idle::{self, IdleOptions, IdleReport};
-use herald_loadtest::latency::{self, LatencyOptions, LatencyReport};
+use herald_loadtest::latency::{self, LatencyOptions, LatencyReport, Step};
 use herald_loadtest::nodeconfig::NodeConfig;
 use herald_loadtest::report;
-use herald_loadtest::session::Target;
+use herald_loadtest::session::{System, Target};
 use herald_loadtest::spread;
 
-/// Load generator for herald's `/v1/ws` dialect (loopback only, bounded in count and time).
+/// Load generator and benchmark for herald's `/v1/ws` dialect and its peers (loopback
+/// only, bounded in count and time).
 #[derive(Parser)]
 #[command(name = "herald-loadtest", version)]
 struct Cli {
@@ -25,8 +27,11 @@ struct Cli {
 enum Command {
     /// Open N idle sessions; report connect rate and server bytes per session.
     Idle(IdleArgs),
-    /// Publish probes over NATS; report publish→receipt latency, lost and duplicated.
+    /// Publish probes (NATS or Redis); report publish→receipt latency, lost and duplicated;
+    /// with `--ramp`, find the maximum sustainable rate.
     Latency(LatencyArgs),
+    /// The whole benchmark: start herald and its peers, run every scenario, write the report.
+    Bench(BenchArgs),
     /// Print a herald config (TOML) with one token over many aliases and high limits.
     NodeConfig(NodeConfigArgs),
     /// Combine scenario results (`--json` files) into report.md + report.json.
@@ -36,9 +41,14 @@ enum Command {
 /// How sessions reach the server.
 #[derive(Args)]
 struct SessionArgs {
-    /// `/v1/ws` URL of the node (loopback IP).
-    #[arg(long)]
-    url: String,
+    /// The system the URL points at (decides the handshake).
+    #[arg(long, value_enum, default_value_t = System::Herald)]
+    system: System,
+    /// WebSocket URL of the node (loopback IP): herald / reference `…/v1/ws`, raw NATS the
+    /// WebSocket listener. Repeatable for `latency`: the sessions of every alias alternate
+    /// over the nodes.
+    #[arg(long = "url", required = true)]
+    url: Vec<String>,
     /// API token (Basic `token:`) covering every alias used.
     #[arg(long, default_value = "herald-demo-token")]
     token: String,
@@ -64,12 +74,18 @@ struct SessionArgs {
 }
 
 impl SessionArgs {
-    fn target(&self) -> anyhow::Result<Target> {
-        Target::new(
-            &self.url,
-            &self.token,
-            Duration::from_secs(self.connect_timeout_secs),
-        )
+    fn targets(&self) -> anyhow::Result<Vec<Target>> {
+        self.url
+            .iter()
+            .map(|url| {
+                Target::new(
+                    self.system,
+                    url,
+                    &self.token,
+                    Duration::from_secs(self.connect_timeout_secs),
+                )
+            })
+            .collect()
     }
 
     fn aliases(&self, default_count: usize) -> Vec<String> {
@@ -109,15 +125,26 @@ struct IdleArgs {
 struct LatencyArgs {
     #[command(flatten)]
     session: SessionArgs,
-    /// NATS URL the node listens to (loopback).
-    #[arg(long, default_value = "nats://127.0.0.1:4222")]
-    nats: String,
-    /// Probes to publish.
+    /// Where probes are published: `nats://…` (herald, raw NATS) or `redis://…` (the
+    /// Forward Email reference, channel `herald:loadtest:ws`); loopback only.
+    #[arg(long, alias = "nats", default_value = "nats://127.0.0.1:4222")]
+    publish: String,
+    /// Probes to publish (single step).
     #[arg(long, default_value_t = 1000)]
     events: u64,
     /// Target publish rate, events/s; 0 = as fast as possible (open-loop max).
     #[arg(long, default_value_t = 500.0)]
     rate: f64,
+    /// A ramp instead of one step: comma-separated rates (events/s), each for
+    /// `--step-secs`; stops above `--stop-p99-ms`, then runs one step at half the best.
+    #[arg(long, value_delimiter = ',')]
+    ramp: Vec<f64>,
+    /// Seconds per ramp step.
+    #[arg(long, default_value_t = 4.0)]
+    step_secs: f64,
+    /// The ramp stops after the first step with p99 above this (or with loss).
+    #[arg(long, default_value_t = 100.0)]
+    stop_p99_ms: f64,
     /// Sessions per alias.
     #[arg(long, default_value_t = 1)]
     sessions_per_alias: usize,
@@ -130,12 +157,58 @@ struct LatencyArgs {
     /// Seconds to wait for missing probes after the last publish.
     #[arg(long, default_value_t = 10)]
     drain_timeout_secs: u64,
-    /// The herald process (for RSS and CPU), optional.
+    /// The server processes (for RSS and CPU; repeatable), optional.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
+    /// The bus processes behind them (NATS, Redis; repeatable), optional.
+    #[arg(long)]
+    bus_pid: Vec<u32>,
     /// Write the result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Output directory (report.md, report.json, *.svg, logs/, raw/).
+    #[arg(long)]
+    out: PathBuf,
+    /// The herald binary.
+    #[arg(long, env = "HERALD_BIN")]
+    herald: PathBuf,
+    /// nats-server.
+    #[arg(long, env = "NATS_SERVER")]
+    nats_server: PathBuf,
+    /// node (for the Forward Email reference).
+    #[arg(long, default_value = "node")]
+    node: PathBuf,
+    /// loadtest/baselines/forwardemail-node with `npm ci` done; without it that peer is skipped.
+    #[arg(long)]
+    forwardemail_dir: Option<PathBuf>,
+    /// redis-server (for the Forward Email reference).
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
+    /// Systems to run (comma-separated); default every one whose tools are given.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    systems: Vec<System>,
+    /// Quick sizes: one run, fewer sessions and steps (< 3 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Runs per system (default 3, quick 1).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Idle sessions (default 10,000, quick 2,000).
+    #[arg(long)]
+    idle_sessions: Option<usize>,
+    /// Pin server processes to this CPU and bus processes to `--bus-cpu` (taskset).
+    #[arg(long)]
+    server_cpu: Option<usize>,
+    /// CPU of the bus processes (with `--server-cpu`).
+    #[arg(long, default_value_t = 1)]
+    bus_cpu: usize,
+    /// `key=value` lines for the report header (repeatable).
+    #[arg(long = "meta")]
+    meta: Vec<String>,
 }
 
 #[derive(Args)]
@@ -203,32 +276,35 @@ fn print_idle(r: &IdleReport) {
 }
 
 fn print_latency(r: &LatencyReport) {
-    let l = &r.latency_ms;
     println!(
-        "latency: {} probes at {:.0}/s (target {}) to {} sessions over {} aliases; {}/{} deliveries ({:.0}/s)",
-        r.events_published,
-        r.achieved_rate,
-        r.target_rate,
-        r.sessions,
-        r.aliases,
-        r.deliveries,
-        r.deliveries_expected,
-        r.deliveries_per_sec,
+        "{} ({}): {} sessions over {} aliases on {} node(s), connected in {:.2}s",
+        r.scenario, r.system, r.sessions, r.aliases, r.nodes, r.connect_secs
     );
-    println!(
-        "latency: publish->receipt ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} (mean {:.3})",
-        l.p50, l.p90, l.p99, l.p999, l.max, l.mean
-    );
-    println!(
-        "latency: lost {} duplicated {} reordered {} misrouted {} disconnected {}; publisher lag p99 {:.3} ms max {:.3} ms",
-        r.lost, r.duplicated, r.reordered, r.misrouted, r.disconnected, r.publish_lag_ms.p99, r.publish_lag_ms.max
-    );
-    if let Some(s) = &r.server {
+    for (i, s) in r.steps.iter().enumerate() {
+        let l = &s.latency_ms;
         println!(
-            "latency: server CPU {:.0}% of a core, RSS {:.1} MiB; generator CPU {:.0}%",
-            s.cpu_percent,
-            s.rss_after_bytes as f64 / 1048576.0,
-            r.generator_cpu_percent
+            "  step {i} ({}{}): {} probes at {:.0}/s (target {}); {}/{} deliveries ({:.0}/s); \
+             ms p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; lost {} dup {} reordered {} misrouted {}; \
+             server CPU {}; generator CPU {:.0}%{}",
+            s.kind,
+            if r.max_sustainable_step == Some(i) { ", max" } else { "" },
+            s.events_published,
+            s.achieved_rate,
+            s.target_rate,
+            s.deliveries,
+            s.deliveries_expected,
+            s.deliveries_per_sec,
+            l.p50,
+            l.p99,
+            l.p999,
+            l.max,
+            s.lost,
+            s.duplicated,
+            s.reordered,
+            s.misrouted,
+            s.server.map_or("-".into(), |u| format!("{:.0}%", u.cpu_percent)),
+            s.generator_cpu_percent,
+            if s.passed { "" } else { " [over the limit]" },
         );
     }
     if r.failures.total() > 0 {
@@ -239,18 +315,31 @@ fn print_latency(r: &LatencyReport) {
     }
 }
 
+/// `key=value` pairs.
+fn parse_meta(pairs: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut meta = serde_json::Map::new();
+    for pair in pairs {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--meta {pair:?} must be key=value"))?;
+        meta.insert(key.to_owned(), value.into());
+    }
+    Ok(meta)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Idle(args) => {
             let aliases = args.session.aliases(1000);
             let report = idle::run(IdleOptions {
-                target: args.session.target()?,
+                target: args.session.targets()?.remove(0),
                 sources: args.session.sources(args.sessions)?,
                 aliases,
                 sessions: args.sessions,
                 concurrency: args.session.concurrency,
                 settle: Duration::from_secs(args.settle_secs),
                 server_pid: args.server_pid,
+                scenario: "idle".into(),
             })
             .await?;
             print_idle(&report);
@@ -263,30 +352,88 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Latency(args) => {
             let aliases = args.session.aliases(1);
             let sessions = aliases.len() * args.sessions_per_alias;
+            let ramp = !args.ramp.is_empty();
+            let steps = if ramp {
+                args.ramp
+                    .iter()
+                    .map(|&rate| Step::timed(rate, args.step_secs, latency::MAX_EVENTS))
+                    .collect()
+            } else {
+                vec![Step {
+                    rate: args.rate,
+                    events: args.events,
+                }]
+            };
             let report = latency::run(LatencyOptions {
-                target: args.session.target()?,
-                nats_url: args.nats,
+                scenario: if ramp { "fanout" } else { "latency" }.into(),
+                targets: args.session.targets()?,
+                publish_url: args.publish,
                 sources: args.session.sources(sessions)?,
                 aliases,
                 sessions_per_alias: args.sessions_per_alias,
                 concurrency: args.session.concurrency,
-                events: args.events,
-                rate: args.rate,
+                steps,
+                stop_above_p99_ms: ramp.then_some(args.stop_p99_ms),
+                half_step_secs: ramp.then_some(args.step_secs),
                 eml_bytes: args.eml_bytes,
                 settle: Duration::from_millis(args.settle_ms),
                 drain_timeout: Duration::from_secs(args.drain_timeout_secs),
-                server_pid: args.server_pid,
+                server_pids: args.server_pid,
+                bus_pids: args.bus_pid,
             })
             .await?;
             print_latency(&report);
             if let Some(path) = &args.json {
                 report::write_json(path, &report)?;
             }
-            Ok(report.failures.total() == 0
-                && report.lost == 0
-                && report.duplicated == 0
-                && report.reordered == 0
-                && report.misrouted == 0)
+            Ok(report.clean())
+        }
+        Command::Bench(args) => {
+            let mut sizes = if args.quick {
+                Sizes::quick()
+            } else {
+                Sizes::full()
+            };
+            if let Some(runs) = args.runs {
+                sizes.runs = runs;
+            }
+            if let Some(n) = args.idle_sessions {
+                sizes.idle_sessions = n;
+            }
+            let forwardemail = args.forwardemail_dir.map(|dir| NodeTools {
+                node: args.node,
+                dir,
+                redis_server: args.redis_server,
+            });
+            let systems = if args.systems.is_empty() {
+                System::ALL
+                    .into_iter()
+                    .filter(|s| *s != System::ForwardemailNode || forwardemail.is_some())
+                    .collect()
+            } else {
+                args.systems
+            };
+            let outcome = bench::run(BenchOptions {
+                tools: Tools {
+                    herald: args.herald,
+                    nats_server: args.nats_server,
+                    forwardemail,
+                },
+                sizes,
+                systems,
+                out: args.out,
+                pin: args.server_cpu.map(|server_cpu| Pinning {
+                    server_cpu,
+                    bus_cpu: args.bus_cpu,
+                }),
+                meta: parse_meta(&args.meta)?,
+            })
+            .await?;
+            println!("wrote {}", outcome.report_md.display());
+            for problem in &outcome.problems {
+                println!("problem: {problem}");
+            }
+            Ok(outcome.clean)
         }
         Command::NodeConfig(args) => {
             let toml = NodeConfig {
@@ -306,13 +453,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Report(args) => {
-            let mut meta = serde_json::Map::new();
-            for pair in &args.meta {
-                let (key, value) = pair
-                    .split_once('=')
-                    .with_context(|| format!("--meta {pair:?} must be key=value"))?;
-                meta.insert(key.to_owned(), value.into());
-            }
+            let meta = parse_meta(&args.meta)?;
             report::combine(&args.out, meta.into(), &args.inputs)?;
             println!(
                 "wrote {0}/report.md and {0}/report.json",

@@ -107,6 +107,17 @@ pub struct Receipt {
     pub sent_at_micros: Option<u64>,
 }
 
+/// The probe in a raw envelope as published (what a raw-NATS session receives).
+pub fn receipt_of_envelope(body: &[u8]) -> Option<Receipt> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        payload: Receipt,
+    }
+    rmp_serde::from_slice::<Envelope>(body)
+        .ok()
+        .map(|e| e.payload)
+}
+
 impl Receipt {
     /// Parses a JSON text frame; `None` when it is not JSON.
     pub fn parse(text: &str) -> Option<Receipt> {

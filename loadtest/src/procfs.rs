@@ -125,6 +125,21 @@ pub fn sample(process: Process) -> anyhow::Result<Sample> {
     })
 }
 
+/// RSS and CPU time summed over several processes (the nodes of one system).
+pub fn sample_all(pids: &[u32]) -> anyhow::Result<Sample> {
+    let mut total = Sample {
+        at: Instant::now(),
+        rss: 0,
+        cpu: 0.0,
+    };
+    for &pid in pids {
+        let one = sample(Process::Pid(pid))?;
+        total.rss += one.rss;
+        total.cpu += one.cpu;
+    }
+    Ok(total)
+}
+
 /// The server between two samples, as reported.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Usage {
@@ -134,6 +149,8 @@ pub struct Usage {
     pub rss_after_bytes: u64,
     /// CPU used between the samples, percent of one core.
     pub cpu_percent: f64,
+    /// CPU seconds used between the samples (user + system).
+    pub cpu_secs: f64,
     /// Seconds between the samples.
     pub wall_secs: f64,
 }
@@ -150,6 +167,7 @@ impl Usage {
             } else {
                 0.0
             },
+            cpu_secs: after.cpu - before.cpu,
             wall_secs: wall,
         }
     }

@@ -9,6 +9,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::plots;
+
 /// Longest latency a histogram holds, microseconds (60 s); longer ones are clamped.
 const MAX_MICROS: u64 = 60_000_000;
 /// Significant decimal digits kept by the histograms.
@@ -20,6 +22,23 @@ const MICROS_PER_MS: f64 = 1_000.0;
 pub fn micros_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_MICROS, SIGNIFICANT_DIGITS)
         .expect("constant histogram bounds are valid")
+}
+
+/// Quantiles at which [`cdf_ms`] reads a histogram.
+const CDF_QUANTILES: [f64; 27] = [
+    0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8,
+    0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 0.995, 0.999, 0.9999, 1.0,
+];
+
+/// `[milliseconds, quantile]` points of a histogram of microseconds (empty if it is).
+pub fn cdf_ms(h: &Histogram<u64>) -> Vec<[f64; 2]> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    CDF_QUANTILES
+        .iter()
+        .map(|&q| [h.value_at_quantile(q) as f64 / MICROS_PER_MS, q])
+        .collect()
 }
 
 /// Latency percentiles in milliseconds.
@@ -66,46 +85,61 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
-/// Reads the scenario results (`*.json` written with `--json`), and writes
-/// `report.json` (`{"meta": …, "results": […]}`) and `report.md` into `out`.
+/// Reads scenario results (`*.json` written with `--json`: one result or an array of
+/// them) and writes the report into `out` (see [`bench_report`]).
 pub fn combine(out: &Path, meta: Value, inputs: &[impl AsRef<Path>]) -> anyhow::Result<()> {
-    let results = inputs
-        .iter()
-        .map(|p| {
-            let p = p.as_ref();
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_json::from_str::<Value>(&text)
-                .with_context(|| format!("{} is not JSON", p.display()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut results = Vec::new();
+    for p in inputs {
+        let p = p.as_ref();
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        match serde_json::from_str::<Value>(&text)
+            .with_context(|| format!("{} is not JSON", p.display()))?
+        {
+            Value::Array(items) => results.extend(items),
+            one => results.push(one),
+        }
+    }
+    bench_report(out, meta, &results)
+}
+
+/// Writes `report.json` (`{"meta": …, "results": […]}`), `report.md` (medians over runs,
+/// herald/peer ratios, every run and step) and the plots (`latency-cdf.svg`,
+/// `throughput.svg`, `rss.svg`) into `out`.
+pub fn bench_report(out: &Path, meta: Value, results: &[Value]) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     write_json(
         &out.join("report.json"),
         &serde_json::json!({"meta": meta, "results": results}),
     )?;
-    let markdown = markdown(&meta, &results);
+    let plots = write_plots(out, results)?;
+    let markdown = markdown(&meta, results, &plots);
     std::fs::write(out.join("report.md"), markdown)
         .with_context(|| format!("writing {}/report.md", out.display()))
 }
 
-/// `value[path]` as a number formatted with `decimals`, or `-`.
-fn num(value: &Value, path: &[&str], decimals: usize) -> String {
+/// `value[path]` (`null` when absent).
+fn at<'a>(value: &'a Value, path: &[&str]) -> &'a Value {
     let mut v = value;
     for key in path {
         v = &v[*key];
     }
-    v.as_f64()
-        .map_or_else(|| "-".into(), |x| format!("{x:.decimals$}"))
+    v
+}
+
+/// `value[path]` as a number formatted with `decimals`, or `-`.
+fn num(value: &Value, path: &[&str], decimals: usize) -> String {
+    fmt(at(value, path).as_f64(), decimals)
+}
+
+fn fmt(x: Option<f64>, decimals: usize) -> String {
+    x.map_or_else(|| "-".into(), |x| format!("{x:.decimals$}"))
 }
 
 /// Bytes as MiB with one decimal.
 fn mib(value: &Value, path: &[&str]) -> String {
-    let mut v = value;
-    for key in path {
-        v = &v[*key];
-    }
-    v.as_f64()
+    at(value, path)
+        .as_f64()
         .map_or_else(|| "-".into(), |b| format!("{:.1}", b / (1024.0 * 1024.0)))
 }
 
@@ -140,8 +174,194 @@ fn of<'a>(results: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value
     results.iter().filter(move |r| r["scenario"] == kind)
 }
 
-/// The Markdown report: one table per scenario kind.
-fn markdown(meta: &Value, results: &[Value]) -> String {
+/// Systems in the results, herald first, then in order of appearance.
+fn systems(results: &[Value]) -> Vec<String> {
+    let mut systems: Vec<String> = Vec::new();
+    for r in results {
+        let s = r["system"].as_str().unwrap_or("herald").to_owned();
+        if !systems.contains(&s) {
+            systems.push(s);
+        }
+    }
+    systems.sort_by_key(|s| s != "herald");
+    systems
+}
+
+/// Median of the values present (`None` when there are none).
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
+/// The step at `index_key` (`max_sustainable_step`, `half_step`) of a ramp result.
+fn step_at<'a>(result: &'a Value, index_key: &str) -> Option<&'a Value> {
+    let index = result[index_key].as_u64()? as usize;
+    result["steps"].get(index)
+}
+
+/// One summary line: a metric per system, median over runs.
+struct Metric {
+    name: &'static str,
+    scenario: &'static str,
+    decimals: usize,
+    /// The value of one run's result.
+    get: fn(&Value) -> Option<f64>,
+}
+
+const METRICS: &[Metric] = &[
+    Metric {
+        name: "memory per idle session (ΔRSS / sessions, bytes)",
+        scenario: "idle",
+        decimals: 0,
+        get: |r| r["bytes_per_session"].as_f64(),
+    },
+    Metric {
+        name: "connect storm: sessions/s accepted (with auth)",
+        scenario: "idle",
+        decimals: 0,
+        get: |r| r["connect_rate_per_sec"].as_f64(),
+    },
+    Metric {
+        name: "max sustainable deliveries/s (p99 ≤ limit, no loss)",
+        scenario: "fanout",
+        decimals: 0,
+        get: |r| {
+            Some(
+                step_at(r, "max_sustainable_step")
+                    .map_or(0.0, |s| s["deliveries_per_sec"].as_f64().unwrap_or(0.0)),
+            )
+        },
+    },
+    Metric {
+        name: "p99 at max sustainable (ms)",
+        scenario: "fanout",
+        decimals: 2,
+        get: |r| step_at(r, "max_sustainable_step")?["latency_ms"]["p99"].as_f64(),
+    },
+    Metric {
+        name: "p99 at 50% of max (ms)",
+        scenario: "fanout",
+        decimals: 2,
+        get: |r| step_at(r, "half_step")?["latency_ms"]["p99"].as_f64(),
+    },
+    Metric {
+        name: "p50 at 50% of max (ms)",
+        scenario: "fanout",
+        decimals: 2,
+        get: |r| step_at(r, "half_step")?["latency_ms"]["p50"].as_f64(),
+    },
+    Metric {
+        name: "deliveries per server CPU-second (at max)",
+        scenario: "fanout",
+        decimals: 0,
+        get: |r| step_at(r, "max_sustainable_step")?["deliveries_per_server_cpu_sec"].as_f64(),
+    },
+    Metric {
+        name: "deliveries per server+bus CPU-second (at max)",
+        scenario: "fanout",
+        decimals: 0,
+        get: |r| step_at(r, "max_sustainable_step")?["deliveries_per_total_cpu_sec"].as_f64(),
+    },
+    Metric {
+        name: "big payload: p99 (ms)",
+        scenario: "big-payload",
+        decimals: 2,
+        get: |r| r["steps"][0]["latency_ms"]["p99"].as_f64(),
+    },
+    Metric {
+        name: "big payload: deliveries per server CPU-second",
+        scenario: "big-payload",
+        decimals: 0,
+        get: |r| r["steps"][0]["deliveries_per_server_cpu_sec"].as_f64(),
+    },
+    Metric {
+        name: "two nodes on one NATS: p99 (ms)",
+        scenario: "two-nodes",
+        decimals: 2,
+        get: |r| r["steps"][0]["latency_ms"]["p99"].as_f64(),
+    },
+    Metric {
+        name: "two nodes on one NATS: lost + duplicated + reordered",
+        scenario: "two-nodes",
+        decimals: 0,
+        get: |r| {
+            Some(
+                r["lost"].as_f64().unwrap_or(0.0)
+                    + r["duplicated"].as_f64().unwrap_or(0.0)
+                    + r["reordered"].as_f64().unwrap_or(0.0),
+            )
+        },
+    },
+];
+
+/// Median of `metric` for `system` over its runs.
+fn metric_median(results: &[Value], system: &str, metric: &Metric) -> Option<f64> {
+    median(
+        of(results, metric.scenario)
+            .filter(|r| r["system"].as_str().unwrap_or("herald") == system)
+            .filter_map(metric.get)
+            .collect(),
+    )
+}
+
+/// The summary table: medians per system, then herald ÷ each peer.
+fn summary(md: &mut String, results: &[Value]) {
+    let systems = systems(results);
+    let peers: Vec<&String> = systems.iter().filter(|s| *s != "herald").collect();
+    let has_herald = systems.iter().any(|s| s == "herald");
+    let mut headers: Vec<String> = vec!["metric (median of runs)".into()];
+    headers.extend(systems.iter().cloned());
+    if has_herald {
+        headers.extend(peers.iter().map(|p| format!("herald ÷ {p}")));
+    }
+    let mut rows = Vec::new();
+    for metric in METRICS {
+        let values: Vec<Option<f64>> = systems
+            .iter()
+            .map(|s| metric_median(results, s, metric))
+            .collect();
+        if values.iter().all(Option::is_none) {
+            continue;
+        }
+        let mut row = vec![metric.name.to_owned()];
+        row.extend(values.iter().map(|v| fmt(*v, metric.decimals)));
+        if has_herald {
+            let herald = values[0];
+            for peer in &peers {
+                let i = systems.iter().position(|s| s == *peer).unwrap_or(0);
+                let ratio = herald
+                    .zip(values[i])
+                    .and_then(|(h, p)| (p != 0.0).then(|| h / p));
+                row.push(fmt(ratio, 2));
+            }
+        }
+        rows.push(row);
+    }
+    let _ = writeln!(md, "## Summary\n");
+    let _ = writeln!(
+        md,
+        "Medians over the runs of each system. Ratios are herald ÷ peer: above 1 is better for \
+         rates and deliveries per CPU-second, below 1 is better for memory and latency.\n"
+    );
+    let _ = writeln!(md, "| {} |", headers.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(headers.len() - 1));
+    for row in rows {
+        let _ = writeln!(md, "| {} |", row.join(" | "));
+    }
+    md.push('\n');
+}
+
+/// The Markdown report.
+fn markdown(meta: &Value, results: &[Value], plots: &[(String, String)]) -> String {
     let mut md = String::from("# herald load test\n\n");
     if let Some(meta) = meta.as_object() {
         for (key, value) in meta {
@@ -152,9 +372,17 @@ fn markdown(meta: &Value, results: &[Value]) -> String {
         }
         md.push('\n');
     }
+    summary(&mut md, results);
+    for (file, title) in plots {
+        let _ = writeln!(md, "### {title}\n\n![{title}]({file})\n");
+    }
+    let run = |r: &Value| num(r, &["run"], 0);
+    let system = |r: &Value| r["system"].as_str().unwrap_or("herald").to_owned();
     let idle: Vec<Vec<String>> = of(results, "idle")
         .map(|r| {
             vec![
+                system(r),
+                run(r),
                 num(r, &["sessions_requested"], 0),
                 num(r, &["sessions_connected"], 0),
                 num(r, &["connect_rate_per_sec"], 0),
@@ -169,8 +397,10 @@ fn markdown(meta: &Value, results: &[Value]) -> String {
         .collect();
     table(
         &mut md,
-        "Idle sessions",
+        "Idle sessions and connect storm (every run)",
         &[
+            "system",
+            "run",
             "sessions",
             "connected",
             "connect/s",
@@ -179,58 +409,238 @@ fn markdown(meta: &Value, results: &[Value]) -> String {
             "RSS before MiB",
             "RSS after MiB",
             "bytes/session",
-            "failures",
+            "failed connects",
         ],
         &idle,
     );
-    let latency: Vec<Vec<String>> = of(results, "latency")
-        .map(|r| {
-            vec![
-                num(r, &["sessions"], 0),
-                num(r, &["aliases"], 0),
-                num(r, &["eml_bytes"], 0),
-                num(r, &["target_rate"], 0),
-                num(r, &["achieved_rate"], 0),
-                num(r, &["deliveries_per_sec"], 0),
-                num(r, &["latency_ms", "p50"], 2),
-                num(r, &["latency_ms", "p90"], 2),
-                num(r, &["latency_ms", "p99"], 2),
-                num(r, &["latency_ms", "p999"], 2),
-                num(r, &["latency_ms", "max"], 2),
-                num(r, &["lost"], 0),
-                num(r, &["duplicated"], 0),
-                num(r, &["reordered"], 0),
-                num(r, &["server", "cpu_percent"], 0),
-                mib(r, &["server", "rss_after_bytes"]),
-                num(r, &["generator_cpu_percent"], 0),
-            ]
-        })
-        .collect();
+    let mut steps = Vec::new();
+    for r in results.iter().filter(|r| r["steps"].is_array()) {
+        let best = r["max_sustainable_step"].as_u64();
+        for (i, s) in r["steps"].as_array().into_iter().flatten().enumerate() {
+            let mark = if best == Some(i as u64) { " (max)" } else { "" };
+            steps.push(vec![
+                system(r),
+                run(r),
+                format!("{}", r["scenario"].as_str().unwrap_or("-")),
+                format!(
+                    "{} × {} × {} B",
+                    num(r, &["aliases"], 0),
+                    num(r, &["sessions_per_alias"], 0),
+                    num(r, &["eml_bytes"], 0)
+                ),
+                format!("{}{mark}", s["kind"].as_str().unwrap_or("-")),
+                num(s, &["target_rate"], 0),
+                num(s, &["offered_deliveries_per_sec"], 0),
+                num(s, &["deliveries_per_sec"], 0),
+                num(s, &["latency_ms", "p50"], 2),
+                num(s, &["latency_ms", "p90"], 2),
+                num(s, &["latency_ms", "p99"], 2),
+                num(s, &["latency_ms", "p999"], 2),
+                num(s, &["latency_ms", "max"], 2),
+                format!(
+                    "{}/{}/{}",
+                    num(s, &["lost"], 0),
+                    num(s, &["duplicated"], 0),
+                    num(s, &["reordered"], 0)
+                ),
+                num(s, &["server", "cpu_percent"], 0),
+                num(s, &["bus", "cpu_percent"], 0),
+                num(s, &["deliveries_per_server_cpu_sec"], 0),
+                num(s, &["deliveries_per_total_cpu_sec"], 0),
+                num(s, &["generator_cpu_percent"], 0),
+                if s["passed"].as_bool() == Some(true) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+            ]);
+        }
+    }
     table(
         &mut md,
-        "Publish → receipt latency",
+        "Publish → receipt, every step of every run",
         &[
-            "sessions",
-            "aliases",
-            "eml B",
-            "rate target",
-            "rate achieved",
+            "system",
+            "run",
+            "scenario",
+            "aliases × sessions × eml",
+            "step",
+            "events/s target",
+            "deliveries/s offered",
             "deliveries/s",
             "p50 ms",
             "p90 ms",
             "p99 ms",
             "p99.9 ms",
             "max ms",
-            "lost",
-            "dup",
-            "reordered",
+            "lost/dup/reord",
             "server CPU %",
-            "server RSS MiB",
+            "bus CPU %",
+            "deliv./server CPU-s",
+            "deliv./(server+bus) CPU-s",
             "generator CPU %",
+            "passed",
         ],
-        &latency,
+        &steps,
     );
     md
+}
+
+/// Draws the plots; returns `(file, title)` of each one written.
+fn write_plots(out: &Path, results: &[Value]) -> anyhow::Result<Vec<(String, String)>> {
+    let systems = systems(results);
+    let mut written = Vec::new();
+    let fanouts = |system: &str| -> Vec<&Value> {
+        of(results, "fanout")
+            .filter(|r| r["system"].as_str().unwrap_or("herald") == system)
+            .collect()
+    };
+    // Latency CDF at the highest ramp rate every system passed (same offered load for all).
+    let passed_rates = |r: &Value| -> Vec<f64> {
+        r["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["kind"] != "half" && s["passed"] == true)
+            .filter_map(|s| s["target_rate"].as_f64())
+            .collect()
+    };
+    let common = systems
+        .iter()
+        .filter_map(|s| fanouts(s).first().map(|r| passed_rates(r)))
+        .reduce(|a, b| a.into_iter().filter(|x| b.contains(x)).collect());
+    if let Some(rate) = common.and_then(|c| c.into_iter().reduce(f64::max)) {
+        let series: Vec<plots::Series> = systems
+            .iter()
+            .filter_map(|s| {
+                let r = *fanouts(s).first()?;
+                let step = r["steps"].as_array()?.iter().find(|st| {
+                    st["kind"] != "half"
+                        && st["passed"] == true
+                        && st["target_rate"].as_f64() == Some(rate)
+                })?;
+                let points = step["latency_cdf"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|p| Some((p[0].as_f64()?.max(0.001), p[1].as_f64()?)))
+                    .collect();
+                Some(plots::Series {
+                    name: s.clone(),
+                    points,
+                })
+            })
+            .collect();
+        let title = format!("Latency CDF, fan-out at {rate:.0} events/s (run 1)");
+        plots::line_chart(
+            &out.join("latency-cdf.svg"),
+            &title,
+            plots::Axis {
+                label: "publish → receipt, ms (log)",
+                log: true,
+            },
+            plots::Axis {
+                label: "fraction of deliveries",
+                log: false,
+            },
+            &series,
+        )?;
+        written.push(("latency-cdf.svg".into(), title));
+    }
+    // Deliveries/s vs offered, median over runs per ramp rate.
+    let series: Vec<plots::Series> = systems
+        .iter()
+        .filter_map(|s| {
+            let runs = fanouts(s);
+            let mut rates: Vec<f64> = runs
+                .iter()
+                .flat_map(|r| r["steps"].as_array().into_iter().flatten())
+                .filter(|st| st["kind"] != "half")
+                .filter_map(|st| st["target_rate"].as_f64())
+                .collect();
+            rates.sort_by(f64::total_cmp);
+            rates.dedup();
+            let points: Vec<(f64, f64)> = rates
+                .into_iter()
+                .filter_map(|rate| {
+                    let steps: Vec<&Value> = runs
+                        .iter()
+                        .flat_map(|r| r["steps"].as_array().into_iter().flatten())
+                        .filter(|st| {
+                            st["kind"] != "half" && st["target_rate"].as_f64() == Some(rate)
+                        })
+                        .collect();
+                    let offered = median(
+                        steps
+                            .iter()
+                            .filter_map(|st| st["offered_deliveries_per_sec"].as_f64())
+                            .collect(),
+                    )?;
+                    let delivered = median(
+                        steps
+                            .iter()
+                            .filter_map(|st| st["deliveries_per_sec"].as_f64())
+                            .collect(),
+                    )?;
+                    Some((offered, delivered))
+                })
+                .collect();
+            (!points.is_empty()).then(|| plots::Series {
+                name: s.clone(),
+                points,
+            })
+        })
+        .collect();
+    if !series.is_empty() {
+        let title = "Deliveries/s vs offered (fan-out ramp, median of runs)".to_owned();
+        plots::line_chart(
+            &out.join("throughput.svg"),
+            &title,
+            plots::Axis {
+                label: "offered deliveries/s (log)",
+                log: true,
+            },
+            plots::Axis {
+                label: "delivered deliveries/s (log)",
+                log: true,
+            },
+            &series,
+        )?;
+        written.push(("throughput.svg".into(), title));
+    }
+    // Server RSS vs idle sessions (run 1).
+    let series: Vec<plots::Series> = systems
+        .iter()
+        .filter_map(|s| {
+            let r = of(results, "idle").find(|r| r["system"].as_str().unwrap_or("herald") == s)?;
+            let points: Vec<(f64, f64)> = r["rss_curve"]
+                .as_array()?
+                .iter()
+                .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()? / (1024.0 * 1024.0))))
+                .collect();
+            (!points.is_empty()).then(|| plots::Series {
+                name: s.clone(),
+                points,
+            })
+        })
+        .collect();
+    if !series.is_empty() {
+        let title = "Server RSS vs idle sessions (run 1)".to_owned();
+        plots::line_chart(
+            &out.join("rss.svg"),
+            &title,
+            plots::Axis {
+                label: "sessions",
+                log: false,
+            },
+            plots::Axis {
+                label: "RSS, MiB",
+                log: false,
+            },
+            &series,
+        )?;
+        written.push(("rss.svg".into(), title));
+    }
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -255,11 +665,13 @@ mod tests {
             std::env::temp_dir().join(format!("herald-loadtest-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let input = dir.join("idle.json");
-        std::fs::write(&input, r#"{"scenario":"idle","sessions_requested":10,"sessions_connected":10,"server":{"rss_before_bytes":1048576},"failures":{"counts":{}}}"#).unwrap();
+        std::fs::write(&input, r#"{"scenario":"idle","system":"herald","sessions_requested":10,"sessions_connected":10,"server":{"rss_before_bytes":1048576},"rss_curve":[[0,1048576],[10,2097152]],"failures":{"counts":{}}}"#).unwrap();
         combine(&dir, serde_json::json!({"date": "today"}), &[&input]).unwrap();
         let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
         assert!(md.contains("## Idle sessions"), "{md}");
+        assert!(md.contains("## Summary"), "{md}");
         assert!(md.contains("| 10 | 10 |"), "{md}");
+        assert!(dir.join("rss.svg").exists());
         let json: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap())
                 .unwrap();

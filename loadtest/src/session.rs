@@ -1,6 +1,8 @@
-//! One `/v1/ws` session — a TCP socket bound to a chosen loopback source address, the
-//! WebSocket upgrade with API-token Basic auth, and the `connected` frame — and opening
-//! many of them with bounded concurrency.
+//! One session of the system under test — a TCP socket bound to a chosen loopback source
+//! address, the WebSocket upgrade, and the system's own handshake (herald and the
+//! Forward Email reference: API-token Basic auth + `?alias_id=`, then `{"event":"connected"}`;
+//! raw NATS: `INFO`, then `CONNECT` with the token + `SUB` to the alias subject + `PING`,
+//! then `PONG`) — and opening many of them with bounded concurrency.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use base64::Engine;
-use futures_util::{stream, StreamExt};
+use futures_util::{stream, SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -19,10 +21,106 @@ use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::natsproto::{self, Op, Parser};
+use crate::probe::{self, Receipt};
 use crate::spread::{place, Placement};
+
+/// The system a session talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum System {
+    /// herald's `/v1/ws`.
+    Herald,
+    /// nats-server's WebSocket listener, subscribing to the alias subject directly (the
+    /// raw-NATS ceiling).
+    NatsWs,
+    /// `loadtest/baselines/forwardemail-node`: Forward Email's published architecture
+    /// (Node.js `ws` + Redis pub/sub + msgpackr).
+    ForwardemailNode,
+}
+
+impl System {
+    /// Every system, in report order.
+    pub const ALL: [System; 3] = [System::Herald, System::NatsWs, System::ForwardemailNode];
+
+    /// The name used in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Herald => "herald",
+            System::NatsWs => "nats-ws",
+            System::ForwardemailNode => "forwardemail-node",
+        }
+    }
+}
+
+impl fmt::Display for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// A connected client WebSocket.
 pub type WsStream = WebSocketStream<TcpStream>;
+
+/// A connected session: its WebSocket, and for raw NATS the protocol parser (bytes of an
+/// operation may span frames).
+pub struct Session {
+    ws: WsStream,
+    nats: Option<Parser>,
+}
+
+impl Session {
+    /// Reads the next frame and appends the probe-shaped notifications it carries to
+    /// `out`; answers NATS `PING`s. `false` once the session is closed or failed.
+    pub async fn read(&mut self, out: &mut Vec<Receipt>) -> bool {
+        let frame = match self.ws.next().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(_)) | None => return false,
+        };
+        let bytes = match frame {
+            Message::Text(text) if self.nats.is_none() => {
+                out.extend(Receipt::parse(text.as_str()));
+                return true;
+            }
+            Message::Binary(bytes) if self.nats.is_none() => {
+                out.extend(rmp_serde::from_slice::<Receipt>(&bytes).ok());
+                return true;
+            }
+            Message::Text(text) => bytes::Bytes::copy_from_slice(text.as_bytes()),
+            Message::Binary(bytes) => bytes,
+            Message::Close(_) => return false,
+            _ => return true,
+        };
+        let parser = self.nats.as_mut().expect("only NATS sessions get here");
+        parser.push(&bytes);
+        loop {
+            match parser.next_op() {
+                Ok(Some(Op::Msg { payload, .. })) => {
+                    out.extend(probe::receipt_of_envelope(&payload))
+                }
+                Ok(Some(Op::Ping)) => {
+                    if self
+                        .ws
+                        .send(Message::binary(natsproto::PONG))
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                Ok(Some(Op::Err(_))) | Err(_) => return false,
+                Ok(Some(_)) => {}
+                Ok(None) => return true,
+            }
+        }
+    }
+
+    /// Sends a close frame (bounded by the caller).
+    pub async fn close(&mut self) {
+        let _ = self.ws.close(None).await;
+        let _ = self.ws.flush().await;
+    }
+}
 
 /// Most sessions one run may open: the generator holds one file descriptor per session
 /// and this machine allows 20,000 per process.
@@ -33,6 +131,8 @@ const MAX_BODY_CHARS: usize = 200;
 /// The server every session connects to, and how.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// Which system (decides the handshake).
+    pub system: System,
     /// `ws://127.0.0.1:PORT/v1/ws`; `alias_id` is appended per session.
     pub url: url::Url,
     /// The server's socket address (loopback).
@@ -45,7 +145,12 @@ pub struct Target {
 
 impl Target {
     /// Parses a `ws://` URL whose host is a loopback IP address.
-    pub fn new(url: &str, token: &str, timeout: Duration) -> anyhow::Result<Target> {
+    pub fn new(
+        system: System,
+        url: &str,
+        token: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Target> {
         let url = url::Url::parse(url).with_context(|| format!("--url {url:?} is not a URL"))?;
         if url.scheme() != "ws" {
             bail!("--url must start with ws:// (got {url}); TLS is not part of the load test");
@@ -60,6 +165,7 @@ impl Target {
         }
         let port = url.port_or_known_default().context("--url has no port")?;
         Ok(Target {
+            system,
             addr: SocketAddr::new(ip, port),
             url,
             token: token.to_owned(),
@@ -90,6 +196,7 @@ impl ConnectError {
     /// A short class for counting failures: `http 429`, `timeout`, `io`, `protocol`.
     pub fn class(&self) -> String {
         match self {
+            ConnectError::Refused { status: 0, .. } => "nats -ERR".into(),
             ConnectError::Refused { status, .. } => format!("http {status}"),
             ConnectError::Timeout => "timeout".into(),
             ConnectError::Io(_) => "io".into(),
@@ -133,12 +240,13 @@ impl From<tungstenite::Error> for ConnectError {
     }
 }
 
-/// Opens one session as `alias_id` from `source` and waits for `{"event":"connected"}`.
+/// Opens one session as `alias_id` from `source` and waits for `{"event":"connected"}`
+/// (raw NATS: for the `PONG` that confirms the subscription).
 pub async fn connect(
     target: &Target,
     source: IpAddr,
     alias_id: &str,
-) -> Result<WsStream, ConnectError> {
+) -> Result<Session, ConnectError> {
     tokio::time::timeout(target.timeout, connect_inner(target, source, alias_id))
         .await
         .unwrap_or(Err(ConnectError::Timeout))
@@ -148,7 +256,7 @@ async fn connect_inner(
     target: &Target,
     source: IpAddr,
     alias_id: &str,
-) -> Result<WsStream, ConnectError> {
+) -> Result<Session, ConnectError> {
     let socket = match source {
         IpAddr::V4(_) => TcpSocket::new_v4(),
         IpAddr::V6(_) => TcpSocket::new_v6(),
@@ -165,6 +273,11 @@ async fn connect_inner(
         .map_err(ConnectError::Io)?;
     tcp.set_nodelay(true).map_err(ConnectError::Io)?;
 
+    if target.system == System::NatsWs {
+        let request = target.url.as_str().into_client_request()?;
+        let (ws, _response) = tokio_tungstenite::client_async(request, tcp).await?;
+        return nats_handshake(ws, &target.token, alias_id).await;
+    }
     let mut url = target.url.clone();
     url.query_pairs_mut().append_pair("alias_id", alias_id);
     let mut request = url.as_str().into_client_request()?;
@@ -181,7 +294,7 @@ async fn connect_inner(
                 let frame: serde_json::Value = serde_json::from_str(text.as_str())
                     .map_err(|e| ConnectError::Protocol(format!("first frame is not JSON: {e}")))?;
                 if frame["event"] == "connected" {
-                    return Ok(ws);
+                    return Ok(Session { ws, nats: None });
                 }
                 return Err(ConnectError::Protocol(format!(
                     "first frame is not `connected`: {text}"
@@ -195,6 +308,54 @@ async fn connect_inner(
             }
             Some(Err(e)) => return Err(e.into()),
             None => return Err(ConnectError::Protocol("closed before `connected`".into())),
+        }
+    }
+}
+
+/// Raw NATS over WebSocket: after `INFO`, subscribe to the alias subject and wait for the
+/// `PONG` that follows the subscription.
+async fn nats_handshake(
+    mut ws: WsStream,
+    token: &str,
+    alias_id: &str,
+) -> Result<Session, ConnectError> {
+    let mut parser = Parser::default();
+    let mut sent = false;
+    loop {
+        loop {
+            match parser.next_op().map_err(ConnectError::Protocol)? {
+                Some(Op::Info(_)) if !sent => {
+                    let hello = natsproto::handshake(token, &probe::subject(alias_id));
+                    ws.send(Message::binary(hello)).await?;
+                    sent = true;
+                }
+                Some(Op::Pong) if sent => {
+                    return Ok(Session {
+                        ws,
+                        nats: Some(parser),
+                    })
+                }
+                Some(Op::Ping) => ws.send(Message::binary(natsproto::PONG)).await?,
+                Some(Op::Err(reason)) => {
+                    return Err(ConnectError::Refused {
+                        status: 0,
+                        body: format!("NATS -ERR {reason}"),
+                    })
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        match ws.next().await {
+            Some(Ok(Message::Binary(bytes))) => parser.push(&bytes),
+            Some(Ok(Message::Text(text))) => parser.push(text.as_bytes()),
+            Some(Ok(Message::Close(_))) | None => {
+                return Err(ConnectError::Protocol(
+                    "closed during the NATS handshake".into(),
+                ))
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
         }
     }
 }
@@ -235,10 +396,11 @@ pub struct Opened<T> {
 }
 
 /// Opens `count` sessions, at most `concurrency` connecting at a time, placed by
-/// [`place`] over `aliases` and `sources`. Each connected session is handed at once to
-/// `spawn` (which must start reading it, so keepalive pings are answered).
+/// [`place`] over `aliases`, `sources` and `targets` (several nodes of one cluster). Each
+/// connected session is handed at once to `spawn` (which must start reading it, so
+/// keepalive pings are answered).
 pub async fn open_sessions<T, F, Fut>(
-    target: &Target,
+    targets: &[Target],
     aliases: &[String],
     sources: &[IpAddr],
     count: usize,
@@ -246,16 +408,17 @@ pub async fn open_sessions<T, F, Fut>(
     spawn: F,
 ) -> Opened<T>
 where
-    F: Fn(Placement, WsStream) -> Fut,
+    F: Fn(Placement, Session) -> Fut,
     Fut: Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
     let started = Instant::now();
     let mut attempts = stream::iter(0..count)
         .map(|i| {
-            let placement = place(i, aliases.len(), sources.len());
+            let placement = place(i, aliases.len(), sources.len(), targets.len());
             let alias = &aliases[placement.alias];
             let source = sources[placement.source];
+            let target = &targets[placement.target];
             async move { (placement, connect(target, source, alias).await) }
         })
         .buffer_unordered(concurrency.max(1));

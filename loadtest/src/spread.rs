@@ -76,14 +76,20 @@ pub struct Placement {
     pub alias: usize,
     /// Index into the source address list.
     pub source: usize,
+    /// Index into the server list (nodes of one cluster).
+    pub target: usize,
 }
 
-/// Where session `session` goes, round-robin over `aliases` and `sources`.
-pub fn place(session: usize, aliases: usize, sources: usize) -> Placement {
+/// Where session `session` goes, round-robin over `aliases` and `sources`; the sessions
+/// of one alias alternate over the `targets` (session `i` is the `i / aliases`-th of its
+/// alias), so with several nodes every alias has sessions on each of them.
+pub fn place(session: usize, aliases: usize, sources: usize, targets: usize) -> Placement {
+    let aliases = aliases.max(1);
     Placement {
         session,
-        alias: session % aliases.max(1),
+        alias: session % aliases,
         source: session % sources.max(1),
+        target: (session / aliases) % targets.max(1),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod fixtures;
 pub mod metrics;
 pub mod nats;
 pub mod node;
+pub mod otlp;
 pub mod publisher;
 pub mod raw;
 
@@ -30,6 +31,7 @@ pub use client::{Connect, Frame, Refusal, WsClient};
 pub use metrics::Metrics;
 pub use nats::{NatsCluster, NatsServer};
 pub use node::{Node, NodeConfig};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use publisher::Publisher;
 pub use raw::RawWs;
 

@@ -135,6 +135,34 @@ impl Publisher {
             .map_err(|_| format!("no ack within {timeout:?}"))?
     }
 
+    /// Publishes `payload` for `alias_id` as MessagePack on NATS with extra `headers`
+    /// (e.g. `traceparent`), and flushes. NATS only.
+    pub async fn alias_event_with_headers(
+        &self,
+        alias_id: &str,
+        payload: &Value,
+        headers: &[(&str, &str)],
+    ) {
+        let Publisher::Nats(client) = self else {
+            panic!("publishing with headers needs a NATS publisher");
+        };
+        let envelope = json!({"aliasId": alias_id, "payload": payload});
+        let body = rmp_serde::to_vec_named(&envelope).expect("envelope encodes");
+        let mut map = async_nats::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, *value);
+        }
+        client
+            .publish_with_headers(
+                alias_subject(alias_id, event_name(payload)),
+                map,
+                body.into(),
+            )
+            .await
+            .expect("NATS publish failed");
+        client.flush().await.expect("NATS flush failed");
+    }
+
     /// Publishes raw bytes on `subject` (NATS only), optionally with
     /// `Content-Type: application/json`, and flushes.
     pub async fn raw(&self, subject: &str, body: Vec<u8>, json_content_type: bool) {

@@ -16,6 +16,22 @@ use crate::config::AuthSettings;
 pub struct Principal {
     /// The alias id events are routed by.
     pub alias_id: String,
+    /// Fingerprint of the API token used, if any, so a token revocation finds the session.
+    pub token: Option<TokenFingerprint>,
+}
+
+/// A stable, non-reversible stand-in for an API token (sessions never keep the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenFingerprint(u64);
+
+impl TokenFingerprint {
+    /// The fingerprint of `token` (the same on every call within a process).
+    pub fn of(token: &str) -> Self {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        token.hash(&mut hasher);
+        TokenFingerprint(hasher.finish())
+    }
 }
 
 /// What a client presented.
@@ -114,6 +130,16 @@ impl StaticAuth {
         }
     }
 
+    /// Drops cached logins made with a revoked token.
+    pub fn forget_token(&self, token: TokenFingerprint) {
+        if let Err(error) = self
+            .positive
+            .invalidate_entries_if(move |_, principal| principal.token == Some(token))
+        {
+            tracing::error!(%error, "cannot drop cached logins of a revoked token");
+        }
+    }
+
     /// Checks credentials, from cache when possible.
     pub async fn authenticate(&self, credentials: &Credentials) -> Result<Principal, AuthError> {
         let key = match credentials {
@@ -149,7 +175,10 @@ impl StaticAuth {
                     .await
                     .unwrap_or(false);
                 match entry {
-                    Some((alias_id, _)) if ok => Ok(Principal { alias_id }),
+                    Some((alias_id, _)) if ok => Ok(Principal {
+                        alias_id,
+                        token: None,
+                    }),
                     _ => Err(AuthError::InvalidCredentials),
                 }
             }
@@ -157,6 +186,7 @@ impl StaticAuth {
                 None => Err(AuthError::InvalidCredentials),
                 Some(ids) if ids.contains(alias_id) => Ok(Principal {
                     alias_id: alias_id.clone(),
+                    token: Some(TokenFingerprint::of(token)),
                 }),
                 Some(_) => Err(AuthError::AliasNotAllowed(alias_id.clone())),
             },

@@ -1,10 +1,12 @@
 //! Node-wide control messages on `herald.v1.control.revoke`: `{"aliasId": "..."}` closes
-//! that alias's sessions on every node with 4001 and drops its cached logins.
+//! that alias's sessions on every node with 4001, `{"token": "..."}` the sessions opened
+//! with that API token; either drops the matching cached logins.
 
 use futures_util::StreamExt;
 use herald_protocol::subject::CONTROL_REVOKE;
 use serde::Deserialize;
 
+use crate::auth::TokenFingerprint;
 use crate::bus::{Bus, BusMessage};
 use crate::registry::{CloseAll, RoutingKey};
 use crate::state::AppState;
@@ -18,13 +20,19 @@ pub const REVOKED: u16 = 4001;
 pub struct Revoke {
     /// The alias whose sessions close.
     pub alias_id: Option<String>,
+    /// The API token whose sessions close.
+    pub token: Option<String>,
 }
 
 /// Decodes a revocation body (JSON, or MessagePack like every other bus body).
 pub fn decode(message: &BusMessage) -> Result<Revoke, String> {
     serde_json::from_slice(&message.payload)
         .or_else(|_| rmp_serde::from_slice(&message.payload))
-        .map_err(|e| format!("revocation body must be {{\"aliasId\": \"...\"}}: {e}"))
+        .map_err(|e| {
+            format!(
+                "revocation body must be {{\"aliasId\": \"...\"}} or {{\"token\": \"...\"}}: {e}"
+            )
+        })
 }
 
 /// Listens for revocations until the bus goes away (resubscribing if the stream ends).
@@ -41,7 +49,17 @@ pub async fn run(bus: Bus, state: actix_web::web::Data<AppState>) {
         while let Some(message) = messages.next().await {
             match decode(&message) {
                 Ok(Revoke {
+                    token: Some(token), ..
+                }) => {
+                    let fingerprint = TokenFingerprint::of(&token);
+                    tracing::info!("API token revoked: closing its sessions");
+                    state.auth.forget_token(fingerprint);
+                    // No receiver just means no token session on this node.
+                    let _ = state.token_revocations.send(fingerprint);
+                }
+                Ok(Revoke {
                     alias_id: Some(alias_id),
+                    ..
                 }) => {
                     tracing::info!(alias_id = %alias_id, "credentials revoked: closing sessions");
                     state.auth.forget_alias(&alias_id);
@@ -51,8 +69,8 @@ pub async fn run(bus: Bus, state: actix_web::web::Data<AppState>) {
                         reason: "credentials revoked",
                     });
                 }
-                Ok(Revoke { alias_id: None }) => {
-                    tracing::warn!("revocation without aliasId ignored")
+                Ok(Revoke { .. }) => {
+                    tracing::warn!("revocation without aliasId or token ignored")
                 }
                 Err(reason) => {
                     crate::metrics::bus_decode_error();

@@ -5,13 +5,14 @@
 //! - [`directory`] and [`registry`]: the actor core that fans events out per routing key.
 //! - [`outbox`]: each session's byte-bounded outbound queue and socket writer.
 //! - [`dialect`]: client protocols (`/v1/ws` so far) over that core.
-//! - [`auth`], [`limits`]: who may connect, and how much.
+//! - [`auth`], [`limits`], [`cluster_limits`]: who may connect, and how much.
 //! - [`http`]: health, readiness, metrics and publishing.
 //! - [`startup`]: building and running a node.
 
 pub mod auth;
 pub mod bus;
 pub mod cli;
+pub mod cluster_limits;
 pub mod config;
 pub mod control;
 pub mod dialect;

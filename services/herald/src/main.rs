@@ -42,6 +42,9 @@ enum ConfigCommand {
     Check,
 }
 
+/// `service.name` of exported spans unless `OTEL_SERVICE_NAME` sets one.
+const SERVICE_NAME: &str = "herald";
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -56,7 +59,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Publish(args) => {
             let settings = load(cli.config.as_deref())?;
-            runtime()?.block_on(cli::publish::run(&settings, args))
+            // Warnings only on the terminal; the producer span is exported when OTEL_* say so.
+            let telemetry =
+                herald_telemetry::init("warn", herald_telemetry::LogFormat::Pretty, SERVICE_NAME)?;
+            let result = runtime()?.block_on(cli::publish::run(&settings, args));
+            telemetry.shutdown();
+            result
         }
         Command::Tail(args) => runtime()?.block_on(cli::tail::run(args)),
         Command::HashPassword => {
@@ -91,14 +99,14 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         LogFormatSetting::Pretty => herald_telemetry::LogFormat::Pretty,
         LogFormatSetting::Json => herald_telemetry::LogFormat::Json,
     };
-    herald_telemetry::init(&settings.log.level, format)?;
+    let telemetry = herald_telemetry::init(&settings.log.level, format, SERVICE_NAME)?;
     if settings.uses_demo_credentials() {
         tracing::warn!(
             "!!! DEMO CREDENTIALS ACTIVE (config/dev.toml: demo@herald.local/demo, herald-demo-token, herald-dev-admin). \
              Never expose this node: pass --config with your own credentials !!!"
         );
     }
-    actix_web::rt::System::new().block_on(async move {
+    let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         // Tests and scripts read this line to learn the bound port.
         println!("herald listening on http://{}", app.address());
@@ -106,5 +114,8 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             println!("herald metrics on http://{metrics}/metrics");
         }
         app.run_until_stopped().await
-    })
+    });
+    // After the runtime: the last spans are flushed without holding up the drain.
+    telemetry.shutdown();
+    result
 }

@@ -1,10 +1,90 @@
 //! Every metric herald exports, named in one place (`GET /metrics`, Prometheus text).
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-/// Installs the global recorder; returns the handle `/metrics` renders from.
+/// Dialects that label per-dialect series (present at 0 from the start).
+const DIALECTS: &[&str] = &["v1"];
+
+/// Reasons a notification is dropped (`herald_events_dropped_total{reason}`).
+const DROP_REASONS: &[&str] = &["slow_consumer", "closed"];
+
+/// Installs the global recorder and registers every series at zero, so dashboards and
+/// alerts see them before the first event; returns the handle `/metrics` renders from.
 pub fn install() -> PrometheusHandle {
+    let handle = build();
+    describe();
+    for dialect in DIALECTS {
+        session_delta(dialect, 0.0);
+        counter!("herald_auth_failures_total", "dialect" => *dialect).absolute(0);
+    }
+    for reason in DROP_REASONS {
+        counter!("herald_events_dropped_total", "reason" => *reason).absolute(0);
+    }
+    registry_delta(0.0);
+    for name in [
+        "herald_events_received_total",
+        "herald_events_delivered_total",
+        "herald_events_replayed_total",
+        "herald_bus_decode_errors_total",
+        "herald_slow_consumers_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+    handle
+}
+
+/// HELP lines.
+fn describe() {
+    describe_gauge!("herald_sessions", "Open WebSocket sessions, by dialect.");
+    describe_gauge!(
+        "herald_registries",
+        "Registry actors (routing keys with sessions on this node)."
+    );
+    describe_counter!(
+        "herald_events_received_total",
+        "Events received from the bus and decoded."
+    );
+    describe_counter!(
+        "herald_events_delivered_total",
+        "Notifications queued to sessions (one per session per event)."
+    );
+    describe_counter!(
+        "herald_events_dropped_total",
+        "Notifications not queued to a session, by reason."
+    );
+    describe_histogram!(
+        "herald_delivery_latency_seconds",
+        metrics::Unit::Seconds,
+        "Publish timestamp to socket write, per notification written."
+    );
+    describe_counter!(
+        "herald_events_replayed_total",
+        "Events sent again from the stream (since catch-up, reconnect gap fill)."
+    );
+    describe_counter!(
+        "herald_bus_decode_errors_total",
+        "Bus messages that did not decode and were skipped."
+    );
+    describe_counter!(
+        "herald_auth_failures_total",
+        "Refused credentials, by dialect."
+    );
+    describe_counter!(
+        "herald_connections_refused_total",
+        "Refused connections, by reason."
+    );
+    describe_counter!(
+        "herald_slow_consumers_total",
+        "Sessions closed for buffering more than limits.max_buffered_bytes."
+    );
+    describe_gauge!(
+        "herald_bus_connected",
+        "Bus connection state: 1 connected, 0 not."
+    );
+}
+
+fn build() -> PrometheusHandle {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full("herald_delivery_latency_seconds".into()),

@@ -8,7 +8,10 @@ use actix_ws::CloseReason;
 use bytes::Bytes;
 use bytestring::ByteString;
 use herald_protocol::WireFormat;
+use herald_telemetry::TraceContext;
 use tokio::sync::mpsc;
+
+use crate::metrics;
 
 /// One encoded frame, shared by every session that receives it.
 #[derive(Debug, Clone)]
@@ -42,8 +45,19 @@ impl Frame {
     }
 }
 
+/// What the writer needs to know about a notification besides its bytes.
+#[derive(Default)]
+pub struct Delivery {
+    /// Publish timestamp (ms since the epoch): the writer observes publish → socket write
+    /// latency once the frame is written.
+    pub published_ms: Option<u64>,
+    /// Parent of a `herald.write` span around this socket write; set only for sampled,
+    /// small fan-outs (see `registry::MAX_TRACED_WRITES`).
+    pub trace: Option<TraceContext>,
+}
+
 enum Outbound {
-    Frame(Frame),
+    Frame(Frame, Delivery),
     Ping,
     Pong(Bytes),
     Close(Option<CloseReason>),
@@ -102,6 +116,12 @@ impl Outbox {
 
     /// Queues a data frame; past the byte budget the session is marked a slow consumer.
     pub fn push(&self, frame: Frame) -> Result<(), PushError> {
+        self.push_delivery(frame, Delivery::default())
+    }
+
+    /// Like [`Outbox::push`] for a notification: its latency is observed, and its write
+    /// traced, as `delivery` says.
+    pub fn push_delivery(&self, frame: Frame, delivery: Delivery) -> Result<(), PushError> {
         if self.state.overflowed.load(Ordering::Relaxed) {
             return Err(PushError::SlowConsumer);
         }
@@ -115,7 +135,7 @@ impl Outbox {
             return Err(PushError::SlowConsumer);
         }
         self.tx
-            .send(Outbound::Frame(frame))
+            .send(Outbound::Frame(frame, delivery))
             .map_err(|_| PushError::Closed)
     }
 
@@ -156,13 +176,34 @@ impl OutboxReceiver {
                 return;
             }
             let result = match out {
-                Outbound::Frame(frame) => {
+                Outbound::Frame(frame, delivery) => {
                     let len = frame.len();
+                    let span = delivery.trace.map(|parent| {
+                        let format = match frame {
+                            Frame::Text(_) => "json",
+                            Frame::Binary(_) => "msgpack",
+                        };
+                        let span = tracing::debug_span!(
+                            "herald.write",
+                            format,
+                            bytes = len,
+                            outcome = tracing::field::Empty
+                        );
+                        herald_telemetry::propagation::set_parent(&span, parent);
+                        span
+                    });
                     let r = match frame {
                         Frame::Text(text) => socket.text(text).await,
                         Frame::Binary(bin) => socket.binary(bin).await,
                     };
                     self.state.buffered.fetch_sub(len, Ordering::Relaxed);
+                    if let (Ok(()), Some(ms)) = (&r, delivery.published_ms) {
+                        let now = crate::registry::now_ms();
+                        metrics::delivery_latency(now.saturating_sub(ms) as f64 / 1000.0);
+                    }
+                    if let Some(span) = span {
+                        span.record("outcome", if r.is_ok() { "written" } else { "closed" });
+                    }
                     r
                 }
                 Outbound::Ping => socket.ping(b"").await,

@@ -11,11 +11,25 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use herald_protocol::notification::{self, Enrichment};
 use herald_protocol::{Envelope, Subject, WireFormat};
+use herald_telemetry::{propagation, TraceContext};
 use serde_json::{Map, Value};
+use tracing::field::Empty;
 
 use crate::bus::{Bus, BusMessage, Replay};
 use crate::metrics;
-use crate::outbox::{Frame, Outbox, PushError};
+use crate::outbox::{Delivery, Frame, Outbox, PushError};
+
+/// Fan-outs to at most this many sessions get one `herald.write` span per socket write
+/// (when sampled); larger ones only their `herald.deliver` span with counts, so tracing a
+/// broadcast to thousands costs a few spans, not thousands.
+pub const MAX_TRACED_WRITES: usize = 16;
+
+/// The dialect registries deliver to, as labelled in metrics (`/v1/ws` is the only one
+/// routed by registries yet).
+const DIALECT: &str = "v1";
+
+/// Wire format names in span attributes, by `WireFormat::index`.
+const FORMAT_NAMES: [&str; 2] = ["json", "msgpack"];
 
 /// Unique id of a session on this node.
 pub type SessionId = u64;
@@ -27,6 +41,15 @@ pub enum RoutingKey {
     Alias(String),
     /// Events for every `/v1/ws` session (`newRelease`).
     Broadcast,
+}
+
+impl std::fmt::Display for RoutingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoutingKey::Alias(alias_id) => write!(f, "alias.{alias_id}"),
+            RoutingKey::Broadcast => f.write_str("broadcast"),
+        }
+    }
 }
 
 impl RoutingKey {
@@ -97,11 +120,40 @@ pub struct Retire;
 pub struct RegistrySettings {
     /// Above this, resources are truncated (`limits.max_notification_bytes`).
     pub max_notification_bytes: usize,
+    /// This node's name, on every `herald.receive` span.
+    pub node: String,
+}
+
+/// What became of one fan-out's notifications for the sessions of one wire format.
+#[derive(Debug, Default, Clone, Copy)]
+struct DeliverCounts {
+    /// Queued to the session's writer.
+    queued: u64,
+    /// Held for a session still catching up on its `since` replay.
+    held: u64,
+    /// Not queued: slow consumer or closed session.
+    dropped: u64,
+}
+
+impl DeliverCounts {
+    fn outcome(&self) -> &'static str {
+        match (self.dropped, self.queued + self.held) {
+            (0, _) => "queued",
+            (_, 0) => "dropped",
+            _ => "partial",
+        }
+    }
 }
 
 /// One notification encoded per wire format (`None` where no member wants it), with its
 /// publish timestamp for the latency histogram.
 type Encoded = ([Option<Frame>; 2], Option<u64>);
+
+/// Gap-fill attempts after a reconnect before clients are told to resync (with
+/// [`GAP_FILL_RETRY`] between them: about half a minute of NATS trouble).
+const GAP_FILL_ATTEMPTS: u32 = 30;
+/// Pause between two gap-fill attempts.
+const GAP_FILL_RETRY: Duration = Duration::from_secs(1);
 
 /// A member and, while it catches up on a `since` replay, the live frames held for it.
 struct MemberState {
@@ -256,6 +308,10 @@ impl Registry {
     }
 
     /// Fans one live message out to every member (held for members still catching up).
+    ///
+    /// Traced as `herald.receive` (child of the publisher's `traceparent`) →
+    /// `herald.fanout` → one `herald.deliver` per wire format in use → `herald.write` per
+    /// socket write for fan-outs of at most [`MAX_TRACED_WRITES`] sessions.
     fn deliver(&mut self, message: BusMessage) {
         if let (Some(seq), Some(last)) = (message.seq, self.last_seq) {
             if seq <= last {
@@ -265,15 +321,74 @@ impl Registry {
         if message.seq.is_some() {
             self.last_seq = message.seq;
         }
+        let receive = tracing::debug_span!(
+            "herald.receive",
+            otel.kind = "consumer",
+            node = %self.settings.node,
+            subject = %message.subject,
+            event = message.subject.rsplit('.').next().unwrap_or_default(),
+            seq = message.seq,
+        );
+        if herald_telemetry::tracing_enabled() {
+            propagation::set_parent(
+                &receive,
+                propagation::extract(
+                    message.traceparent.as_deref(),
+                    message.tracestate.as_deref(),
+                ),
+            );
+        }
+        let _receive = receive.enter();
         let wanted = self.per_format.map(|n| n > 0);
         let Some(frames) = self.frames(&message, wanted) else {
             return;
         };
         metrics::event_received();
-        let mut delivered = 0u64;
+        let mut bytes = [0usize; 2];
+        for (encoded, _) in &frames {
+            for (total, frame) in bytes.iter_mut().zip(encoded) {
+                *total += frame.as_ref().map_or(0, Frame::len);
+            }
+        }
+        let fanout = tracing::debug_span!(
+            "herald.fanout",
+            key = %self.key,
+            recipients = self.members.len(),
+            notifications = frames.len(),
+            bytes.json = bytes[WireFormat::Json.index()],
+            bytes.msgpack = bytes[WireFormat::MessagePack.index()],
+        );
+        let _fanout = fanout.enter();
+        let deliver_spans: [Option<tracing::Span>; 2] = std::array::from_fn(|i| {
+            (self.per_format[i] > 0).then(|| {
+                tracing::debug_span!(
+                    "herald.deliver",
+                    dialect = DIALECT,
+                    format = FORMAT_NAMES[i],
+                    recipients = self.per_format[i],
+                    queued = Empty,
+                    held = Empty,
+                    dropped = Empty,
+                    outcome = Empty,
+                )
+            })
+        });
+        let write_parents: [Option<TraceContext>; 2] =
+            if herald_telemetry::tracing_enabled() && self.members.len() <= MAX_TRACED_WRITES {
+                std::array::from_fn(|i| {
+                    deliver_spans[i]
+                        .as_ref()
+                        .map(propagation::context_of)
+                        .filter(propagation::is_sampled)
+                })
+            } else {
+                Default::default()
+            };
+        let mut counts = [DeliverCounts::default(); 2];
         for (frames, published_ms) in frames {
             for state in self.members.values_mut() {
-                let Some(frame) = &frames[state.member.format.index()] else {
+                let format = state.member.format.index();
+                let Some(frame) = &frames[format] else {
                     continue;
                 };
                 if let (Some(seq), Some(upto)) = (message.seq, state.sent_upto) {
@@ -283,19 +398,34 @@ impl Registry {
                 }
                 if let Some(held) = &mut state.held {
                     held.push((message.seq, frame.clone()));
+                    counts[format].held += 1;
                     continue;
                 }
-                match state.member.outbox.push(frame.clone()) {
-                    Ok(()) => delivered += 1,
-                    Err(PushError::SlowConsumer) => metrics::event_dropped("slow_consumer"),
-                    Err(PushError::Closed) => metrics::event_dropped("closed"),
+                let delivery = Delivery {
+                    published_ms,
+                    trace: write_parents[format].clone(),
+                };
+                match state.member.outbox.push_delivery(frame.clone(), delivery) {
+                    Ok(()) => counts[format].queued += 1,
+                    Err(error) => {
+                        counts[format].dropped += 1;
+                        metrics::event_dropped(match error {
+                            PushError::SlowConsumer => "slow_consumer",
+                            PushError::Closed => "closed",
+                        });
+                    }
                 }
             }
-            if let Some(ms) = published_ms {
-                metrics::delivery_latency(now_ms().saturating_sub(ms) as f64 / 1000.0);
+        }
+        for (span, counts) in deliver_spans.iter().zip(&counts) {
+            if let Some(span) = span {
+                span.record("queued", counts.queued);
+                span.record("held", counts.held);
+                span.record("dropped", counts.dropped);
+                span.record("outcome", counts.outcome());
             }
         }
-        metrics::events_delivered(delivered);
+        metrics::events_delivered(counts.iter().map(|c| c.queued).sum());
     }
 
     /// The dialect's "you missed too much, refetch" frame.
@@ -359,6 +489,15 @@ impl Registry {
         }
     }
 
+    /// Whether the event stored just before `message` on its subject is newer than
+    /// everything this registry delivered and than its subscription: it never arrived.
+    fn missed_one(&self, message: &BusMessage) -> bool {
+        match (message.prev_seq, self.last_seq.max(self.floor)) {
+            (Some(prev), Some(known)) => prev > known,
+            _ => false,
+        }
+    }
+
     /// After a bus reconnect: replay what the subscription missed while it was down.
     fn fill_gap(&mut self, ctx: &mut Context<Self>) {
         let Some(since) = self.last_seq.max(self.floor) else {
@@ -368,12 +507,19 @@ impl Registry {
             return;
         }
         self.held_live = Some(Vec::new());
+        self.try_fill_gap(since, 1, ctx);
+    }
+
+    /// One gap-fill attempt. A transient error (a stream leader election after a cluster
+    /// member died, say) is retried while live events stay held; only a stream that no
+    /// longer has the events, or one that stays unreachable, makes clients resync.
+    fn try_fill_gap(&mut self, since: u64, attempt: u32, ctx: &mut Context<Self>) {
         let bus = self.bus.clone();
         let pattern = self.key.subject_pattern();
         ctx.spawn(
             async move { bus.replay(&pattern, since).await }
                 .into_actor(self)
-                .map(|result, act, _| {
+                .map(move |result, act, ctx| {
                     match result {
                         Ok(Replay::Messages(missed)) => {
                             if !missed.is_empty() {
@@ -381,6 +527,13 @@ impl Registry {
                             }
                             metrics::events_replayed(missed.len() as u64);
                             missed.into_iter().for_each(|m| act.deliver(m));
+                        }
+                        Err(error) if attempt < GAP_FILL_ATTEMPTS => {
+                            tracing::info!(key = ?act.key, %error, attempt, "gap fill failed; retrying");
+                            ctx.run_later(GAP_FILL_RETRY, move |act, ctx| {
+                                act.try_fill_gap(since, attempt + 1, ctx)
+                            });
+                            return;
                         }
                         Ok(Replay::ResyncRequired) | Err(_) => {
                             tracing::warn!(key = ?act.key, "cannot fill the reconnect gap; asking clients to resync");
@@ -426,7 +579,13 @@ impl Actor for Registry {
 }
 
 impl StreamHandler<BusMessage> for Registry {
-    fn handle(&mut self, message: BusMessage, _: &mut Self::Context) {
+    fn handle(&mut self, message: BusMessage, ctx: &mut Self::Context) {
+        if self.held_live.is_none() && self.missed_one(&message) {
+            // Live delivery is at-most-once (a stream leader can die between storing and
+            // republishing): fetch what was skipped from the stream, then this one.
+            tracing::info!(key = ?self.key, subject = %message.subject, "a live event was missed; filling the gap");
+            self.fill_gap(ctx);
+        }
         match &mut self.held_live {
             Some(held) => held.push(message),
             None => self.deliver(message),
@@ -509,5 +668,118 @@ impl Handler<Retire> for Registry {
 
     fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    //! Fan-out cost with and without span export (README "Tracing"). Run each mode in its
+    //! own process, since the subscriber is global:
+    //! `cargo test -p herald --lib fanout_overhead -- --ignored --nocapture` (export off) and
+    //! the same with `HERALD_BENCH_TRACING=1` (export on, every event sampled).
+
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::bus::MemoryBus;
+
+    fn registry(members: usize) -> (Registry, Vec<crate::outbox::OutboxReceiver>) {
+        let bus = Bus::Memory(MemoryBus::new(10, Duration::from_secs(60), Duration::ZERO));
+        let settings = Arc::new(RegistrySettings {
+            max_notification_bytes: 1 << 20,
+            node: "bench".into(),
+        });
+        let mut registry = Registry::new(RoutingKey::Alias("a1".into()), bus, settings);
+        let mut receivers = Vec::with_capacity(members);
+        for id in 0..members as SessionId {
+            let (outbox, rx) = Outbox::new(usize::MAX, Box::new(|| {}));
+            let member = Member {
+                id,
+                outbox,
+                format: WireFormat::Json,
+            };
+            registry.members.insert(
+                id,
+                MemberState {
+                    member,
+                    held: None,
+                    sent_upto: None,
+                },
+            );
+            registry.per_format[WireFormat::Json.index()] += 1;
+            receivers.push(rx);
+        }
+        (registry, receivers)
+    }
+
+    fn message(seq: u64) -> BusMessage {
+        let envelope = serde_json::json!({
+            "aliasId": "a1",
+            "payload": {"event": "newMessage", "message": {"uid": seq, "mailbox": "INBOX", "eml": "x".repeat(256)}},
+        });
+        BusMessage {
+            subject: "herald.v1.alias.a1.newMessage".into(),
+            payload: rmp_serde::to_vec_named(&envelope).unwrap().into(),
+            traceparent: Some("00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-01".into()),
+            seq: Some(seq),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    #[ignore = "benchmark; see the module docs"]
+    fn fanout_overhead() {
+        let tracing = std::env::var_os("HERALD_BENCH_TRACING").is_some();
+        if tracing {
+            // Nothing listens there: export fails off the hot path, as a down collector would.
+            std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9");
+        } else {
+            std::env::remove_var("OTEL_EXPORTER_OTLP_ENDPOINT");
+        }
+        let telemetry =
+            herald_telemetry::init("info", herald_telemetry::LogFormat::Json, "bench").unwrap();
+        assert_eq!(telemetry.exporting(), tracing);
+        println!("export {}", if tracing { "on" } else { "off" });
+        for members in [1usize, 10, 16, 100, 1_000, 10_000] {
+            let (mut registry, receivers) = registry(members);
+            let rounds = (200_000 / members).clamp(20, 2_000) as u64;
+            for seq in 1..=5 {
+                registry.deliver(message(seq));
+            }
+            let messages: Vec<_> = (6..6 + rounds).map(message).collect();
+            let start = Instant::now();
+            for m in messages {
+                registry.deliver(m);
+            }
+            let per_fanout = start.elapsed() / rounds as u32;
+            println!(
+                "recipients {members:>6}: {:>9.1} µs per fan-out, {:>7.0} ns per recipient",
+                per_fanout.as_secs_f64() * 1e6,
+                per_fanout.as_secs_f64() * 1e9 / members as f64
+            );
+            drop(receivers);
+        }
+        // Per-write span cost (recipients ≤ MAX_TRACED_WRITES, sampled): create, parent, close.
+        let parent = propagation::extract(
+            Some("00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-01"),
+            None,
+        );
+        let rounds = 20_000u32;
+        let start = Instant::now();
+        for _ in 0..rounds {
+            let span = tracing::debug_span!(
+                "herald.write",
+                format = "json",
+                bytes = 300usize,
+                outcome = Empty
+            );
+            propagation::set_parent(&span, parent.clone());
+            span.record("outcome", "written");
+        }
+        println!(
+            "herald.write span: {:.0} ns each",
+            start.elapsed().as_secs_f64() * 1e9 / f64::from(rounds)
+        );
+        telemetry.shutdown();
     }
 }

@@ -51,10 +51,20 @@ impl Application {
         };
         let registry_settings = Arc::new(RegistrySettings {
             max_notification_bytes: settings.limits.max_notification_bytes,
+            node: node_name.clone(),
         });
         let shards = std::thread::available_parallelism().map_or(2, |n| n.get());
         let directory = Directory::start(shards, bus.clone(), registry_settings);
+        let cluster = match &bus {
+            Bus::Nats(nats) => Some(crate::cluster_limits::ClusterLimits::start(
+                nats.jetstream().clone(),
+                &node_name,
+                settings.bus.nats.stream_replicas,
+            )),
+            Bus::Memory(_) => None,
+        };
         let state = web::Data::new(AppState {
+            cluster,
             auth: StaticAuth::new(&settings.auth),
             limits: Limits::new(&settings.limits),
             settings: Arc::clone(&settings),
@@ -63,6 +73,7 @@ impl Application {
             draining: Default::default(),
             metrics: metrics_handle,
             shutdown: tokio::sync::watch::channel(false).0,
+            token_revocations: tokio::sync::broadcast::channel(64).0,
         });
 
         let listener = TcpListener::bind(&settings.server.listen)?;
@@ -132,6 +143,16 @@ impl Application {
             handle
         });
         actix_web::rt::spawn(crate::control::run(state.bus.clone(), state.clone()));
+        let upkeep = state.metrics.clone();
+        actix_web::rt::spawn(async move {
+            // Folds histogram samples recorded since the last scrape into their buckets, so
+            // memory stays bounded however rarely /metrics is scraped.
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
         let housekeeping_state = state.clone();
         actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));

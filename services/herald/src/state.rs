@@ -7,8 +7,9 @@ use std::sync::Arc;
 use actix_web::HttpRequest;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::auth::StaticAuth;
+use crate::auth::{StaticAuth, TokenFingerprint};
 use crate::bus::Bus;
+use crate::cluster_limits::{ClusterLimits, Verdict};
 use crate::config::Settings;
 use crate::dialect::Refusal;
 use crate::directory::Directory;
@@ -26,12 +27,16 @@ pub struct AppState {
     pub directory: Directory,
     /// Static credentials.
     pub auth: Arc<StaticAuth>,
-    /// Connection limits.
+    /// Connection limits of this node.
     pub limits: Arc<Limits>,
+    /// Cluster-wide limits (NATS mode only).
+    pub cluster: Option<Arc<ClusterLimits>>,
     /// Set on SIGTERM: readiness off, upgrades refused.
     pub draining: AtomicBool,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Revoked API tokens; sessions opened with a token watch it and close with 4001.
+    pub token_revocations: tokio::sync::broadcast::Sender<TokenFingerprint>,
     /// Flips to `true` on SIGTERM; every session watches it and closes with 1001.
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -85,5 +90,21 @@ impl AppState {
                 retry_after: wait.as_secs().max(1),
             }
         })
+    }
+
+    /// The per-address connection rate across the cluster (after [`AppState::admit`]).
+    pub async fn admit_cluster(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let per_minute = self.limits.settings.connections_per_ip_per_minute;
+        if cluster.connection_attempt(ip, per_minute).await == Verdict::Refused {
+            metrics::connection_refused("rate");
+            return Err(Refusal::TooMany {
+                reason: "too many connections from this address across the cluster (limits.connections_per_ip_per_minute)".into(),
+                retry_after: u64::from(60u32.div_ceil(per_minute)).max(1),
+            });
+        }
+        Ok(())
     }
 }

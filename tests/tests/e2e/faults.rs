@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_protocol::subject::CONTROL_REVOKE;
-use herald_tests::fixtures::{DEMO, OTHER};
-use herald_tests::{eventually, Connect, Frame, NatsServer, Node, NodeConfig, Publisher, WsClient};
+use herald_tests::fixtures::{API_TOKEN, DEMO, OTHER};
+use herald_tests::{
+    eventually, Connect, Frame, NatsCluster, NatsServer, Node, NodeConfig, Publisher, WsClient,
+};
 use serde_json::{json, Value};
 
 use crate::nats_setup;
@@ -358,6 +360,63 @@ async fn revoking_an_alias_closes_its_sessions_on_every_node_with_4001() {
     assert_exactly_once_in_order("OTHER across DEMO's revocation", &reading.got, 1..=6);
 }
 
+#[tokio::test]
+async fn revoking_an_api_token_closes_its_sessions_on_every_node_and_only_those() {
+    let nats = NatsServer::start();
+    let node_a = Node::start(NodeConfig::nats(&[nats.url()])).await;
+    let node_b = Node::start(NodeConfig::nats(&[nats.url()])).await;
+    let mut token_on_a = Connect::v1(&node_a)
+        .token(API_TOKEN, DEMO.id)
+        .connect()
+        .await;
+    let mut token_on_b = Connect::v1(&node_b)
+        .token(API_TOKEN, OTHER.id)
+        .connect()
+        .await;
+    let mut password_on_b = Connect::v1(&node_b).alias(&DEMO).connect().await;
+
+    let control = nats.client().await;
+    let revoked_at = Instant::now();
+    control
+        .publish(
+            CONTROL_REVOKE,
+            json!({"token": API_TOKEN}).to_string().into(),
+        )
+        .await
+        .expect("publish the revocation");
+    control.flush().await.expect("flush the revocation");
+    let (on_a, on_b) = tokio::join!(
+        token_on_a.expect_close_within(PROMPT_CLOSE),
+        token_on_b.expect_close_within(PROMPT_CLOSE),
+    );
+    let elapsed = revoked_at.elapsed();
+    assert_eq!(on_a, Some(4001), "the token's session on node A");
+    assert_eq!(
+        on_b,
+        Some(4001),
+        "the token's session (other alias) on node B"
+    );
+    assert!(elapsed <= REVOKE_WITHIN, "closed after {elapsed:?}");
+
+    // The same alias logged in with its password is not the revoked credential.
+    let publisher = Publisher::nats(&nats.url()).await;
+    publisher
+        .sync_alias(DEMO.id, &mut [&mut password_on_b])
+        .await;
+    publish_n(&publisher, DEMO.id, 1).await;
+    let reading = read_until(&mut password_on_b, 1, Duration::from_secs(10)).await;
+    assert!(
+        reading.ended.is_none(),
+        "password session closed: {:?}",
+        reading.ended
+    );
+    assert_exactly_once_in_order(
+        "DEMO by password after the token's revocation",
+        &reading.got,
+        1..=1,
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_moves_to_the_other_node_after_kill_9_and_misses_nothing() {
     /// Node A is killed once the client has received this many events.
@@ -527,4 +586,96 @@ async fn nats_crash_restart_mid_stream_loses_nothing_for_a_connected_client() {
         &reading.got,
         1..=STREAM_EVENTS,
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_of_a_three_node_nats_cluster_dying_mid_stream_loses_nothing() {
+    /// The member is killed once the publisher has had this many events acknowledged.
+    const KILL_AFTER: u64 = 300;
+    let mut cluster = NatsCluster::start(3).await;
+    let urls = cluster.urls();
+    let node = Node::start(NodeConfig::nats(&urls).set("bus.nats.stream_replicas", 3)).await;
+    wait_ready(&node, "node ready on the R3 stream").await;
+    // The producer may be on the member that dies: it reconnects to another at once.
+    let producer_client = async_nats::ConnectOptions::new()
+        .reconnect_delay_callback(|_| Duration::from_millis(10))
+        .connect(
+            urls.iter()
+                .map(|u| u.parse::<async_nats::ServerAddr>().expect("a NATS URL"))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("the producer connects to NATS");
+    let publisher = Arc::new(Publisher::Nats(producer_client));
+    let mut client = Connect::v1(&node).alias(&DEMO).connect().await;
+    publisher.sync_alias(DEMO.id, &mut [&mut client]).await;
+
+    let progress = Arc::new(AtomicU64::new(0));
+    let producer = tokio::spawn(publish_paced(
+        Arc::clone(&publisher),
+        "member",
+        STREAM_EVENTS,
+        Arc::clone(&progress),
+    ));
+    let reader = tokio::spawn(async move {
+        let reading = read_until(&mut client, STREAM_EVENTS, STALL).await;
+        (client, reading)
+    });
+    eventually(
+        Duration::from_secs(30),
+        "the publisher to get going",
+        || async { (progress.load(Ordering::SeqCst) >= KILL_AFTER).then_some(()) },
+    )
+    .await;
+    // The hard case: the stream's leader dies, between storing and republishing some event.
+    let leader = stream_leader(&cluster, "HERALD").await;
+    tokio::task::block_in_place(|| cluster.servers[leader].kill());
+    let killed_at = progress.load(Ordering::SeqCst);
+
+    let produced = producer.await.expect("the publisher task");
+    let (_client, reading) = reader.await.expect("the reader task");
+    eprintln!(
+        "cluster member killed after {killed_at} events; publisher {produced:?}; client got {}, others {:?}, ended {:?}",
+        reading.got.len(),
+        reading.others,
+        reading.ended
+    );
+    assert!(killed_at < STREAM_EVENTS, "the member must die mid-stream");
+    assert_eq!(produced.acked, STREAM_EVENTS, "{produced:?}");
+    assert!(
+        reading.ended.is_none(),
+        "the session must stay open: {:?}",
+        reading.ended
+    );
+    assert!(
+        reading.others.is_empty(),
+        "no resyncRequired with an R3 stream: {:?}",
+        reading.others
+    );
+    assert_exactly_once_in_order(
+        "events across a cluster member's death",
+        &reading.got,
+        1..=STREAM_EVENTS,
+    );
+}
+
+/// Index in `cluster.servers` of the member leading `stream` (members are named n1, n2, ...).
+async fn stream_leader(cluster: &NatsCluster, stream: &str) -> usize {
+    let js = async_nats::jetstream::new(cluster.servers[1].client().await);
+    let info = js
+        .get_stream(stream)
+        .await
+        .expect("the stream exists")
+        .get_info()
+        .await
+        .expect("stream info");
+    let leader = info
+        .cluster
+        .and_then(|c| c.leader)
+        .expect("an R3 stream has a leader");
+    leader
+        .trim_start_matches('n')
+        .parse::<usize>()
+        .expect("members are named n1, n2, ...")
+        - 1
 }

@@ -8,13 +8,16 @@ mod auth;
 mod bus;
 mod cli;
 mod cluster;
+mod cluster_limits;
 mod delivery;
 mod faults;
 mod harness;
 mod lifecycle;
 mod limits;
+mod observability;
 mod publish;
 mod replay;
+mod tracing;
 
 use herald_tests::{NatsServer, Node, NodeConfig, Publisher};
 

@@ -27,6 +27,9 @@ pub struct BusMessage {
     pub tracestate: Option<String>,
     /// Sequence of the event in its key's stream, when the bus assigns one.
     pub seq: Option<u64>,
+    /// Sequence of the previous stored event on the same subject (RePublish's
+    /// `Nats-Last-Sequence`), so a receiver can tell it missed one.
+    pub prev_seq: Option<u64>,
     /// When the bus stored the event (ms since the epoch): the same on every node, so it
     /// is the `timestamp` herald adds when the producer set none.
     pub stored_ms: Option<u64>,
@@ -140,7 +143,7 @@ impl Bus {
     pub async fn last_sequence(&self) -> Result<Option<u64>, BusError> {
         match self {
             Bus::Memory(_) => Ok(None),
-            Bus::Nats(bus) => bus.last_sequence().await.map(Some),
+            Bus::Nats(bus) => bus.last_sequence().await,
         }
     }
 

@@ -38,6 +38,8 @@ const STREAM_SUBJECTS: &[&str] = &[
 ];
 /// Where the stream republishes stored events (with their sequence) for live delivery.
 const LIVE_PREFIX: &str = "herald.live.";
+/// Longest a node waits for the stream's state when it only wants a hint.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a replay waits for the next stored message before giving up.
 const REPLAY_STALL: Duration = Duration::from_secs(5);
 
@@ -183,6 +185,11 @@ impl NatsBus {
         }
     }
 
+    /// The JetStream context (cluster-wide limits keep their counters there).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
     /// The underlying client, for request/reply users (auth callout, custom types).
     pub fn client(&self) -> &async_nats::Client {
         &self.client
@@ -265,9 +272,16 @@ impl NatsBus {
         Ok((stream, state))
     }
 
-    /// The stream's last sequence.
-    pub async fn last_sequence(&self) -> Result<u64, BusError> {
-        Ok(self.stream(&self.stream_name).await?.1.last_sequence)
+    /// The stream's last sequence; `None` while NATS is unreachable or slow, so a new
+    /// registry (and its sessions) never waits on it.
+    pub async fn last_sequence(&self) -> Result<Option<u64>, BusError> {
+        if !self.is_connected() {
+            return Ok(None);
+        }
+        match tokio::time::timeout(LOOKUP_TIMEOUT, self.stream(&self.stream_name)).await {
+            Ok(result) => Ok(Some(result?.1.last_sequence)),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Every stored event matching `pattern` after `since`, read with an ordered consumer.
@@ -376,6 +390,7 @@ fn from_nats(message: async_nats::Message) -> BusMessage {
         traceparent: header("traceparent"),
         tracestate: header("tracestate"),
         seq: header("Nats-Sequence").and_then(|s| s.parse().ok()),
+        prev_seq: header("Nats-Last-Sequence").and_then(|s| s.parse().ok()),
         stored_ms: header("Nats-Time-Stamp").and_then(|t| rfc3339_ms(&t)),
         subject: header("Nats-Subject").unwrap_or_else(|| message.subject.to_string()),
         payload: message.payload,

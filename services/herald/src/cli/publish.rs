@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use herald_protocol::{Envelope, Event, Subject};
+use herald_telemetry::propagation;
 use serde_json::{Map, Value};
 
 use crate::config::{BusKind, Settings};
@@ -74,6 +75,17 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<()> {
         subject: None,
         payload,
     };
+    // The trace starts here: `herald.publish` when spans are exported, else a fresh root,
+    // so every node's spans for this event join one trace.
+    let span = tracing::info_span!(
+        "herald.publish",
+        otel.kind = "producer",
+        subject = %subject,
+        event = event.as_str(),
+    );
+    let (traceparent, tracestate) = propagation::inject(&propagation::context_of(&span))
+        .or_else(|| propagation::inject(&propagation::new_root()))
+        .context("cannot create a traceparent")?;
     let nats_url = args
         .nats
         .clone()
@@ -89,13 +101,17 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<()> {
             if let Some(Value::String(id)) = envelope.payload.get("notificationId") {
                 headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
             }
+            headers.insert("traceparent", traceparent.as_str());
+            if let Some(state) = &tracestate {
+                headers.insert("tracestate", state.as_str());
+            }
             client
                 .publish_with_headers(subject.to_string(), headers, envelope.to_msgpack().into())
                 .await?;
             client.flush().await?;
             println!(
                 "{}",
-                serde_json::json!({"subject": subject.to_string(), "notificationId": envelope.payload.get("notificationId")})
+                serde_json::json!({"subject": subject.to_string(), "notificationId": envelope.payload.get("notificationId"), "traceparent": traceparent})
             );
         }
         None => {
@@ -114,8 +130,13 @@ pub async fn run(settings: &Settings, args: PublishArgs) -> anyhow::Result<()> {
                         .map(|t| t.expose().to_owned())
                 })
                 .context("no publish token: pass --token or set auth.publish_tokens")?;
-            let response = reqwest::Client::new()
+            let mut request = reqwest::Client::new()
                 .post(format!("{}/v1/publish", url.trim_end_matches('/')))
+                .header("traceparent", &traceparent);
+            if let Some(state) = &tracestate {
+                request = request.header("tracestate", state);
+            }
+            let response = request
                 .bearer_auth(token)
                 .json(&envelope)
                 .send()

@@ -10,12 +10,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use base64::Engine;
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 use herald_protocol::subject::validate_identifier;
 use herald_protocol::WireFormat;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{AuthError, Credentials, Principal};
+use crate::auth::{AuthError, Credentials, Principal, TokenFingerprint};
+use crate::cluster_limits::Lease;
 use crate::dialect::Refusal;
 use crate::limits::{client_ip, Slot};
 use crate::metrics;
@@ -180,8 +182,13 @@ async fn authenticate(
     let timeout = state.settings.forwardemail.auth_backend_timeout;
     match tokio::time::timeout(timeout, state.auth.authenticate(credentials)).await {
         Err(_) | Ok(Err(AuthError::Timeout)) => Err(Refusal::AuthTimeout),
-        Ok(Ok(principal)) => Ok(principal),
+        Ok(Ok(principal)) => {
+            // Never the credentials themselves: only who, from where, and why not.
+            tracing::debug!(%ip, alias_id = %principal.alias_id, "login accepted");
+            Ok(principal)
+        }
         Ok(Err(error)) => {
+            tracing::debug!(%ip, %error, "login refused");
             metrics::auth_failure(DIALECT);
             state.limits.record_failure(ip);
             Err(match error {
@@ -192,22 +199,41 @@ async fn authenticate(
     }
 }
 
-/// Takes the alias's session slot or refuses with 429/4429.
-fn alias_slot(state: &AppState, alias_id: &str) -> Result<Slot<String>, Refusal> {
+/// A session's place under its alias's cap: on this node, and across the cluster when
+/// the cluster could be asked. Dropping it frees both.
+struct AliasPlace {
+    _node: Slot<String>,
+    _cluster: Option<Lease>,
+}
+
+/// Takes the alias's session place or refuses with 429/4429.
+async fn alias_place(state: &AppState, alias_id: &str) -> Result<AliasPlace, Refusal> {
     let max = state.limits.settings.max_sessions_per_alias;
-    state
+    let full = || {
+        metrics::connection_refused("alias_sessions");
+        Refusal::TooMany {
+            reason: format!(
+                "alias {alias_id} already has {max} sessions (limits.max_sessions_per_alias)"
+            ),
+            retry_after: ALIAS_FULL_RETRY_AFTER,
+        }
+    };
+    let node = state
         .limits
         .per_alias
         .try_acquire(alias_id.to_owned(), max)
-        .ok_or_else(|| {
-            metrics::connection_refused("alias_sessions");
-            Refusal::TooMany {
-                reason: format!(
-                    "alias {alias_id} already has {max} sessions (limits.max_sessions_per_alias)"
-                ),
-                retry_after: ALIAS_FULL_RETRY_AFTER,
-            }
-        })
+        .ok_or_else(full)?;
+    let cluster = match &state.cluster {
+        Some(cluster) => cluster
+            .acquire_session(alias_id, max)
+            .await
+            .map_err(|()| full())?,
+        None => None,
+    };
+    Ok(AliasPlace {
+        _node: node,
+        _cluster: cluster,
+    })
 }
 
 /// `GET /v1/ws`: checks everything that can be checked before the upgrade, then upgrades.
@@ -224,6 +250,7 @@ pub async fn upgrade(
         .and_then(|v| v.to_str().ok());
     let ip = client_ip(req.peer_addr(), forwarded, settings.server.trust_proxy);
     state.admit(&req, ip)?;
+    state.admit_cluster(ip).await?;
     let node_slot = state
         .limits
         .total
@@ -238,7 +265,7 @@ pub async fn upgrade(
     let phase = match request.auth {
         AuthMode::Header(credentials) => {
             let principal = authenticate(&state, &credentials, ip).await?;
-            let slot = alias_slot(&state, &principal.alias_id)?;
+            let slot = alias_place(&state, &principal.alias_id).await?;
             Phase::Live(Identity::Alias {
                 principal,
                 _slot: slot,
@@ -293,7 +320,7 @@ enum Identity {
     /// An authenticated alias, holding its place under the alias cap.
     Alias {
         principal: Principal,
-        _slot: Slot<String>,
+        _slot: AliasPlace,
     },
     /// A broadcast-only session, holding its place under the per-address cap.
     Anonymous { _slot: Slot<IpAddr> },
@@ -403,6 +430,15 @@ impl FeSession {
                 vec![RoutingKey::Broadcast],
             ),
         };
+        if let Identity::Alias { principal, .. } = &identity {
+            if let Some(token) = principal.token {
+                let revoked = tokio_stream::wrappers::BroadcastStream::new(
+                    self.state.token_revocations.subscribe(),
+                )
+                .filter_map(move |r| std::future::ready(r.ok().filter(|t| *t == token)));
+                ctx.add_stream(revoked);
+            }
+        }
         self.phase = Phase::Live(identity);
         if let Some(frame) = Frame::encode(self.format, &connected) {
             let _ = self.outbox.push(frame);
@@ -462,7 +498,7 @@ impl FeSession {
         let ip = self.ip;
         let check = async move {
             let principal = authenticate(&state, &credentials, ip).await?;
-            let slot = alias_slot(&state, &principal.alias_id)?;
+            let slot = alias_place(&state, &principal.alias_id).await?;
             Ok::<_, Refusal>(Identity::Alias {
                 principal,
                 _slot: slot,
@@ -573,6 +609,15 @@ impl StreamHandler<bool> for FeSession {
         ctx.run_later(delay, |act, ctx| {
             act.close(1001, "node shutting down; reconnect", ctx)
         });
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+/// The session's API token was revoked.
+impl StreamHandler<TokenFingerprint> for FeSession {
+    fn handle(&mut self, _: TokenFingerprint, ctx: &mut Self::Context) {
+        self.close(crate::control::REVOKED, "credentials revoked", ctx);
     }
 
     fn finished(&mut self, _: &mut Self::Context) {}

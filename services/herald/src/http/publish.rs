@@ -4,7 +4,9 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use herald_protocol::{Envelope, Subject};
+use herald_telemetry::propagation;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use crate::bus::{BusError, BusMessage};
 use crate::state::AppState;
@@ -110,17 +112,34 @@ pub async fn publish(
             id
         }
     };
+    // `herald.publish`, child of the caller's traceparent, becomes the parent the nodes see.
+    let (mut traceparent, mut tracestate) = (header("traceparent"), header("tracestate"));
+    let span = tracing::info_span!(
+        "herald.publish",
+        otel.kind = "producer",
+        subject = %subject,
+    );
+    if herald_telemetry::tracing_enabled() {
+        propagation::set_parent(
+            &span,
+            propagation::extract(traceparent.as_deref(), tracestate.as_deref()),
+        );
+        if let Some((tp, ts)) = propagation::inject(&propagation::context_of(&span)) {
+            (traceparent, tracestate) = (Some(tp), ts);
+        }
+    }
     let message = BusMessage {
         subject: subject.to_string(),
         payload: envelope.to_msgpack().into(),
         json: false,
         msg_id,
-        traceparent: header("traceparent"),
-        tracestate: header("tracestate"),
+        traceparent,
+        tracestate,
         seq: None,
         stored_ms: None,
+        prev_seq: None,
     };
-    let ack = state.bus.publish(message).await?;
+    let ack = state.bus.publish(message).instrument(span).await?;
     Ok(HttpResponse::Accepted().json(
         json!({ "notificationId": notification_id, "seq": ack.seq, "duplicate": ack.duplicate }),
     ))

@@ -1,0 +1,285 @@
+//! Limits that hold across the cluster in NATS mode (SPEC §6): sessions per alias and
+//! connections per client address per minute.
+//!
+//! Both are counted in memory-storage JetStream streams:
+//! - `HERALD_SESSIONS`: one subject per live session,
+//!   `herald.limits.session.<aliasId>.<node>.<lease>`, one message kept per subject and
+//!   expiring after the lease TTL unless the owning node refreshes it. A node that dies
+//!   stops refreshing, so its sessions stop counting within the TTL.
+//! - `HERALD_RATE`: one message per connection attempt on `herald.limits.rate.<address>`,
+//!   kept for a minute.
+//!
+//! A check publishes first and counts second, so two nodes racing for the last place both
+//! see the other and refuse rather than both admit. While NATS is unreachable the checks
+//! say "unknown" and only the per-node limits (always applied too) hold: degraded to
+//! per-node, never to "no limit" and never to refusing everyone.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use futures_util::TryStreamExt;
+
+/// How long a session lease lives without a refresh.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
+/// How often a node refreshes its leases.
+const LEASE_REFRESH: Duration = Duration::from_secs(10);
+/// The window of the per-address connection rate.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Longest a cluster check may take before the node decides alone.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+const SESSIONS_STREAM: &str = "HERALD_SESSIONS";
+const RATE_STREAM: &str = "HERALD_RATE";
+const SESSION_PREFIX: &str = "herald.limits.session";
+const RATE_PREFIX: &str = "herald.limits.rate";
+
+/// The verdict of a cluster-wide check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Under the limit.
+    Allowed,
+    /// Over the limit across the cluster.
+    Refused,
+    /// The cluster could not be asked (NATS down or slow): only per-node limits apply.
+    Unknown,
+}
+
+/// Cluster-wide counters of one node.
+pub struct ClusterLimits {
+    jetstream: jetstream::Context,
+    node: String,
+    replicas: usize,
+    /// Lease subjects of this node's live sessions, refreshed every [`LEASE_REFRESH`].
+    leases: Mutex<HashSet<String>>,
+    next_lease: AtomicU64,
+    /// Throttles the "degraded to per-node limits" warning.
+    last_warning: Mutex<Option<std::time::Instant>>,
+}
+
+/// A session's place under its alias's cluster-wide cap; dropping it frees the place.
+pub struct Lease {
+    subject: String,
+    limits: Arc<ClusterLimits>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.limits
+            .leases
+            .lock()
+            .expect("lease lock")
+            .remove(&self.subject);
+        let limits = Arc::clone(&self.limits);
+        let subject = std::mem::take(&mut self.subject);
+        tokio::spawn(async move { limits.forget(&subject).await });
+    }
+}
+
+/// A client address as one subject token (`127-0-0-1`, `2001-db8-0-0--`).
+fn address_token(ip: IpAddr) -> String {
+    ip.to_string().replace(['.', ':'], "-")
+}
+
+impl ClusterLimits {
+    /// Limits for `node` over the given JetStream context; starts the lease refresher.
+    pub fn start(jetstream: jetstream::Context, node: &str, replicas: usize) -> Arc<ClusterLimits> {
+        let limits = Arc::new(ClusterLimits {
+            jetstream,
+            node: node.replace(['.', ' ', '*', '>'], "-"),
+            replicas,
+            leases: Mutex::default(),
+            next_lease: AtomicU64::new(1),
+            last_warning: Mutex::default(),
+        });
+        tokio::spawn(Arc::clone(&limits).refresh_leases());
+        limits
+    }
+
+    async fn ensure_streams(&self) -> Result<(), String> {
+        let sessions = stream::Config {
+            name: SESSIONS_STREAM.into(),
+            subjects: vec![format!("{SESSION_PREFIX}.>")],
+            max_messages_per_subject: 1,
+            max_age: LEASE_TTL,
+            storage: stream::StorageType::Memory,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        let rate = stream::Config {
+            name: RATE_STREAM.into(),
+            subjects: vec![format!("{RATE_PREFIX}.>")],
+            max_age: RATE_WINDOW,
+            storage: stream::StorageType::Memory,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        for config in [sessions, rate] {
+            self.jetstream
+                .create_or_update_stream(config)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `subject` to its stream, acknowledged.
+    async fn record(&self, subject: String) -> Result<(), String> {
+        self.jetstream
+            .publish(subject, bytes::Bytes::new())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// `(subjects, messages)` under `filter` in `stream`.
+    async fn count(&self, stream: &str, filter: &str) -> Result<(usize, usize), String> {
+        let stream = self
+            .jetstream
+            .get_stream(stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| e.to_string())?
+            .try_collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((subjects.len(), subjects.iter().map(|(_, n)| n).sum()))
+    }
+
+    /// Runs a check with the timeout, creating the streams once if they are missing.
+    async fn checked<T, F, Fut>(&self, what: &str, check: F) -> Option<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let attempt = async {
+            match check().await {
+                Ok(v) => Ok(v),
+                Err(_) => {
+                    self.ensure_streams().await?;
+                    check().await
+                }
+            }
+        };
+        match tokio::time::timeout(CHECK_TIMEOUT, attempt).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(error)) => {
+                self.warn_degraded(what, &error);
+                None
+            }
+            Err(_) => {
+                self.warn_degraded(what, "NATS did not answer in time");
+                None
+            }
+        }
+    }
+
+    fn warn_degraded(&self, what: &str, error: &str) {
+        let mut last = self.last_warning.lock().expect("warning lock");
+        if last.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(check = what, %error, "cluster-wide limit unavailable: applying per-node limits only");
+        }
+    }
+
+    /// Counts one connection attempt from `ip`; refused past `per_minute` across the cluster.
+    pub async fn connection_attempt(&self, ip: IpAddr, per_minute: u32) -> Verdict {
+        let subject = format!("{RATE_PREFIX}.{}", address_token(ip));
+        let attempts = self
+            .checked("connections_per_ip_per_minute", || async {
+                self.record(subject.clone()).await?;
+                self.count(RATE_STREAM, &subject).await.map(|(_, n)| n)
+            })
+            .await;
+        match attempts {
+            Some(n) if n > per_minute as usize => Verdict::Refused,
+            Some(_) => Verdict::Allowed,
+            None => Verdict::Unknown,
+        }
+    }
+
+    /// Takes a place under `alias_id`'s cap of `max` sessions across the cluster.
+    /// `Ok(None)` when the cluster could not be asked (per-node limits apply).
+    pub async fn acquire_session(
+        self: &Arc<Self>,
+        alias_id: &str,
+        max: usize,
+    ) -> Result<Option<Lease>, ()> {
+        let lease_id = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        let subject = format!("{SESSION_PREFIX}.{alias_id}.{}.{lease_id}", self.node);
+        let filter = format!("{SESSION_PREFIX}.{alias_id}.>");
+        let sessions = self
+            .checked("max_sessions_per_alias", || async {
+                self.record(subject.clone()).await?;
+                self.count(SESSIONS_STREAM, &filter).await.map(|(n, _)| n)
+            })
+            .await;
+        match sessions {
+            None => Ok(None),
+            Some(n) if n > max => {
+                self.forget(&subject).await;
+                Err(())
+            }
+            Some(_) => {
+                self.leases
+                    .lock()
+                    .expect("lease lock")
+                    .insert(subject.clone());
+                Ok(Some(Lease {
+                    subject,
+                    limits: Arc::clone(self),
+                }))
+            }
+        }
+    }
+
+    /// Removes a lease from the stream (best effort: it expires anyway).
+    async fn forget(&self, subject: &str) {
+        if let Ok(stream) = self.jetstream.get_stream(SESSIONS_STREAM).await {
+            let _ = stream.purge().filter(subject).await;
+        }
+    }
+
+    /// Keeps this node's leases alive; a node that dies stops, and its leases expire.
+    async fn refresh_leases(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(LEASE_REFRESH);
+        loop {
+            tick.tick().await;
+            let subjects: Vec<String> = self
+                .leases
+                .lock()
+                .expect("lease lock")
+                .iter()
+                .cloned()
+                .collect();
+            let client_publish = subjects.into_iter().map(|s| {
+                let js = self.jetstream.clone();
+                async move { js.publish(s, bytes::Bytes::new()).await.map(|_| ()) }
+            });
+            // Unacknowledged: a refresh lost to a NATS blip is repeated next round.
+            for publish in client_publish {
+                let _ = publish.await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_become_single_subject_tokens() {
+        assert_eq!(address_token("127.0.0.1".parse().unwrap()), "127-0-0-1");
+        let v6 = address_token("2001:db8::".parse().unwrap());
+        assert!(!v6.contains(['.', ':']), "{v6}");
+        herald_protocol::subject::validate_identifier(&v6).unwrap();
+    }
+}

@@ -47,6 +47,17 @@ impl Connect {
         }
     }
 
+    /// An upgrade to `/v1/ws` on the node at `ws_base` (e.g. `ws://127.0.0.1:PORT`), for
+    /// clients that reconnect to whichever node is alive.
+    pub fn v1_at(ws_base: &str) -> Self {
+        Connect {
+            base: ws_base.to_owned(),
+            path: "/v1/ws".to_owned(),
+            query: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+
     /// Replaces the path (`/v1/ws` by default).
     pub fn path(mut self, path: &str) -> Self {
         self.path = path.to_owned();

@@ -679,3 +679,134 @@ async fn stream_leader(cluster: &NatsCluster, stream: &str) -> usize {
         .expect("members are named n1, n2, ...")
         - 1
 }
+
+/// A client that follows the cluster: on a close it reconnects, with `?since=` its last
+/// `seq`, to a node from `live` (the test updates it before stopping a node), until it
+/// has event `last_n`. Returns every notification it got and how each session ended.
+async fn follow(
+    index: usize,
+    live: tokio::sync::watch::Receiver<Vec<String>>,
+    last_n: u64,
+) -> (Vec<Got>, Vec<Option<u16>>, Vec<Value>) {
+    let mut reading = Reading::default();
+    let mut closes = Vec::new();
+    let mut since = 0;
+    let give_up = Instant::now() + Duration::from_secs(120);
+    loop {
+        let url = {
+            let nodes = live.borrow();
+            nodes[index % nodes.len()].clone()
+        };
+        let mut client = match Connect::v1_at(&url)
+            .alias(&DEMO)
+            .query("since", &since.to_string())
+            .open()
+            .await
+        {
+            Ok(client) => client,
+            Err(_) => {
+                // The node went away between our pick and the upgrade: pick again.
+                assert!(
+                    Instant::now() < give_up,
+                    "client {index} found no live node"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let hello = client.next_event().await;
+        assert_eq!(hello["event"], "connected", "client {index}: {hello}");
+        let session = read_until(&mut client, last_n, STALL).await;
+        reading.got.extend(session.got);
+        reading.others.extend(session.others);
+        since = reading.last_seq();
+        match session.ended {
+            None => return (reading.got, closes, reading.others),
+            Some(Frame::Close(code, _)) => closes.push(code),
+            Some(other) => {
+                panic!("client {index}: the session ended without a close frame: {other:?}")
+            }
+        }
+        assert!(
+            Instant::now() < give_up,
+            "client {index} kept being closed: {closes:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_of_two_nodes_under_load_loses_nothing() {
+    /// Events published while both nodes are restarted one after the other (~5 s).
+    const EVENTS: u64 = 2_500;
+    const CLIENTS: usize = 4;
+    let nats = NatsServer::start();
+    let config = || NodeConfig::nats(&[nats.url()]).set("shutdown.drain_seconds", 1);
+    let mut node_a = Node::start(config()).await;
+    let mut node_b = Node::start(config()).await;
+    wait_ready(&node_a, "node A ready").await;
+    wait_ready(&node_b, "node B ready").await;
+    let (live_tx, live) = tokio::sync::watch::channel(vec![node_a.ws_url(""), node_b.ws_url("")]);
+    let followers: Vec<_> = (0..CLIENTS)
+        .map(|i| tokio::spawn(follow(i, live.clone(), EVENTS)))
+        .collect();
+    let publisher = Arc::new(Publisher::nats(&nats.url()).await);
+    let progress = Arc::new(AtomicU64::new(0));
+    let producer = tokio::spawn(publish_paced(
+        Arc::clone(&publisher),
+        "rolling",
+        EVENTS,
+        Arc::clone(&progress),
+    ));
+    let reach = |n: u64| {
+        let progress = Arc::clone(&progress);
+        async move {
+            eventually(
+                Duration::from_secs(60),
+                "the publisher to make progress",
+                || async { (progress.load(Ordering::SeqCst) >= n).then_some(()) },
+            )
+            .await
+        }
+    };
+
+    // Node A drains and restarts, then node B, as a Deployment rollout would.
+    reach(400).await;
+    live_tx.send_replace(vec![node_b.ws_url("")]);
+    node_a.terminate();
+    let exit_a = node_a.wait_exit(Duration::from_secs(10)).await;
+    let new_a = Node::start(config()).await;
+    wait_ready(&new_a, "the restarted node A ready").await;
+    live_tx.send_replace(vec![new_a.ws_url("")]);
+    reach(1_200).await;
+    node_b.terminate();
+    let exit_b = node_b.wait_exit(Duration::from_secs(10)).await;
+    let published_at_second_stop = progress.load(Ordering::SeqCst);
+
+    let produced = producer.await.expect("the publisher task");
+    assert_eq!(produced.acked, EVENTS, "{produced:?}");
+    assert!(
+        published_at_second_stop < EVENTS,
+        "both restarts must happen under load ({published_at_second_stop} of {EVENTS} published)"
+    );
+    assert!(
+        exit_a.is_some_and(|s| s.success()),
+        "node A exits 0 after draining: {exit_a:?}"
+    );
+    assert!(
+        exit_b.is_some_and(|s| s.success()),
+        "node B exits 0 after draining: {exit_b:?}"
+    );
+    for (i, follower) in followers.into_iter().enumerate() {
+        let (got, closes, others) = follower.await.expect("a follower task");
+        eprintln!("client {i}: {} events, closes {closes:?}", got.len());
+        assert!(
+            closes.iter().all(|c| *c == Some(1001)),
+            "client {i}: drains close with 1001: {closes:?}"
+        );
+        assert!(
+            others.is_empty(),
+            "client {i}: no resyncRequired: {others:?}"
+        );
+        assert_exactly_once_in_order(&format!("client {i} across the rollout"), &got, 1..=EVENTS);
+    }
+}

@@ -100,3 +100,66 @@ async fn http_publish_with_a_bad_body_is_400_with_the_reason() {
         assert!(!reason.is_empty(), "{what}: 400 must say why: {answer}");
     }
 }
+
+/// Publishes `envelope` with an `Idempotency-Key`, returning the JSON answer.
+async fn publish_idempotent(node: &Node, envelope: &Value, key: &str) -> Value {
+    let response = node
+        .http()
+        .post(node.http_url("/v1/publish"))
+        .bearer_auth(PUBLISH_TOKEN)
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(serde_json::to_vec(envelope).unwrap())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 202);
+    response.json().await.expect("a JSON answer")
+}
+
+async fn retried_publish_with_the_same_idempotency_key_is_delivered_once(node: Node) {
+    let mut client = Connect::v1(&node).alias(&DEMO).connect().await;
+    Publisher::http(&node)
+        .sync_alias(DEMO.id, &mut [&mut client])
+        .await;
+    let envelope = json!({"aliasId": DEMO.id, "payload": {"event": "newMessage", "n": 1}});
+    let first = publish_idempotent(&node, &envelope, "order-42").await;
+    let retry = publish_idempotent(&node, &envelope, "order-42").await;
+    assert_eq!(first["duplicate"], false, "{first}");
+    assert_eq!(retry["duplicate"], true, "{retry}");
+    assert_eq!(
+        retry["seq"], first["seq"],
+        "the retry answers the original seq"
+    );
+    assert_eq!(retry["notificationId"], first["notificationId"]);
+    let other = publish_idempotent(&node, &envelope, "order-43").await;
+    assert_eq!(
+        other["duplicate"], false,
+        "another key is another event: {other}"
+    );
+
+    let got = client.next_json().await;
+    assert_eq!(got["notificationId"], first["notificationId"]);
+    let next = client.next_json().await;
+    assert_eq!(
+        next["notificationId"], other["notificationId"],
+        "the retry was not delivered: the next event is the other key's"
+    );
+}
+
+#[tokio::test]
+async fn retried_publish_with_the_same_idempotency_key_is_delivered_once_on_memory_bus() {
+    retried_publish_with_the_same_idempotency_key_is_delivered_once(
+        Node::start(NodeConfig::memory()).await,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn retried_publish_with_the_same_idempotency_key_is_delivered_once_on_nats() {
+    let nats = herald_tests::NatsServer::start();
+    retried_publish_with_the_same_idempotency_key_is_delivered_once(
+        Node::start(NodeConfig::nats(&[nats.url()])).await,
+    )
+    .await;
+}

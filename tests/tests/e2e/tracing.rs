@@ -271,3 +271,95 @@ async fn herald_publish_starts_the_trace_that_the_nodes_continue() {
     let deliver = child(&spans, "herald.deliver", &fanout.span_id);
     child(&spans, "herald.write", &deliver.span_id);
 }
+
+/// The Python interpreter of the repository's venv (where `scripts/test` installs the
+/// producer's packages), or `$PYTHON`.
+fn python() -> std::path::PathBuf {
+    let path = std::env::var_os("PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| herald_tests::workspace_root().join(".venv/bin/python"));
+    assert!(
+        path.is_file(),
+        "python not found at {}: run `python3 -m venv .venv && .venv/bin/pip install -r requirements-test.txt` (or set PYTHON)",
+        path.display()
+    );
+    path
+}
+
+/// The README's walkthrough: the Python example producer, with its own OpenTelemetry SDK,
+/// starts the trace; a client on node B receives the event; the collector holds one trace
+/// from the producer's span to node B's socket write. Run it with `--nocapture` to see it.
+#[tokio::test]
+async fn a_python_publisher_starts_one_trace_that_reaches_a_client_on_another_node() {
+    let receiver = OtlpReceiver::start().await;
+    let nats = NatsServer::start();
+    let _node_a = Node::start(traced(&nats, &receiver)).await;
+    let node_b = Node::start(traced(&nats, &receiver)).await;
+    let mut on_b = Connect::v1(&node_b).alias(&DEMO).connect().await;
+    Publisher::nats(&nats.url())
+        .await
+        .sync_alias(DEMO.id, &mut [&mut on_b])
+        .await;
+
+    let producer = herald_tests::workspace_root().join("examples/producers/python/producer.py");
+    let output = tokio::process::Command::new(python())
+        .arg(&producer)
+        .args(["--nats", &nats.url(), "--alias", DEMO.id])
+        .output()
+        .await
+        .expect("the Python producer runs");
+    assert!(
+        output.status.success(),
+        "producer failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the producer prints one JSON line");
+    let traceparent = result["traceparent"]
+        .as_str()
+        .expect("the producer's traceparent");
+    let mut parts = traceparent.split('-');
+    let (trace_id, producer_span) = (parts.nth(1).unwrap(), parts.next().unwrap());
+
+    let got = on_b.next_json().await;
+    assert_eq!(got["event"], "newMessage");
+    assert!(got["message"]["eml"].is_string(), "{got}");
+
+    // Node B's spans: its `herald.receive` names the node, `herald-<pid>`.
+    let node_b_name = format!("herald-{}", node_b.pid());
+    let spans = eventually(
+        PROMPT,
+        "node B's write span of the producer's trace",
+        || async {
+            let spans = receiver.trace(trace_id);
+            let instance = spans
+                .iter()
+                .find(|s| s.name == "herald.receive" && s.attr("node") == node_b_name)?
+                .resource["service.instance.id"]
+                .clone();
+            spans
+                .iter()
+                .any(|s| s.name == "herald.write" && s.resource["service.instance.id"] == instance)
+                .then_some((spans, instance))
+        },
+    )
+    .await;
+    let (spans, instance) = spans;
+    eprintln!("trace {trace_id} (producer traceparent {traceparent}):");
+    for span in &spans {
+        eprintln!(
+            "  {:<16} span {} parent {:<16} on {}",
+            span.name, span.span_id, span.parent_span_id, span.resource["service.instance.id"]
+        );
+    }
+    let on_b: Vec<ReceivedSpan> = spans
+        .into_iter()
+        .filter(|s| s.resource["service.instance.id"] == instance)
+        .collect();
+    // On node B: the producer's span → receive → fanout → deliver → write.
+    let receive = child(&on_b, "herald.receive", producer_span);
+    let fanout = child(&on_b, "herald.fanout", &receive.span_id);
+    let deliver = child(&on_b, "herald.deliver", &fanout.span_id);
+    let write = child(&on_b, "herald.write", &deliver.span_id);
+    assert_eq!(write.attr("outcome"), "written");
+}

@@ -32,9 +32,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const TOKEN: &str = "herald-demo-token";
 /// Aliases every server knows (idle sessions spread over them).
 const IDLE_ALIASES: usize = 1000;
-/// Pause after connecting a scenario's sessions, and between scenarios (lets the server
-/// finish closing the previous scenario's sessions and collect their memory).
-const SETTLE: Duration = Duration::from_secs(2);
 /// Deadline per session for connect + handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -93,6 +90,9 @@ pub struct Sizes {
     pub eml_bytes: usize,
     /// Wait for missing probes after each step.
     pub drain_timeout: Duration,
+    /// Pause after connecting a scenario's sessions, and between scenarios (lets the
+    /// server finish closing the previous scenario's sessions and collect their memory).
+    pub settle: Duration,
 }
 
 impl Sizes {
@@ -116,6 +116,7 @@ impl Sizes {
             two_nodes_rate: 1000.0,
             eml_bytes: 256,
             drain_timeout: Duration::from_secs(5),
+            settle: Duration::from_secs(2),
         }
     }
 
@@ -183,6 +184,8 @@ fn free_port() -> anyhow::Result<u16> {
 struct Stack {
     children: Vec<(String, Child)>,
     logs: PathBuf,
+    /// Scratch directories (JetStream store) removed once the processes are gone.
+    scratch: Vec<PathBuf>,
 }
 
 impl Stack {
@@ -190,6 +193,7 @@ impl Stack {
         Stack {
             children: Vec::new(),
             logs,
+            scratch: Vec::new(),
         }
     }
 
@@ -269,6 +273,9 @@ impl Drop for Stack {
         for (_, child) in &mut self.children {
             let _ = child.wait();
         }
+        for dir in &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -321,6 +328,7 @@ async fn start(
         System::Herald => {
             let nats_port = free_port()?;
             let store = work.join("jetstream");
+            stack.scratch.push(store.clone());
             let nats_pid = stack.spawn(
                 &format!("{name}-nats"),
                 &options.tools.nats_server,
@@ -512,7 +520,7 @@ fn latency_options(
         stop_above_p99_ms: ramp.then_some(sizes.p99_limit_ms),
         half_step_secs: half.then_some(sizes.step_secs),
         eml_bytes,
-        settle: SETTLE,
+        settle: sizes.settle,
         drain_timeout: sizes.drain_timeout,
         server_pids: running.server_pids.clone(),
         bus_pids: running.bus_pids.clone(),
@@ -602,7 +610,7 @@ async fn run_system(
         result.sessions_connected, result.bytes_per_session, result.connect_rate_per_sec
     );
     sink.keep(&format!("{name}-idle"), &result)?;
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(sizes.settle).await;
 
     let fanout = latency::run(latency_options(
         sizes,
@@ -634,7 +642,7 @@ async fn run_system(
         println!("{name} fan-out: no step passed");
     }
     sink.keep(&format!("{name}-fanout"), &fanout)?;
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(sizes.settle).await;
 
     let big = latency::run(latency_options(
         sizes,

@@ -63,6 +63,7 @@ async fn quick_benchmark_of_herald_and_raw_nats_is_clean_and_reported() {
         two_nodes_rate: 100.0,
         eml_bytes: 256,
         drain_timeout: Duration::from_secs(10),
+        settle: Duration::from_millis(300),
     };
     let started = std::time::Instant::now();
     let outcome = bench::run(BenchOptions {

@@ -17,6 +17,7 @@ const LIST_KEYS: &[&str] = &[
     "bus.nats.urls",
     "server.allowed_origins",
     "auth.publish_tokens",
+    "auth.providers",
 ];
 
 /// A bad configuration: which key and why.
@@ -246,18 +247,55 @@ impl Default for NatsSettings {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// Bearer tokens accepted by `POST /v1/publish`.
     pub publish_tokens: Vec<Secret>,
+    /// Providers `/v1/ws` asks, in order: `static`, `jwt`, `callout`.
+    pub providers: Vec<String>,
     /// Static credentials (aliases with argon2 hashes, API tokens).
     #[serde(rename = "static")]
     pub static_: StaticAuthSettings,
     /// JWT validation for the JWT dialects.
     pub jwt: JwtSettings,
+    /// NATS auth callout on `herald.v1.auth.request`.
+    pub callout: CalloutSettings,
     /// Auth result cache.
     pub cache: AuthCacheSettings,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            publish_tokens: Vec::new(),
+            providers: vec!["static".into()],
+            static_: StaticAuthSettings::default(),
+            jwt: JwtSettings::default(),
+            callout: CalloutSettings::default(),
+            cache: AuthCacheSettings::default(),
+        }
+    }
+}
+
+/// `[auth.callout]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CalloutSettings {
+    /// Request subject the auth backend answers on.
+    pub subject: String,
+    /// How long the backend may take; then the client gets 504/1013, never access.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for CalloutSettings {
+    fn default() -> Self {
+        CalloutSettings {
+            subject: "herald.v1.auth.request".into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[auth.static]`
@@ -313,6 +351,10 @@ pub struct JwtSettings {
     /// Clock skew allowed on `exp`/`nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// Claim holding the alias ids the token may connect as (a string or a list).
+    pub alias_claim: String,
+    /// Claim holding the user id.
+    pub user_claim: String,
 }
 
 impl Default for JwtSettings {
@@ -325,6 +367,8 @@ impl Default for JwtSettings {
             issuer: String::new(),
             audience: String::new(),
             leeway: Duration::from_secs(30),
+            alias_claim: "aliases".into(),
+            user_claim: "sub".into(),
         }
     }
 }
@@ -674,8 +718,78 @@ impl Settings {
                 ),
             );
         }
+        self.validate_providers()?;
         if let Err(e) = herald_telemetry::validate_level(&self.log.level) {
             return invalid("log.level", e.to_string());
+        }
+        Ok(())
+    }
+
+    fn validate_providers(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        let auth = &self.auth;
+        if auth.providers.is_empty() {
+            return invalid(
+                "auth.providers",
+                "list at least one of \"static\", \"jwt\", \"callout\"".into(),
+            );
+        }
+        for (i, p) in auth.providers.iter().enumerate() {
+            if !["static", "jwt", "callout"].contains(&p.as_str()) {
+                return invalid(
+                    "auth.providers",
+                    format!("{p:?} is not one of \"static\", \"jwt\", \"callout\""),
+                );
+            }
+            if auth.providers[..i].contains(p) {
+                return invalid("auth.providers", format!("{p:?} is listed twice"));
+            }
+        }
+        let uses = |p: &str| auth.providers.iter().any(|x| x == p);
+        if uses("jwt") {
+            let jwt = &auth.jwt;
+            if jwt.jwks_file.is_empty() {
+                if jwt.algorithm == "HS256" && jwt.secret.is_empty() {
+                    return invalid(
+                        "auth.jwt.secret",
+                        "the jwt provider with HS256 needs a secret (or set auth.jwt.jwks_file)"
+                            .into(),
+                    );
+                }
+                if jwt.algorithm != "HS256" && jwt.public_key_file.is_empty() {
+                    return invalid(
+                        "auth.jwt.public_key_file",
+                        format!(
+                            "the jwt provider with {} needs a PEM public key or auth.jwt.jwks_file",
+                            jwt.algorithm
+                        ),
+                    );
+                }
+            }
+            if jwt.alias_claim.is_empty() {
+                return invalid("auth.jwt.alias_claim", "must name a claim".into());
+            }
+            if jwt.user_claim.is_empty() {
+                return invalid("auth.jwt.user_claim", "must name a claim".into());
+            }
+        }
+        if uses("callout") {
+            if self.bus.kind != BusKind::Nats {
+                return invalid(
+                    "auth.providers",
+                    "the callout provider needs bus.kind = \"nats\"".into(),
+                );
+            }
+            if auth.callout.timeout.is_zero() {
+                return invalid("auth.callout.timeout", "must be more than 0".into());
+            }
+            let subject = &auth.callout.subject;
+            if subject.is_empty() || subject.contains([' ', '*', '>']) {
+                return invalid(
+                    "auth.callout.subject",
+                    format!("{subject:?} is not a literal NATS subject"),
+                );
+            }
         }
         Ok(())
     }
@@ -746,7 +860,58 @@ mod tests {
             assert_eq!(s.bus.retention, Duration::from_secs(24 * 3600));
             assert_eq!(s.bus.dedup_window, Duration::from_secs(120));
             assert_eq!(s.server.listen, "127.0.0.1:8080");
+            assert_eq!(s.auth.providers, ["static"]);
+            assert_eq!(s.auth.callout.subject, "herald.v1.auth.request");
+            assert_eq!(s.auth.callout.timeout, Duration::from_secs(10));
         }
+    }
+
+    #[test]
+    fn bad_provider_settings_name_their_key() {
+        let key_of = |edit: &dyn Fn(&mut Settings)| {
+            let mut s = Settings::load(None).unwrap();
+            edit(&mut s);
+            match s.validate() {
+                Err(ConfigError::Invalid { key, .. }) => key,
+                other => panic!("expected a config error, got {other:?}"),
+            }
+        };
+        assert_eq!(
+            key_of(&|s| s.auth.providers = vec!["ldap".into()]),
+            "auth.providers"
+        );
+        assert_eq!(key_of(&|s| s.auth.providers.clear()), "auth.providers");
+        assert_eq!(
+            key_of(&|s| s.auth.providers = vec!["jwt".into(), "jwt".into()]),
+            "auth.providers"
+        );
+        assert_eq!(
+            key_of(&|s| s.auth.providers = vec!["callout".into()]),
+            "auth.providers",
+            "callout needs NATS"
+        );
+        assert_eq!(
+            key_of(&|s| {
+                s.auth.providers = vec!["jwt".into()];
+                s.auth.jwt.secret = Secret::default();
+            }),
+            "auth.jwt.secret"
+        );
+        assert_eq!(
+            key_of(&|s| {
+                s.auth.providers = vec!["jwt".into()];
+                s.auth.jwt.algorithm = "RS256".into();
+            }),
+            "auth.jwt.public_key_file"
+        );
+        assert_eq!(
+            key_of(&|s| {
+                s.bus.kind = BusKind::Nats;
+                s.auth.providers = vec!["callout".into()];
+                s.auth.callout.timeout = Duration::ZERO;
+            }),
+            "auth.callout.timeout"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Node-wide control messages on `herald.v1.control.revoke`: `{"aliasId": "..."}` closes
 //! that alias's sessions on every node with 4001, `{"token": "..."}` the sessions opened
-//! with that API token; either drops the matching cached logins.
+//! with that API token (or JWT), `{"userId": "..."}` the sessions of that user (JWT
+//! `sub` or callout `user`); each drops the matching cached logins.
 
 use futures_util::StreamExt;
 use herald_protocol::subject::CONTROL_REVOKE;
@@ -22,6 +23,8 @@ pub struct Revoke {
     pub alias_id: Option<String>,
     /// The API token whose sessions close.
     pub token: Option<String>,
+    /// The user whose sessions close.
+    pub user_id: Option<String>,
 }
 
 /// Decodes a revocation body (JSON, or MessagePack like every other bus body).
@@ -30,7 +33,7 @@ pub fn decode(message: &BusMessage) -> Result<Revoke, String> {
         .or_else(|_| rmp_serde::from_slice(&message.payload))
         .map_err(|e| {
             format!(
-                "revocation body must be {{\"aliasId\": \"...\"}} or {{\"token\": \"...\"}}: {e}"
+                "revocation body must be {{\"aliasId\": \"...\"}}, {{\"token\": \"...\"}} or {{\"userId\": \"...\"}}: {e}"
             )
         })
 }
@@ -69,8 +72,17 @@ pub async fn run(bus: Bus, state: actix_web::web::Data<AppState>) {
                         reason: "credentials revoked",
                     });
                 }
+                Ok(Revoke {
+                    user_id: Some(user_id),
+                    ..
+                }) => {
+                    tracing::info!(user_id = %user_id, "user revoked: closing sessions");
+                    state.auth.forget_user(&user_id);
+                    // No receiver just means no user session on this node.
+                    let _ = state.user_revocations.send(user_id.into());
+                }
                 Ok(Revoke { .. }) => {
-                    tracing::warn!("revocation without aliasId or token ignored")
+                    tracing::warn!("revocation without aliasId, token or userId ignored")
                 }
                 Err(reason) => {
                     crate::metrics::bus_decode_error();

@@ -21,6 +21,9 @@ pub fn install() -> PrometheusHandle {
     for reason in DROP_REASONS {
         counter!("herald_events_dropped_total", "reason" => *reason).absolute(0);
     }
+    for outcome in ["allow", "deny", "timeout", "error"] {
+        counter!("herald_auth_callouts_total", "outcome" => outcome).absolute(0);
+    }
     registry_delta(0.0);
     for name in [
         "herald_events_received_total",
@@ -40,6 +43,10 @@ fn describe() {
     describe_gauge!(
         "herald_registries",
         "Registry actors (routing keys with sessions on this node)."
+    );
+    describe_counter!(
+        "herald_auth_callouts_total",
+        "Auth callout requests, by outcome (allow, deny, timeout, error)."
     );
     describe_counter!(
         "herald_events_received_total",
@@ -141,6 +148,11 @@ pub fn bus_decode_error() {
 /// A refused credential.
 pub fn auth_failure(dialect: &'static str) {
     counter!("herald_auth_failures_total", "dialect" => dialect).increment(1);
+}
+
+/// An auth callout's outcome: `allow`, `deny`, `timeout` or `error`.
+pub fn auth_callout(outcome: &'static str) {
+    counter!("herald_auth_callouts_total", "outcome" => outcome).increment(1);
 }
 
 /// A refused connection, by reason (rate, alias cap, node full, ...).

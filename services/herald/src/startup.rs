@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 
-use crate::auth::StaticAuth;
+use crate::auth::Authenticator;
 use crate::bus::{Bus, MemoryBus, NatsBus};
 use crate::config::{BusKind, Settings};
 use crate::directory::Directory;
@@ -63,9 +63,10 @@ impl Application {
             )),
             Bus::Memory(_) => None,
         };
+        let auth = Authenticator::new(&settings, &bus)?;
         let state = web::Data::new(AppState {
             cluster,
-            auth: StaticAuth::new(&settings.auth),
+            auth,
             limits: Limits::new(&settings.limits),
             settings: Arc::clone(&settings),
             bus,
@@ -74,6 +75,7 @@ impl Application {
             metrics: metrics_handle,
             shutdown: tokio::sync::watch::channel(false).0,
             token_revocations: tokio::sync::broadcast::channel(64).0,
+            user_revocations: tokio::sync::broadcast::channel(64).0,
         });
 
         let listener = TcpListener::bind(&settings.server.listen)?;

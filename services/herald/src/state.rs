@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::HttpRequest;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::auth::{StaticAuth, TokenFingerprint};
+use crate::auth::{Authenticator, TokenFingerprint};
 use crate::bus::Bus;
 use crate::cluster_limits::{ClusterLimits, Verdict};
 use crate::config::Settings;
@@ -25,8 +25,8 @@ pub struct AppState {
     pub bus: Bus,
     /// Finds or starts registries.
     pub directory: Directory,
-    /// Static credentials.
-    pub auth: Arc<StaticAuth>,
+    /// The auth providers with their cache.
+    pub auth: Arc<Authenticator>,
     /// Connection limits of this node.
     pub limits: Arc<Limits>,
     /// Cluster-wide limits (NATS mode only).
@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Revoked API tokens; sessions opened with a token watch it and close with 4001.
     pub token_revocations: tokio::sync::broadcast::Sender<TokenFingerprint>,
+    /// Revoked user ids; sessions with a user id watch it and close with 4001.
+    pub user_revocations: tokio::sync::broadcast::Sender<Arc<str>>,
     /// Flips to `true` on SIGTERM; every session watches it and closes with 1001.
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }

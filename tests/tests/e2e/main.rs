@@ -15,6 +15,7 @@ mod harness;
 mod lifecycle;
 mod limits;
 mod observability;
+mod providers;
 mod publish;
 mod replay;
 mod tracing;

@@ -1,23 +1,36 @@
-//! Authentication of `/v1/ws` clients against the static credentials (aliases with argon2
-//! hashes, API tokens with their aliases). Results are cached in moka, positive and
-//! negative separately, keyed by a salted hash so no password is kept in memory.
+//! Authentication of `/v1/ws` clients by the providers `auth.providers` lists, in order:
+//! the static file (aliases with argon2 hashes, API tokens with their aliases), JWTs
+//! (HS256/RS256/ES256, keys from config or a JWKS file) and the NATS auth callout.
+//! Results are cached in moka (positive and negative TTLs, a size bound), keyed by a
+//! salted hash so no password or token is kept in memory.
 
-use std::collections::{HashMap, HashSet};
+mod callout;
+mod jwt;
+mod static_file;
+
 use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use moka::future::Cache;
 
-use crate::config::AuthSettings;
+pub use static_file::{hash_password, verify_password};
+
+use crate::bus::Bus;
+use crate::config::Settings;
 
 /// Who a session is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The alias id events are routed by.
     pub alias_id: String,
-    /// Fingerprint of the API token used, if any, so a token revocation finds the session.
+    /// Fingerprint of the API token (or JWT) used, if any, so a token revocation finds
+    /// the session.
     pub token: Option<TokenFingerprint>,
+    /// The user behind the session (JWT `auth.jwt.user_claim`, callout `user`), so a
+    /// `{"userId": ...}` revocation finds it.
+    pub user_id: Option<String>,
 }
 
 /// A stable, non-reversible stand-in for an API token (sessions never keep the token).
@@ -51,161 +64,232 @@ pub enum Credentials {
         /// The alias to connect as.
         alias_id: String,
     },
+    /// `Authorization: Bearer <JWT>`, with `?alias_id=` when the token lists several.
+    Bearer {
+        /// The JWT.
+        token: String,
+        /// The alias to connect as, if the client said.
+        alias_id: Option<String>,
+    },
+}
+
+impl Credentials {
+    /// The token presented, if any (what a token revocation names).
+    fn token(&self) -> Option<&str> {
+        match self {
+            Credentials::Password { .. } => None,
+            Credentials::Token { token, .. } | Credentials::Bearer { token, .. } => Some(token),
+        }
+    }
 }
 
 /// Why credentials were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    /// Unknown alias, wrong password, or unknown token.
+    /// Unknown alias, wrong password, unknown token, or a JWT that does not verify.
     #[error("invalid credentials")]
     InvalidCredentials,
-    /// A valid token that may not act for the requested alias.
-    #[error("this API token may not connect as alias {0}")]
+    /// Valid credentials that may not act for the requested alias.
+    #[error("these credentials may not connect as alias {0}")]
     AliasNotAllowed(String),
-    /// The auth backend did not answer in time.
+    /// Valid credentials that allow no alias at all.
+    #[error("these credentials allow no alias")]
+    NoAlias,
+    /// Valid credentials for several aliases, and the client did not pick one.
+    #[error("these credentials allow several aliases: add ?alias_id=<alias id>")]
+    AliasRequired,
+    /// The auth backend did not answer in time (never treated as allow).
     #[error("the authentication backend did not answer in time; retry later")]
     Timeout,
 }
 
-/// The static-file provider with its cache.
-pub struct StaticAuth {
-    /// Login name → (alias id, PHC hash).
-    aliases: HashMap<String, (String, String)>,
-    /// Token → alias ids it may act for.
-    tokens: HashMap<String, HashSet<String>>,
-    positive: Cache<u64, Principal>,
-    negative: Cache<u64, AuthError>,
+/// Picks the alias to connect as from those the credentials allow.
+fn choose_alias(allowed: &[String], requested: Option<&str>) -> Result<String, AuthError> {
+    match (requested, allowed) {
+        (_, []) => Err(AuthError::NoAlias),
+        (Some(id), _) if allowed.iter().any(|a| a == id) => Ok(id.to_owned()),
+        (Some(id), _) => Err(AuthError::AliasNotAllowed(id.to_owned())),
+        (None, [only]) => Ok(only.clone()),
+        (None, _) => Err(AuthError::AliasRequired),
+    }
+}
+
+/// One way of checking credentials.
+enum Provider {
+    Static(static_file::StaticProvider),
+    Jwt(jwt::JwtProvider),
+    Callout(callout::CalloutProvider),
+}
+
+/// A provider's verdict and how long it may be cached (`None`: the default TTL).
+struct Verdict {
+    result: Result<Principal, AuthError>,
+    ttl: Option<Duration>,
+}
+
+impl Provider {
+    async fn check(&self, credentials: &Credentials, ip: IpAddr) -> Verdict {
+        match self {
+            Provider::Static(p) => Verdict {
+                result: p.check(credentials).await,
+                ttl: None,
+            },
+            Provider::Jwt(p) => p.check(credentials),
+            Provider::Callout(p) => p.check(credentials, ip).await,
+        }
+    }
+}
+
+/// A cached verdict with its own lifetime.
+#[derive(Clone)]
+struct Cached {
+    result: Result<Principal, AuthError>,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<u64, Cached> for PerEntryTtl {
+    fn expire_after_create(&self, _: &u64, value: &Cached, _: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// The configured providers, in order, behind one cache.
+pub struct Authenticator {
+    providers: Vec<Provider>,
+    cache: Cache<u64, Cached>,
+    ttl: Duration,
+    negative_ttl: Duration,
     hasher: RandomState,
 }
 
-/// Hash verified when the alias is unknown, so unknown and known aliases take equally long.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$+td4yWjMyDuiwbSPrRE3VQ$I2qM2Iy+I3V09y+5oJiB7NV+l/om0pcpqV3x+wo7xh4";
-
-impl StaticAuth {
-    /// Builds the provider from validated settings.
-    pub fn new(settings: &AuthSettings) -> Arc<StaticAuth> {
-        let aliases = settings
-            .static_
-            .aliases
-            .iter()
-            .map(|a| {
-                (
-                    a.alias.to_lowercase(),
-                    (a.id.clone(), a.password_hash.expose().to_owned()),
-                )
-            })
-            .collect();
-        let mut tokens: HashMap<String, HashSet<String>> = HashMap::new();
-        for t in &settings.static_.tokens {
-            tokens
-                .entry(t.token.expose().to_owned())
-                .or_default()
-                .extend(t.alias_ids.iter().cloned());
+impl Authenticator {
+    /// Builds the providers `auth.providers` lists from validated settings (a JWT key or
+    /// JWKS file that does not load fails here, at start).
+    pub fn new(settings: &Settings, bus: &Bus) -> anyhow::Result<Arc<Authenticator>> {
+        let auth = &settings.auth;
+        let mut providers = Vec::new();
+        for name in &auth.providers {
+            providers.push(match name.as_str() {
+                "static" => Provider::Static(static_file::StaticProvider::new(auth)),
+                "jwt" => Provider::Jwt(jwt::JwtProvider::new(&auth.jwt, auth.cache.ttl)?),
+                "callout" => match bus {
+                    Bus::Nats(nats) => Provider::Callout(callout::CalloutProvider::new(
+                        nats.client().clone(),
+                        &auth.callout,
+                    )),
+                    Bus::Memory(_) => {
+                        anyhow::bail!(
+                            "config error at auth.providers: callout needs bus.kind = \"nats\""
+                        )
+                    }
+                },
+                other => {
+                    anyhow::bail!("config error at auth.providers: unknown provider {other:?}")
+                }
+            });
         }
-        let cache = &settings.cache;
-        Arc::new(StaticAuth {
-            aliases,
-            tokens,
-            positive: Cache::builder()
+        let cache = &auth.cache;
+        Ok(Arc::new(Authenticator {
+            providers,
+            cache: Cache::builder()
                 .max_capacity(cache.max_entries)
-                .time_to_live(cache.ttl)
+                .expire_after(PerEntryTtl)
                 .support_invalidation_closures()
                 .build(),
-            negative: Cache::builder()
-                .max_capacity(cache.max_entries)
-                .time_to_live(cache.negative_ttl)
-                .build(),
+            ttl: cache.ttl,
+            negative_ttl: cache.negative_ttl,
             hasher: RandomState::new(),
-        })
+        }))
     }
 
     /// Drops cached logins of a revoked alias, so its next connection is checked afresh.
     pub fn forget_alias(&self, alias_id: &str) {
         let alias_id = alias_id.to_owned();
-        if let Err(error) = self
-            .positive
-            .invalidate_entries_if(move |_, principal| principal.alias_id == alias_id)
-        {
+        if let Err(error) = self.cache.invalidate_entries_if(
+            move |_, cached| matches!(&cached.result, Ok(p) if p.alias_id == alias_id),
+        ) {
             tracing::error!(%error, "cannot drop cached logins of a revoked alias");
         }
     }
 
     /// Drops cached logins made with a revoked token.
     pub fn forget_token(&self, token: TokenFingerprint) {
-        if let Err(error) = self
-            .positive
-            .invalidate_entries_if(move |_, principal| principal.token == Some(token))
-        {
+        if let Err(error) = self.cache.invalidate_entries_if(
+            move |_, cached| matches!(&cached.result, Ok(p) if p.token == Some(token)),
+        ) {
             tracing::error!(%error, "cannot drop cached logins of a revoked token");
         }
     }
 
-    /// Checks credentials, from cache when possible.
-    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Principal, AuthError> {
+    /// Drops cached logins of a revoked user.
+    pub fn forget_user(&self, user_id: &str) {
+        let user_id = user_id.to_owned();
+        if let Err(error) = self.cache.invalidate_entries_if(move |_, cached| {
+            matches!(&cached.result, Ok(p) if p.user_id.as_deref() == Some(user_id.as_str()))
+        }) {
+            tracing::error!(%error, "cannot drop cached logins of a revoked user");
+        }
+    }
+
+    /// Checks credentials, from cache when possible, else with each provider in order:
+    /// a provider that does not know the credentials lets the next one try; any other
+    /// answer is final. A timeout is returned as such and never cached.
+    pub async fn authenticate(
+        &self,
+        credentials: &Credentials,
+        ip: IpAddr,
+    ) -> Result<Principal, AuthError> {
         let key = match credentials {
             Credentials::Password { username, password } => {
                 self.hasher
                     .hash_one((0u8, username.to_lowercase(), password))
             }
             Credentials::Token { token, alias_id } => self.hasher.hash_one((1u8, token, alias_id)),
+            Credentials::Bearer { token, alias_id } => self.hasher.hash_one((2u8, token, alias_id)),
         };
-        if let Some(principal) = self.positive.get(&key).await {
-            return Ok(principal);
+        // Concurrent logins with the same credentials (a reconnect storm) share one check.
+        let cached = self
+            .cache
+            .try_get_with(key, async {
+                let verdict = self.check(credentials, ip).await;
+                let default_ttl = match verdict.result {
+                    Ok(_) => self.ttl,
+                    Err(AuthError::Timeout) => return Err(AuthError::Timeout),
+                    Err(_) => self.negative_ttl,
+                };
+                Ok(Cached {
+                    ttl: verdict.ttl.map_or(default_ttl, |t| t.min(default_ttl)),
+                    result: verdict.result,
+                })
+            })
+            .await;
+        match cached {
+            Ok(cached) => cached.result,
+            Err(error) => Err((*error).clone()),
         }
-        if let Some(error) = self.negative.get(&key).await {
-            return Err(error);
-        }
-        let result = self.check(credentials).await;
-        match &result {
-            Ok(principal) => self.positive.insert(key, principal.clone()).await,
-            Err(error) => self.negative.insert(key, error.clone()).await,
-        }
-        result
     }
 
-    async fn check(&self, credentials: &Credentials) -> Result<Principal, AuthError> {
-        match credentials {
-            Credentials::Password { username, password } => {
-                let entry = self.aliases.get(&username.to_lowercase()).cloned();
-                let hash = entry
-                    .as_ref()
-                    .map_or(DUMMY_HASH.to_owned(), |(_, h)| h.clone());
-                let password = password.clone();
-                let ok = actix_web::web::block(move || verify_password(&hash, &password))
-                    .await
-                    .unwrap_or(false);
-                match entry {
-                    Some((alias_id, _)) if ok => Ok(Principal {
-                        alias_id,
-                        token: None,
-                    }),
-                    _ => Err(AuthError::InvalidCredentials),
-                }
+    /// Asks each provider in order until one gives a definitive answer.
+    async fn check(&self, credentials: &Credentials, ip: IpAddr) -> Verdict {
+        let mut verdict = Verdict {
+            result: Err(AuthError::InvalidCredentials),
+            ttl: None,
+        };
+        for provider in &self.providers {
+            verdict = provider.check(credentials, ip).await;
+            if verdict.result != Err(AuthError::InvalidCredentials) {
+                break;
             }
-            Credentials::Token { token, alias_id } => match self.tokens.get(token) {
-                None => Err(AuthError::InvalidCredentials),
-                Some(ids) if ids.contains(alias_id) => Ok(Principal {
-                    alias_id: alias_id.clone(),
-                    token: Some(TokenFingerprint::of(token)),
-                }),
-                Some(_) => Err(AuthError::AliasNotAllowed(alias_id.clone())),
-            },
         }
+        if let Ok(principal) = &mut verdict.result {
+            if let Some(token) = credentials.token() {
+                principal.token = Some(TokenFingerprint::of(token));
+            }
+        }
+        verdict
     }
-}
-
-/// Verifies a password against a PHC hash (argon2).
-pub fn verify_password(phc: &str, password: &str) -> bool {
-    Argon2::default()
-        .verify_password(password.as_bytes(), phc)
-        .is_ok()
-}
-
-/// Hashes a password for the static credentials file (`herald hash-password`).
-pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes())?
-        .to_string())
 }
 
 #[cfg(test)]
@@ -213,14 +297,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hashes_verify_and_wrong_passwords_do_not() {
-        let phc = hash_password("s3cret").unwrap();
-        assert!(verify_password(&phc, "s3cret"));
-        assert!(!verify_password(&phc, "s3cres"));
-        assert!(
-            verify_password(DUMMY_HASH, "demo"),
-            "the dummy is the demo hash"
+    fn alias_choice() {
+        let two = ["a".to_owned(), "b".to_owned()];
+        assert_eq!(choose_alias(&two, Some("b")), Ok("b".into()));
+        assert_eq!(
+            choose_alias(&two, Some("c")),
+            Err(AuthError::AliasNotAllowed("c".into()))
         );
-        assert!(!verify_password("not a hash", "x"));
+        assert_eq!(choose_alias(&two, None), Err(AuthError::AliasRequired));
+        assert_eq!(choose_alias(&two[..1], None), Ok("a".into()));
+        assert_eq!(choose_alias(&[], None), Err(AuthError::NoAlias));
     }
 }

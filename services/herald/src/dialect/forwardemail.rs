@@ -115,13 +115,36 @@ fn parse_request(req: &HttpRequest) -> Result<UpgradeRequest, Refusal> {
                 "auth={other:?} is not supported: the only value is auth=message"
             )))
         }
-        (None, Some(header)) => AuthMode::Header(parse_basic(header, alias_id)?),
+        (None, Some(header)) => AuthMode::Header(match bearer(header) {
+            Some(token) => bearer_credentials(token, alias_id)?,
+            None => parse_basic(header, alias_id)?,
+        }),
         (None, None) => AuthMode::Anonymous,
     };
     Ok(UpgradeRequest {
         auth,
         format,
         since,
+    })
+}
+
+/// The token of `Authorization: Bearer <token>`, if that is the scheme.
+fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A bearer JWT, with the alias the client picked (if it did).
+fn bearer_credentials(token: &str, alias_id: Option<String>) -> Result<Credentials, Refusal> {
+    if token.is_empty() {
+        return Err(Refusal::Unauthorized("empty bearer token".into()));
+    }
+    if let Some(id) = &alias_id {
+        validate_identifier(id).map_err(|e| Refusal::BadRequest(format!("alias_id: {e}")))?;
+    }
+    Ok(Credentials::Bearer {
+        token: token.to_owned(),
+        alias_id,
     })
 }
 
@@ -132,7 +155,7 @@ fn parse_basic(header: &str, alias_id: Option<String>) -> Result<Credentials, Re
         .or_else(|| header.strip_prefix("basic "))
         .ok_or_else(|| {
             Refusal::BadRequest(
-                "Authorization must be Basic base64(alias:password) or Basic base64(token:)".into(),
+                "Authorization must be Basic base64(alias:password), Basic base64(token:) or Bearer <JWT>".into(),
             )
         })?;
     let decoded = base64::engine::general_purpose::STANDARD
@@ -180,7 +203,7 @@ async fn authenticate(
     ip: IpAddr,
 ) -> Result<Principal, Refusal> {
     let timeout = state.settings.forwardemail.auth_backend_timeout;
-    match tokio::time::timeout(timeout, state.auth.authenticate(credentials)).await {
+    match tokio::time::timeout(timeout, state.auth.authenticate(credentials, ip)).await {
         Err(_) | Ok(Err(AuthError::Timeout)) => Err(Refusal::AuthTimeout),
         Ok(Ok(principal)) => {
             // Never the credentials themselves: only who, from where, and why not.
@@ -192,7 +215,10 @@ async fn authenticate(
             metrics::auth_failure(DIALECT);
             state.limits.record_failure(ip);
             Err(match error {
-                AuthError::AliasNotAllowed(_) => Refusal::Forbidden(error.to_string()),
+                AuthError::AliasNotAllowed(_) | AuthError::NoAlias => {
+                    Refusal::Forbidden(error.to_string())
+                }
+                AuthError::AliasRequired => Refusal::BadRequest(error.to_string()),
                 _ => Refusal::Unauthorized(error.to_string()),
             })
         }
@@ -341,8 +367,13 @@ enum Phase {
 #[serde(deny_unknown_fields)]
 struct AuthFrame {
     event: String,
-    username: String,
-    password: String,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    /// A bearer JWT instead of username/password (browsers cannot set `Authorization`).
+    #[serde(default)]
+    token: Option<String>,
     #[serde(default)]
     alias_id: Option<String>,
 }
@@ -438,6 +469,15 @@ impl FeSession {
                 .filter_map(move |r| std::future::ready(r.ok().filter(|t| *t == token)));
                 ctx.add_stream(revoked);
             }
+            if let Some(user_id) = principal.user_id.clone() {
+                let revoked = tokio_stream::wrappers::BroadcastStream::new(
+                    self.state.user_revocations.subscribe(),
+                )
+                .filter_map(move |r| {
+                    std::future::ready(r.ok().filter(|u| **u == *user_id).map(|_| UserRevoked))
+                });
+                ctx.add_stream(revoked);
+            }
         }
         self.phase = Phase::Live(identity);
         if let Some(frame) = Frame::encode(self.format, &connected) {
@@ -481,15 +521,31 @@ impl FeSession {
     }
 
     fn on_auth_frame(&mut self, text: &str, ctx: &mut Context<Self>) {
-        let frame = match serde_json::from_str::<AuthFrame>(text) {
-            Ok(frame) if frame.event == "auth" => frame,
+        let frame = serde_json::from_str::<AuthFrame>(text)
+            .ok()
+            .filter(|frame| frame.event == "auth");
+        let credentials = match frame {
+            Some(AuthFrame {
+                username: Some(username),
+                password: Some(password),
+                token: None,
+                alias_id,
+                ..
+            }) => credentials(&username, &password, alias_id),
+            Some(AuthFrame {
+                username: None,
+                password: None,
+                token: Some(token),
+                alias_id,
+                ..
+            }) => bearer_credentials(&token, alias_id),
             _ => return self.close(
                 4400,
-                "first frame must be {\"event\":\"auth\",\"username\",\"password\"[,\"alias_id\"]}",
+                "first frame must be {\"event\":\"auth\",\"username\",\"password\"[,\"alias_id\"]} or {\"event\":\"auth\",\"token\":\"<JWT>\"[,\"alias_id\"]}",
                 ctx,
             ),
         };
-        let credentials = match credentials(&frame.username, &frame.password, frame.alias_id) {
+        let credentials = match credentials {
             Ok(c) => c,
             Err(refusal) => return self.close(refusal.close_code(), &refusal.to_string(), ctx),
         };
@@ -617,6 +673,17 @@ impl StreamHandler<bool> for FeSession {
 /// The session's API token was revoked.
 impl StreamHandler<TokenFingerprint> for FeSession {
     fn handle(&mut self, _: TokenFingerprint, ctx: &mut Self::Context) {
+        self.close(crate::control::REVOKED, "credentials revoked", ctx);
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+/// The session's user was revoked.
+struct UserRevoked;
+
+impl StreamHandler<UserRevoked> for FeSession {
+    fn handle(&mut self, _: UserRevoked, ctx: &mut Self::Context) {
         self.close(crate::control::REVOKED, "credentials revoked", ctx);
     }
 

@@ -139,6 +139,14 @@ impl Outbox {
             .map_err(|_| PushError::Closed)
     }
 
+    /// Marks the session a slow consumer (its owner closes it with 1013), as if a push
+    /// had overflowed; later pushes are refused.
+    pub fn mark_slow(&self) {
+        if !self.state.overflowed.swap(true, Ordering::Relaxed) {
+            (self.state.on_overflow)();
+        }
+    }
+
     /// Whether the session overflowed its budget.
     pub fn is_overflowed(&self) -> bool {
         self.state.overflowed.load(Ordering::Relaxed)

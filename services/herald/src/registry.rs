@@ -122,6 +122,9 @@ pub struct RegistrySettings {
     pub max_notification_bytes: usize,
     /// This node's name, on every `herald.receive` span.
     pub node: String,
+    /// A session's output budget (`limits.max_buffered_bytes`), also for frames held
+    /// while its `since` replay runs.
+    pub max_buffered_bytes: usize,
 }
 
 /// What became of one fan-out's notifications for the sessions of one wire format.
@@ -163,6 +166,8 @@ struct MemberState {
     /// Highest sequence this member was sent by its own replay: later deliveries at or
     /// below it (a gap fill, a live event that raced the replay) are not sent again.
     sent_upto: Option<u64>,
+    /// Bytes in `held`: past `limits.max_buffered_bytes` the member is a slow consumer.
+    held_bytes: usize,
 }
 
 /// The registry actor of one routing key.
@@ -385,6 +390,7 @@ impl Registry {
                 Default::default()
             };
         let mut counts = [DeliverCounts::default(); 2];
+        let max_buffered = self.settings.max_buffered_bytes;
         for (frames, published_ms) in frames {
             for state in self.members.values_mut() {
                 let format = state.member.format.index();
@@ -393,6 +399,17 @@ impl Registry {
                 };
                 if let (Some(seq), Some(upto)) = (message.seq, state.sent_upto) {
                     if seq <= upto {
+                        continue;
+                    }
+                }
+                if state.held.is_some() {
+                    state.held_bytes += frame.len();
+                    if state.held_bytes > max_buffered {
+                        // Too far behind to catch up in memory: the slow-consumer path
+                        // closes it with 1013, and it resumes with `since`.
+                        state.held = None;
+                        state.member.outbox.mark_slow();
+                        counts[format].dropped += 1;
                         continue;
                     }
                 }
@@ -623,6 +640,7 @@ impl Handler<Join> for Registry {
                 member: join.member,
                 held,
                 sent_upto: None,
+                held_bytes: 0,
             },
         ) {
             self.per_format[old.member.format.index()] -= 1;
@@ -688,6 +706,7 @@ mod bench {
         let settings = Arc::new(RegistrySettings {
             max_notification_bytes: 1 << 20,
             node: "bench".into(),
+            max_buffered_bytes: 1 << 20,
         });
         let mut registry = Registry::new(RoutingKey::Alias("a1".into()), bus, settings);
         let mut receivers = Vec::with_capacity(members);
@@ -704,6 +723,7 @@ mod bench {
                     member,
                     held: None,
                     sent_upto: None,
+                    held_bytes: 0,
                 },
             );
             registry.per_format[WireFormat::Json.index()] += 1;
@@ -781,5 +801,84 @@ mod bench {
             start.elapsed().as_secs_f64() * 1e9 / f64::from(rounds)
         );
         telemetry.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bus::MemoryBus;
+
+    #[test]
+    fn a_member_whose_held_frames_exceed_its_budget_becomes_a_slow_consumer() {
+        let bus = Bus::Memory(MemoryBus::new(10, Duration::from_secs(60), Duration::ZERO));
+        let settings = Arc::new(RegistrySettings {
+            max_notification_bytes: 1 << 20,
+            node: "test".into(),
+            max_buffered_bytes: 2_000,
+        });
+        let mut registry = Registry::new(RoutingKey::Alias("a1".into()), bus, settings);
+        let evicted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&evicted);
+        let (outbox, _rx) = Outbox::new(
+            1 << 20,
+            Box::new(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }),
+        );
+        let member = Member {
+            id: 1,
+            outbox: outbox.clone(),
+            format: WireFormat::Json,
+        };
+        // A member still catching up on its `since` replay: live frames are held.
+        registry.members.insert(
+            1,
+            MemberState {
+                member,
+                held: Some(Vec::new()),
+                sent_upto: None,
+                held_bytes: 0,
+            },
+        );
+        registry.per_format[WireFormat::Json.index()] += 1;
+        let message = |seq: u64| {
+            let envelope = serde_json::json!({
+                "aliasId": "a1",
+                "payload": {"event": "newMessage", "message": {"eml": "x".repeat(600)}},
+            });
+            BusMessage {
+                subject: "herald.v1.alias.a1.newMessage".into(),
+                payload: rmp_serde::to_vec_named(&envelope).unwrap().into(),
+                seq: Some(seq),
+                ..Default::default()
+            }
+        };
+        registry.deliver(message(1));
+        registry.deliver(message(2));
+        assert!(registry.members[&1]
+            .held
+            .as_ref()
+            .is_some_and(|h| h.len() == 2));
+        assert_eq!(
+            evicted.load(Ordering::Relaxed),
+            0,
+            "under budget: still held"
+        );
+        registry.deliver(message(3));
+        registry.deliver(message(4));
+        assert!(
+            registry.members[&1].held.is_none(),
+            "the held frames are dropped"
+        );
+        assert!(outbox.is_overflowed());
+        assert_eq!(
+            evicted.load(Ordering::Relaxed),
+            1,
+            "the session is told once"
+        );
     }
 }

@@ -52,6 +52,7 @@ impl Application {
         let registry_settings = Arc::new(RegistrySettings {
             max_notification_bytes: settings.limits.max_notification_bytes,
             node: node_name.clone(),
+            max_buffered_bytes: settings.limits.max_buffered_bytes,
         });
         let shards = std::thread::available_parallelism().map_or(2, |n| n.get());
         let directory = Directory::start(shards, bus.clone(), registry_settings);

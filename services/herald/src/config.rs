@@ -18,6 +18,10 @@ const LIST_KEYS: &[&str] = &[
     "server.allowed_origins",
     "auth.publish_tokens",
     "auth.providers",
+    "auth.dialects.v1",
+    "auth.dialects.jmap",
+    "auth.dialects.realtime",
+    "auth.dialects.rooms",
 ];
 
 /// A bad configuration: which key and why.
@@ -252,8 +256,10 @@ impl Default for NatsSettings {
 pub struct AuthSettings {
     /// Bearer tokens accepted by `POST /v1/publish`.
     pub publish_tokens: Vec<Secret>,
-    /// Providers `/v1/ws` asks, in order: `static`, `jwt`, `callout`.
+    /// Providers every dialect asks, in order: `static`, `jwt`, `callout`.
     pub providers: Vec<String>,
+    /// Per-dialect provider lists (each a subset of `providers`) replacing it there.
+    pub dialects: DialectProviders,
     /// Static credentials (aliases with argon2 hashes, API tokens).
     #[serde(rename = "static")]
     pub static_: StaticAuthSettings,
@@ -270,10 +276,39 @@ impl Default for AuthSettings {
         AuthSettings {
             publish_tokens: Vec::new(),
             providers: vec!["static".into()],
+            dialects: DialectProviders::default(),
             static_: StaticAuthSettings::default(),
             jwt: JwtSettings::default(),
             callout: CalloutSettings::default(),
             cache: AuthCacheSettings::default(),
+        }
+    }
+}
+
+/// `[auth.dialects]`: which providers a dialect asks, in order; empty means
+/// `auth.providers`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DialectProviders {
+    /// `/v1/ws`.
+    pub v1: Vec<String>,
+    /// `/jmap/ws`.
+    pub jmap: Vec<String>,
+    /// `/ws`.
+    pub realtime: Vec<String>,
+    /// `/api/v1/ws/connect`.
+    pub rooms: Vec<String>,
+}
+
+impl DialectProviders {
+    /// The list configured for `dialect` (a metrics label: `v1`, `jmap`, ...).
+    pub fn of(&self, dialect: &str) -> &[String] {
+        match dialect {
+            "v1" => &self.v1,
+            "jmap" => &self.jmap,
+            "realtime" => &self.realtime,
+            "rooms" => &self.rooms,
+            _ => &[],
         }
     }
 }
@@ -355,6 +390,8 @@ pub struct JwtSettings {
     pub alias_claim: String,
     /// Claim holding the user id.
     pub user_claim: String,
+    /// Claim holding the display name (rooms' `connected` frame).
+    pub username_claim: String,
 }
 
 impl Default for JwtSettings {
@@ -369,6 +406,7 @@ impl Default for JwtSettings {
             leeway: Duration::from_secs(30),
             alias_claim: "aliases".into(),
             user_claim: "sub".into(),
+            username_claim: "username".into(),
         }
     }
 }
@@ -746,6 +784,19 @@ impl Settings {
             }
         }
         let uses = |p: &str| auth.providers.iter().any(|x| x == p);
+        for (key, list) in [
+            ("auth.dialects.v1", &auth.dialects.v1),
+            ("auth.dialects.jmap", &auth.dialects.jmap),
+            ("auth.dialects.realtime", &auth.dialects.realtime),
+            ("auth.dialects.rooms", &auth.dialects.rooms),
+        ] {
+            if let Some(p) = list.iter().find(|p| !uses(p)) {
+                return invalid(
+                    key,
+                    format!("{p:?} is not in auth.providers: list it there too so it is built"),
+                );
+            }
+        }
         if uses("jwt") {
             let jwt = &auth.jwt;
             if jwt.jwks_file.is_empty() {

@@ -8,14 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use bytestring::ByteString;
-use herald_protocol::notification::{self, Enrichment};
-use herald_protocol::{Envelope, Subject, WireFormat};
 use herald_telemetry::{propagation, TraceContext};
-use serde_json::{Map, Value};
 use tracing::field::Empty;
 
 use crate::bus::{Bus, BusMessage, Replay};
+use crate::dialect::codec::{Codec, CodecSettings, Decoded, Encoded, CODECS};
 use crate::metrics;
 use crate::outbox::{Delivery, Frame, Outbox, PushError};
 
@@ -23,13 +20,6 @@ use crate::outbox::{Delivery, Frame, Outbox, PushError};
 /// (when sampled); larger ones only their `herald.deliver` span with counts, so tracing a
 /// broadcast to thousands costs a few spans, not thousands.
 pub const MAX_TRACED_WRITES: usize = 16;
-
-/// The dialect registries deliver to, as labelled in metrics (`/v1/ws` is the only one
-/// routed by registries yet).
-const DIALECT: &str = "v1";
-
-/// Wire format names in span attributes, by `WireFormat::index`.
-const FORMAT_NAMES: [&str; 2] = ["json", "msgpack"];
 
 /// Unique id of a session on this node.
 pub type SessionId = u64;
@@ -41,6 +31,12 @@ pub enum RoutingKey {
     Alias(String),
     /// Events for every `/v1/ws` session (`newRelease`).
     Broadcast,
+    /// A `/ws` topic pattern (`*` one token, `>` the rest, as in NATS).
+    Topic(String),
+    /// A `/ws` user's direct messages and notifications.
+    User(String),
+    /// A `/api/v1/ws/connect` room (`prefix`, numeric `id`).
+    Room(String, String),
 }
 
 impl std::fmt::Display for RoutingKey {
@@ -48,6 +44,9 @@ impl std::fmt::Display for RoutingKey {
         match self {
             RoutingKey::Alias(alias_id) => write!(f, "alias.{alias_id}"),
             RoutingKey::Broadcast => f.write_str("broadcast"),
+            RoutingKey::Topic(pattern) => write!(f, "topic.{pattern}"),
+            RoutingKey::User(user_id) => write!(f, "user.{user_id}"),
+            RoutingKey::Room(prefix, id) => write!(f, "room.{prefix}.{id}"),
         }
     }
 }
@@ -58,19 +57,47 @@ impl RoutingKey {
         match self {
             RoutingKey::Alias(alias_id) => herald_protocol::subject::alias_wildcard(alias_id),
             RoutingKey::Broadcast => herald_protocol::subject::broadcast_wildcard(),
+            other => format!("{}.{other}", herald_protocol::subject::PREFIX),
         }
     }
 }
 
-/// A session as a registry sees it: where to queue frames, and in which format.
+/// A session as a registry sees it: how it wants events and where they go.
 #[derive(Clone)]
 pub struct Member {
     /// The session's id.
     pub id: SessionId,
-    /// Its outbound queue.
+    /// Its outbound queue (closing, slow-consumer marking, and frames unless `relay`).
     pub outbox: Outbox,
-    /// The format it wants.
-    pub format: WireFormat,
+    /// The dialect codec it wants.
+    pub codec: Codec,
+    /// Set when the session works on each event itself (`/jmap/ws` filters and
+    /// coalesces): frames go to its actor instead of straight to the socket.
+    pub relay: Option<Recipient<Relayed>>,
+}
+
+/// A frame relayed to a session actor rather than queued to its socket.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Relayed {
+    /// The codec's frame (or its resync frame).
+    pub frame: Frame,
+    /// The event's stream sequence.
+    pub seq: Option<u64>,
+}
+
+impl Member {
+    /// Hands a frame to the session: its socket queue, or its actor.
+    fn push(&self, frame: Frame, seq: Option<u64>, delivery: Delivery) -> Result<(), PushError> {
+        match &self.relay {
+            None => self.outbox.push_delivery(frame, delivery),
+            Some(relay) if relay.connected() => {
+                relay.do_send(Relayed { frame, seq });
+                Ok(())
+            }
+            Some(_) => Err(PushError::Closed),
+        }
+    }
 }
 
 /// Adds a member; answered once the registry's subscription is in place.
@@ -83,7 +110,7 @@ pub struct Join {
     pub member: Member,
     /// Replay what the session missed after this sequence before going live.
     pub since: Option<u64>,
-    /// Whether this registry sends the session `resyncRequired` when the replay cannot
+    /// Whether this registry sends the session its resync frame when the replay cannot
     /// be served (one of a session's registries does, so the client gets it once).
     pub announces_resync: bool,
 }
@@ -118,8 +145,8 @@ pub struct Retire;
 /// Settings every registry needs.
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
-    /// Above this, resources are truncated (`limits.max_notification_bytes`).
-    pub max_notification_bytes: usize,
+    /// What codecs need (`limits.max_notification_bytes`).
+    pub codec: CodecSettings,
     /// This node's name, on every `herald.receive` span.
     pub node: String,
     /// A session's output budget (`limits.max_buffered_bytes`), also for frames held
@@ -127,7 +154,7 @@ pub struct RegistrySettings {
     pub max_buffered_bytes: usize,
 }
 
-/// What became of one fan-out's notifications for the sessions of one wire format.
+/// What became of one fan-out's frames for the sessions of one codec.
 #[derive(Debug, Default, Clone, Copy)]
 struct DeliverCounts {
     /// Queued to the session's writer.
@@ -147,10 +174,6 @@ impl DeliverCounts {
         }
     }
 }
-
-/// One notification encoded per wire format (`None` where no member wants it), with its
-/// publish timestamp for the latency histogram.
-type Encoded = ([Option<Frame>; 2], Option<u64>);
 
 /// Gap-fill attempts after a reconnect before clients are told to resync (with
 /// [`GAP_FILL_RETRY`] between them: about half a minute of NATS trouble).
@@ -176,8 +199,8 @@ pub struct Registry {
     bus: Bus,
     settings: Arc<RegistrySettings>,
     members: HashMap<SessionId, MemberState>,
-    /// Members per format, so an event is encoded only in formats someone wants.
-    per_format: [usize; 2],
+    /// Members per codec, so an event is encoded only by codecs someone wants.
+    per_codec: [usize; CODECS],
     /// Highest sequence fanned out; a live or replayed event at or below it is a duplicate.
     last_seq: Option<u64>,
     /// Stream sequence when the subscription started: gaps are filled from here at least.
@@ -194,7 +217,7 @@ impl Registry {
             bus,
             settings,
             members: HashMap::new(),
-            per_format: [0; 2],
+            per_codec: [0; CODECS],
             last_seq: None,
             floor: None,
             held_live: None,
@@ -226,96 +249,42 @@ impl Registry {
         );
     }
 
-    /// Turns one bus message into notifications, or says why it cannot.
-    fn notifications(&self, message: &BusMessage) -> Result<Vec<Map<String, Value>>, String> {
-        let subject = Subject::parse(&message.subject).map_err(|e| e.to_string())?;
-        let envelope =
-            Envelope::decode(&message.payload, message.json).map_err(|e| e.to_string())?;
-        let (event, alias_id) = match &subject {
-            Subject::Alias { alias_id, event } => {
-                if envelope
-                    .alias_id
-                    .as_deref()
-                    .is_some_and(|id| id != alias_id)
-                {
-                    return Err(format!(
-                        "envelope aliasId {:?} does not match the subject's alias {alias_id:?}",
-                        envelope.alias_id.unwrap_or_default()
-                    ));
-                }
-                (*event, Some(alias_id.as_str()))
-            }
-            Subject::Broadcast(event) => (*event, None),
-            other => return Err(format!("{other} is not routed by a /v1/ws registry")),
-        };
-        let event = envelope
-            .event_for_subject(event)
-            .map_err(|e| e.to_string())?;
-        let info = Enrichment {
-            event,
-            alias_id,
-            seq: message.seq,
-            fallback_id: notification::derive_notification_id(
-                &message.subject,
-                message.msg_id.as_deref(),
-                message.seq,
-                &message.payload,
-            ),
-            now_ms: message.stored_ms.unwrap_or_else(now_ms),
-        };
-        Ok(notification::prepare(envelope.payload, &info))
-    }
-
-    /// Encodes one notification in the wanted formats, truncating resources if too big.
-    fn encode(
+    /// Encodes a bus message once per wanted codec; `None` if it does not decode.
+    fn frames(
         &self,
-        mut notification: Map<String, Value>,
-        wanted: [bool; 2],
-    ) -> [Option<Frame>; 2] {
-        let mut json = serde_json::to_vec(&notification).unwrap_or_default();
-        if json.len() > self.settings.max_notification_bytes
-            && notification::truncate_resources(&mut notification)
-        {
-            json = serde_json::to_vec(&notification).unwrap_or_default();
-        }
-        let text = wanted[WireFormat::Json.index()]
-            .then(|| ByteString::try_from(json).ok().map(Frame::Text))
-            .flatten();
-        let binary = wanted[WireFormat::MessagePack.index()]
-            .then(|| {
-                WireFormat::MessagePack
-                    .encode_value(&Value::Object(notification))
-                    .ok()
-                    .map(Frame::Binary)
-            })
-            .flatten();
-        [text, binary]
-    }
-
-    /// Decodes a bus message into frames for the formats in use; `None` if undecodable.
-    fn frames(&self, message: &BusMessage, wanted: [bool; 2]) -> Option<Vec<Encoded>> {
-        match self.notifications(message) {
-            Ok(notifications) => Some(
-                notifications
-                    .into_iter()
-                    .map(|n| {
-                        let published = n.get("timestamp").and_then(Value::as_u64);
-                        (self.encode(n, wanted), published)
-                    })
-                    .collect(),
-            ),
+        message: &BusMessage,
+        wanted: [bool; CODECS],
+    ) -> Option<[Vec<Encoded>; CODECS]> {
+        let decoded = match Decoded::new(message) {
+            Ok(decoded) => decoded,
             Err(reason) => {
                 metrics::bus_decode_error();
                 tracing::warn!(subject = %message.subject, %reason, "skipping undecodable bus message");
-                None
+                return None;
             }
+        };
+        let mut failed = false;
+        let frames = std::array::from_fn(|i| {
+            if !wanted[i] {
+                return Vec::new();
+            }
+            let codec = Codec::ALL[i];
+            codec.encode(&decoded, &self.settings.codec).unwrap_or_else(|reason| {
+                failed = true;
+                tracing::warn!(subject = %message.subject, dialect = codec.dialect(), %reason, "skipping undecodable bus message");
+                Vec::new()
+            })
+        });
+        if failed {
+            metrics::bus_decode_error();
         }
+        Some(frames)
     }
 
     /// Fans one live message out to every member (held for members still catching up).
     ///
     /// Traced as `herald.receive` (child of the publisher's `traceparent`) →
-    /// `herald.fanout` → one `herald.deliver` per wire format in use → `herald.write` per
+    /// `herald.fanout` → one `herald.deliver` per codec in use → `herald.write` per
     /// socket write for fan-outs of at most [`MAX_TRACED_WRITES`] sessions.
     fn deliver(&mut self, message: BusMessage) {
         if let (Some(seq), Some(last)) = (message.seq, self.last_seq) {
@@ -344,33 +313,31 @@ impl Registry {
             );
         }
         let _receive = receive.enter();
-        let wanted = self.per_format.map(|n| n > 0);
+        let wanted = self.per_codec.map(|n| n > 0);
         let Some(frames) = self.frames(&message, wanted) else {
             return;
         };
         metrics::event_received();
-        let mut bytes = [0usize; 2];
-        for (encoded, _) in &frames {
-            for (total, frame) in bytes.iter_mut().zip(encoded) {
-                *total += frame.as_ref().map_or(0, Frame::len);
-            }
-        }
+        let bytes = frames
+            .each_ref()
+            .map(|f| f.iter().map(|(f, _)| f.len()).sum::<usize>());
         let fanout = tracing::debug_span!(
             "herald.fanout",
             key = %self.key,
             recipients = self.members.len(),
-            notifications = frames.len(),
-            bytes.json = bytes[WireFormat::Json.index()],
-            bytes.msgpack = bytes[WireFormat::MessagePack.index()],
+            notifications = frames.iter().map(Vec::len).max().unwrap_or_default(),
+            bytes.json = bytes[Codec::V1Json.index()],
+            bytes.msgpack = bytes[Codec::V1MsgPack.index()],
         );
         let _fanout = fanout.enter();
-        let deliver_spans: [Option<tracing::Span>; 2] = std::array::from_fn(|i| {
-            (self.per_format[i] > 0).then(|| {
+        let deliver_spans: [Option<tracing::Span>; CODECS] = std::array::from_fn(|i| {
+            (self.per_codec[i] > 0).then(|| {
                 tracing::debug_span!(
                     "herald.deliver",
-                    dialect = DIALECT,
-                    format = FORMAT_NAMES[i],
-                    recipients = self.per_format[i],
+                    dialect = Codec::ALL[i].dialect(),
+                    format = Codec::ALL[i].format_name(),
+                    recipients = self.per_codec[i],
+                    bytes = bytes[i],
                     queued = Empty,
                     held = Empty,
                     dropped = Empty,
@@ -378,7 +345,7 @@ impl Registry {
                 )
             })
         });
-        let write_parents: [Option<TraceContext>; 2] =
+        let write_parents: [Option<TraceContext>; CODECS] =
             if herald_telemetry::tracing_enabled() && self.members.len() <= MAX_TRACED_WRITES {
                 std::array::from_fn(|i| {
                     deliver_spans[i]
@@ -389,19 +356,16 @@ impl Registry {
             } else {
                 Default::default()
             };
-        let mut counts = [DeliverCounts::default(); 2];
+        let mut counts = [DeliverCounts::default(); CODECS];
         let max_buffered = self.settings.max_buffered_bytes;
-        for (frames, published_ms) in frames {
-            for state in self.members.values_mut() {
-                let format = state.member.format.index();
-                let Some(frame) = &frames[format] else {
+        for state in self.members.values_mut() {
+            let codec = state.member.codec.index();
+            if let (Some(seq), Some(upto)) = (message.seq, state.sent_upto) {
+                if seq <= upto {
                     continue;
-                };
-                if let (Some(seq), Some(upto)) = (message.seq, state.sent_upto) {
-                    if seq <= upto {
-                        continue;
-                    }
                 }
+            }
+            for (frame, published_ms) in &frames[codec] {
                 if state.held.is_some() {
                     state.held_bytes += frame.len();
                     if state.held_bytes > max_buffered {
@@ -409,27 +373,28 @@ impl Registry {
                         // closes it with 1013, and it resumes with `since`.
                         state.held = None;
                         state.member.outbox.mark_slow();
-                        counts[format].dropped += 1;
-                        continue;
+                        counts[codec].dropped += 1;
+                        break;
                     }
                 }
                 if let Some(held) = &mut state.held {
                     held.push((message.seq, frame.clone()));
-                    counts[format].held += 1;
+                    counts[codec].held += 1;
                     continue;
                 }
                 let delivery = Delivery {
-                    published_ms,
-                    trace: write_parents[format].clone(),
+                    published_ms: *published_ms,
+                    trace: write_parents[codec].clone(),
                 };
-                match state.member.outbox.push_delivery(frame.clone(), delivery) {
-                    Ok(()) => counts[format].queued += 1,
+                match state.member.push(frame.clone(), message.seq, delivery) {
+                    Ok(()) => counts[codec].queued += 1,
                     Err(error) => {
-                        counts[format].dropped += 1;
+                        counts[codec].dropped += 1;
                         metrics::event_dropped(match error {
                             PushError::SlowConsumer => "slow_consumer",
                             PushError::Closed => "closed",
                         });
+                        break;
                     }
                 }
             }
@@ -445,11 +410,6 @@ impl Registry {
         metrics::events_delivered(counts.iter().map(|c| c.queued).sum());
     }
 
-    /// The dialect's "you missed too much, refetch" frame.
-    fn resync_frame(format: WireFormat) -> Option<Frame> {
-        Frame::encode(format, &serde_json::json!({"event": "resyncRequired"}))
-    }
-
     /// Ends a member's catch-up: replayed events, then the live frames held meanwhile that
     /// come after them — no gap, no duplicate at the seam.
     fn finish_catch_up(
@@ -461,32 +421,32 @@ impl Registry {
         let Some(state) = self.members.get(&id) else {
             return;
         };
-        let format = state.member.format;
-        let mut wanted = [false; 2];
-        wanted[format.index()] = true;
+        let codec = state.member.codec;
+        let mut wanted = [false; CODECS];
+        wanted[codec.index()] = true;
         let mut upto = since;
-        let mut out: Vec<Frame> = Vec::new();
+        let mut out: Vec<(Option<u64>, Frame)> = Vec::new();
+        let resync = |out: &mut Vec<_>| {
+            if announce {
+                out.extend(codec.resync_frame().map(|f| (None, f)));
+            }
+        };
         match replay {
             Ok(Replay::Messages(missed)) => {
                 metrics::events_replayed(missed.len() as u64);
                 for message in &missed {
                     let seq = message.seq.unwrap_or(upto);
-                    for (frames, _) in self.frames(message, wanted).unwrap_or_default() {
-                        out.extend(frames[format.index()].clone());
+                    if let Some(mut frames) = self.frames(message, wanted) {
+                        let frames = std::mem::take(&mut frames[codec.index()]);
+                        out.extend(frames.into_iter().map(|(f, _)| (message.seq, f)));
                     }
                     upto = upto.max(seq);
                 }
             }
-            Ok(Replay::ResyncRequired) => {
-                if announce {
-                    out.extend(Self::resync_frame(format));
-                }
-            }
+            Ok(Replay::ResyncRequired) => resync(&mut out),
             Err(error) => {
                 tracing::warn!(key = ?self.key, %error, "replay failed; asking the client to resync");
-                if announce {
-                    out.extend(Self::resync_frame(format));
-                }
+                resync(&mut out);
             }
         }
         let Some(state) = self.members.get_mut(&id) else {
@@ -496,11 +456,10 @@ impl Registry {
         let held = state.held.take().unwrap_or_default();
         out.extend(
             held.into_iter()
-                .filter(|(seq, _)| seq.is_none_or(|s| s > upto))
-                .map(|(_, frame)| frame),
+                .filter(|(seq, _)| seq.is_none_or(|s| s > upto)),
         );
-        for frame in out {
-            if state.member.outbox.push(frame).is_err() {
+        for (seq, frame) in out {
+            if state.member.push(frame, seq, Delivery::default()).is_err() {
                 break;
             }
         }
@@ -555,8 +514,8 @@ impl Registry {
                         Ok(Replay::ResyncRequired) | Err(_) => {
                             tracing::warn!(key = ?act.key, "cannot fill the reconnect gap; asking clients to resync");
                             for state in act.members.values() {
-                                if let Some(frame) = Self::resync_frame(state.member.format) {
-                                    let _ = state.member.outbox.push(frame);
+                                if let Some(frame) = state.member.codec.resync_frame() {
+                                    let _ = state.member.push(frame, None, Delivery::default());
                                 }
                             }
                         }
@@ -632,7 +591,7 @@ impl Handler<Join> for Registry {
 
     fn handle(&mut self, join: Join, ctx: &mut Self::Context) {
         let id = join.member.id;
-        self.per_format[join.member.format.index()] += 1;
+        self.per_codec[join.member.codec.index()] += 1;
         let held = join.since.map(|_| Vec::new());
         if let Some(old) = self.members.insert(
             id,
@@ -643,7 +602,7 @@ impl Handler<Join> for Registry {
                 held_bytes: 0,
             },
         ) {
-            self.per_format[old.member.format.index()] -= 1;
+            self.per_codec[old.member.codec.index()] -= 1;
         }
         if let Some(since) = join.since {
             let announce = join.announces_resync;
@@ -663,7 +622,7 @@ impl Handler<Leave> for Registry {
 
     fn handle(&mut self, leave: Leave, _: &mut Self::Context) {
         if let Some(old) = self.members.remove(&leave.id) {
-            self.per_format[old.member.format.index()] -= 1;
+            self.per_codec[old.member.codec.index()] -= 1;
         }
     }
 }
@@ -704,7 +663,9 @@ mod bench {
     fn registry(members: usize) -> (Registry, Vec<crate::outbox::OutboxReceiver>) {
         let bus = Bus::Memory(MemoryBus::new(10, Duration::from_secs(60), Duration::ZERO));
         let settings = Arc::new(RegistrySettings {
-            max_notification_bytes: 1 << 20,
+            codec: CodecSettings {
+                max_notification_bytes: 1 << 20,
+            },
             node: "bench".into(),
             max_buffered_bytes: 1 << 20,
         });
@@ -715,7 +676,8 @@ mod bench {
             let member = Member {
                 id,
                 outbox,
-                format: WireFormat::Json,
+                codec: Codec::V1Json,
+                relay: None,
             };
             registry.members.insert(
                 id,
@@ -726,7 +688,7 @@ mod bench {
                     held_bytes: 0,
                 },
             );
-            registry.per_format[WireFormat::Json.index()] += 1;
+            registry.per_codec[Codec::V1Json.index()] += 1;
             receivers.push(rx);
         }
         (registry, receivers)
@@ -816,7 +778,9 @@ mod tests {
     fn a_member_whose_held_frames_exceed_its_budget_becomes_a_slow_consumer() {
         let bus = Bus::Memory(MemoryBus::new(10, Duration::from_secs(60), Duration::ZERO));
         let settings = Arc::new(RegistrySettings {
-            max_notification_bytes: 1 << 20,
+            codec: CodecSettings {
+                max_notification_bytes: 1 << 20,
+            },
             node: "test".into(),
             max_buffered_bytes: 2_000,
         });
@@ -832,7 +796,8 @@ mod tests {
         let member = Member {
             id: 1,
             outbox: outbox.clone(),
-            format: WireFormat::Json,
+            codec: Codec::V1Json,
+            relay: None,
         };
         // A member still catching up on its `since` replay: live frames are held.
         registry.members.insert(
@@ -844,7 +809,7 @@ mod tests {
                 held_bytes: 0,
             },
         );
-        registry.per_format[WireFormat::Json.index()] += 1;
+        registry.per_codec[Codec::V1Json.index()] += 1;
         let message = |seq: u64| {
             let envelope = serde_json::json!({
                 "aliasId": "a1",

@@ -50,7 +50,9 @@ impl Application {
             }
         };
         let registry_settings = Arc::new(RegistrySettings {
-            max_notification_bytes: settings.limits.max_notification_bytes,
+            codec: dialect::codec::CodecSettings {
+                max_notification_bytes: settings.limits.max_notification_bytes,
+            },
             node: node_name.clone(),
             max_buffered_bytes: settings.limits.max_buffered_bytes,
         });

@@ -47,6 +47,9 @@ struct Reply {
     /// Seconds the verdict may be cached (capped by `auth.cache.*ttl`).
     #[serde(default)]
     ttl: Option<u64>,
+    /// Claims for the user dialects (`username`, `topics`, `rooms`, `exp`, ...).
+    #[serde(default)]
+    claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl CalloutProvider {
@@ -60,7 +63,12 @@ impl CalloutProvider {
     }
 
     /// Asks the backend about any kind of credentials.
-    pub async fn check(&self, credentials: &Credentials, ip: IpAddr) -> Verdict {
+    pub async fn check(
+        &self,
+        credentials: &Credentials,
+        ip: IpAddr,
+        dialect: &'static str,
+    ) -> Verdict {
         let (username, password, token, alias_id) = match credentials {
             Credentials::Password { username, password } => {
                 (Some(username.as_str()), Some(password.as_str()), None, None)
@@ -71,9 +79,10 @@ impl CalloutProvider {
             Credentials::Bearer { token, alias_id } => {
                 (None, None, Some(token.as_str()), alias_id.as_deref())
             }
+            Credentials::User { token } => (None, None, Some(token.as_str()), None),
         };
         let request = Request {
-            dialect: "v1",
+            dialect,
             username,
             password,
             token,
@@ -121,11 +130,21 @@ impl CalloutProvider {
                 ttl,
             };
         }
-        let user_id = reply.user;
-        let result = choose_alias(&reply.alias_ids, alias_id).map(|alias_id| Principal {
+        let alias_id = match credentials {
+            Credentials::User { .. } => Ok(None),
+            _ => choose_alias(&reply.alias_ids, alias_id).map(Some),
+        };
+        let username = reply
+            .claims
+            .get("username")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        let result = alias_id.map(|alias_id| Principal {
             alias_id,
             token: None,
-            user_id,
+            user_id: reply.user,
+            username,
+            claims: std::sync::Arc::new(reply.claims),
         });
         Verdict { result, ttl }
     }

@@ -29,6 +29,7 @@ pub struct JwtProvider {
     validation: Validation,
     alias_claim: String,
     user_claim: String,
+    username_claim: String,
     max_ttl: Duration,
 }
 
@@ -100,6 +101,7 @@ impl JwtProvider {
             validation,
             alias_claim: settings.alias_claim.clone(),
             user_claim: settings.user_claim.clone(),
+            username_claim: settings.username_claim.clone(),
             max_ttl,
         })
     }
@@ -135,23 +137,28 @@ impl JwtProvider {
 
     /// Verifies a bearer JWT; passwords and API tokens are not its business.
     pub fn check(&self, credentials: &Credentials) -> Verdict {
-        let Credentials::Bearer { token, alias_id } = credentials else {
-            return Verdict {
-                result: Err(AuthError::InvalidCredentials),
-                ttl: None,
-            };
+        let (token, alias_id) = match credentials {
+            Credentials::Bearer { token, alias_id } => (token, Some(alias_id.as_deref())),
+            Credentials::User { token } => (token, None),
+            _ => {
+                return Verdict {
+                    result: Err(AuthError::InvalidCredentials),
+                    ttl: None,
+                }
+            }
         };
-        let (result, ttl) = match self.verify(token, alias_id.as_deref()) {
+        let (result, ttl) = match self.verify(token, alias_id) {
             Ok((principal, ttl)) => (Ok(principal), Some(ttl)),
             Err(e) => (Err(e), None),
         };
         Verdict { result, ttl }
     }
 
+    /// Verifies `token`; `alias` is `Some(requested)` when the dialect needs an alias.
     fn verify(
         &self,
         token: &str,
-        alias_id: Option<&str>,
+        alias: Option<Option<&str>>,
     ) -> Result<(Principal, Duration), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|error| {
             tracing::debug!(%error, "bearer token is not a JWT");
@@ -174,12 +181,16 @@ impl JwtProvider {
                 .collect(),
             _ => Vec::new(),
         };
-        let alias_id = choose_alias(&allowed, alias_id)?;
-        let user_id = match claims.get(&self.user_claim) {
+        let alias_id = alias
+            .map(|requested| choose_alias(&allowed, requested))
+            .transpose()?;
+        let text = |claim: &str| match claims.get(claim) {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             _ => None,
         };
+        let user_id = text(&self.user_claim);
+        let username = text(&self.username_claim);
         // Never cache a login past the token's own expiry.
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -195,6 +206,8 @@ impl JwtProvider {
                 alias_id,
                 token: None,
                 user_id,
+                username,
+                claims: std::sync::Arc::new(claims.as_object().cloned().unwrap_or_default()),
             },
             ttl,
         ))

@@ -21,16 +21,21 @@ use crate::bus::Bus;
 use crate::config::Settings;
 
 /// Who a session is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Principal {
-    /// The alias id events are routed by.
-    pub alias_id: String,
+    /// The alias id events are routed by (`None` for the user dialects, `/ws` and rooms).
+    pub alias_id: Option<String>,
     /// Fingerprint of the API token (or JWT) used, if any, so a token revocation finds
     /// the session.
     pub token: Option<TokenFingerprint>,
     /// The user behind the session (JWT `auth.jwt.user_claim`, callout `user`), so a
     /// `{"userId": ...}` revocation finds it.
     pub user_id: Option<String>,
+    /// A display name (JWT `auth.jwt.username_claim`, callout `claims.username`).
+    pub username: Option<String>,
+    /// The token's claims (JWT payload, callout `claims`): topic and room permissions,
+    /// `exp` for `/ws`'s expiry warning.
+    pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A stable, non-reversible stand-in for an API token (sessions never keep the token).
@@ -71,6 +76,11 @@ pub enum Credentials {
         /// The alias to connect as, if the client said.
         alias_id: Option<String>,
     },
+    /// A user's JWT on a user dialect (`/ws`, rooms): no alias is chosen.
+    User {
+        /// The JWT.
+        token: String,
+    },
 }
 
 impl Credentials {
@@ -78,7 +88,9 @@ impl Credentials {
     fn token(&self) -> Option<&str> {
         match self {
             Credentials::Password { .. } => None,
-            Credentials::Token { token, .. } | Credentials::Bearer { token, .. } => Some(token),
+            Credentials::Token { token, .. }
+            | Credentials::Bearer { token, .. }
+            | Credentials::User { token } => Some(token),
         }
     }
 }
@@ -128,14 +140,14 @@ struct Verdict {
 }
 
 impl Provider {
-    async fn check(&self, credentials: &Credentials, ip: IpAddr) -> Verdict {
+    async fn check(&self, credentials: &Credentials, ip: IpAddr, dialect: &'static str) -> Verdict {
         match self {
             Provider::Static(p) => Verdict {
                 result: p.check(credentials).await,
                 ttl: None,
             },
             Provider::Jwt(p) => p.check(credentials),
-            Provider::Callout(p) => p.check(credentials, ip).await,
+            Provider::Callout(p) => p.check(credentials, ip, dialect).await,
         }
     }
 }
@@ -158,6 +170,8 @@ impl moka::Expiry<u64, Cached> for PerEntryTtl {
 /// The configured providers, in order, behind one cache.
 pub struct Authenticator {
     providers: Vec<Provider>,
+    /// Which providers (indices into `providers`) each dialect asks, in order.
+    dialects: std::collections::HashMap<&'static str, Vec<usize>>,
     cache: Cache<u64, Cached>,
     ttl: Duration,
     negative_ttl: Duration,
@@ -191,8 +205,23 @@ impl Authenticator {
             });
         }
         let cache = &auth.cache;
+        let dialects = ["v1", "jmap", "realtime", "rooms"]
+            .into_iter()
+            .map(|dialect| {
+                let names = match auth.dialects.of(dialect) {
+                    [] => &auth.providers[..],
+                    names => names,
+                };
+                let order = names
+                    .iter()
+                    .filter_map(|n| auth.providers.iter().position(|p| p == n))
+                    .collect();
+                (dialect, order)
+            })
+            .collect();
         Ok(Arc::new(Authenticator {
             providers,
+            dialects,
             cache: Cache::builder()
                 .max_capacity(cache.max_entries)
                 .expire_after(PerEntryTtl)
@@ -208,7 +237,7 @@ impl Authenticator {
     pub fn forget_alias(&self, alias_id: &str) {
         let alias_id = alias_id.to_owned();
         if let Err(error) = self.cache.invalidate_entries_if(
-            move |_, cached| matches!(&cached.result, Ok(p) if p.alias_id == alias_id),
+            move |_, cached| matches!(&cached.result, Ok(p) if p.alias_id.as_ref() == Some(&alias_id)),
         ) {
             tracing::error!(%error, "cannot drop cached logins of a revoked alias");
         }
@@ -233,27 +262,37 @@ impl Authenticator {
         }
     }
 
-    /// Checks credentials, from cache when possible, else with each provider in order:
-    /// a provider that does not know the credentials lets the next one try; any other
-    /// answer is final. A timeout is returned as such and never cached.
+    /// Checks credentials, from cache when possible, else with each of `dialect`'s
+    /// providers in order: a provider that does not know the credentials lets the next
+    /// one try; any other answer is final. A timeout is returned as such and never cached.
     pub async fn authenticate(
         &self,
         credentials: &Credentials,
         ip: IpAddr,
+        dialect: &str,
     ) -> Result<Principal, AuthError> {
+        let (dialect, order) = self
+            .dialects
+            .get_key_value(dialect)
+            .map_or(("v1", &[][..]), |(d, o)| (*d, o.as_slice()));
         let key = match credentials {
             Credentials::Password { username, password } => {
                 self.hasher
-                    .hash_one((0u8, username.to_lowercase(), password))
+                    .hash_one((0u8, username.to_lowercase(), password, order))
             }
-            Credentials::Token { token, alias_id } => self.hasher.hash_one((1u8, token, alias_id)),
-            Credentials::Bearer { token, alias_id } => self.hasher.hash_one((2u8, token, alias_id)),
+            Credentials::Token { token, alias_id } => {
+                self.hasher.hash_one((1u8, token, alias_id, order))
+            }
+            Credentials::Bearer { token, alias_id } => {
+                self.hasher.hash_one((2u8, token, alias_id, order))
+            }
+            Credentials::User { token } => self.hasher.hash_one((3u8, token, order)),
         };
         // Concurrent logins with the same credentials (a reconnect storm) share one check.
         let cached = self
             .cache
             .try_get_with(key, async {
-                let verdict = self.check(credentials, ip).await;
+                let verdict = self.check(credentials, ip, (dialect, order)).await;
                 let default_ttl = match verdict.result {
                     Ok(_) => self.ttl,
                     Err(AuthError::Timeout) => return Err(AuthError::Timeout),
@@ -272,13 +311,18 @@ impl Authenticator {
     }
 
     /// Asks each provider in order until one gives a definitive answer.
-    async fn check(&self, credentials: &Credentials, ip: IpAddr) -> Verdict {
+    async fn check(
+        &self,
+        credentials: &Credentials,
+        ip: IpAddr,
+        (dialect, order): (&'static str, &[usize]),
+    ) -> Verdict {
         let mut verdict = Verdict {
             result: Err(AuthError::InvalidCredentials),
             ttl: None,
         };
-        for provider in &self.providers {
-            verdict = provider.check(credentials, ip).await;
+        for provider in order.iter().map(|&i| &self.providers[i]) {
+            verdict = provider.check(credentials, ip, dialect).await;
             if verdict.result != Err(AuthError::InvalidCredentials) {
                 break;
             }

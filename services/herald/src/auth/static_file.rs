@@ -56,9 +56,8 @@ impl StaticProvider {
                     .unwrap_or(false);
                 match entry {
                     Some((alias_id, _)) if ok => Ok(Principal {
-                        alias_id,
-                        token: None,
-                        user_id: None,
+                        alias_id: Some(alias_id),
+                        ..Principal::default()
                     }),
                     _ => Err(AuthError::InvalidCredentials),
                 }
@@ -66,13 +65,15 @@ impl StaticProvider {
             Credentials::Token { token, alias_id } => match self.tokens.get(token) {
                 None => Err(AuthError::InvalidCredentials),
                 Some(ids) if ids.contains(alias_id) => Ok(Principal {
-                    alias_id: alias_id.clone(),
+                    alias_id: Some(alias_id.clone()),
                     token: Some(TokenFingerprint::of(token)),
-                    user_id: None,
+                    ..Principal::default()
                 }),
                 Some(_) => Err(AuthError::AliasNotAllowed(alias_id.clone())),
             },
-            Credentials::Bearer { .. } => Err(AuthError::InvalidCredentials),
+            Credentials::Bearer { .. } | Credentials::User { .. } => {
+                Err(AuthError::InvalidCredentials)
+            }
         }
     }
 }

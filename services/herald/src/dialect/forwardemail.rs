@@ -8,18 +8,19 @@ use std::net::IpAddr;
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
-use base64::Engine;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
-use herald_protocol::subject::validate_identifier;
 use herald_protocol::WireFormat;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{AuthError, Credentials, Principal, TokenFingerprint};
-use crate::cluster_limits::Lease;
+use crate::auth::{Credentials, TokenFingerprint};
+use crate::dialect::admission::{
+    admit, authorization, bearer_credentials, credentials, login_alias, Admitted, AliasLogin,
+    ALIAS_FULL_RETRY_AFTER,
+};
 use crate::dialect::Refusal;
-use crate::limits::{client_ip, Slot};
+use crate::limits::Slot;
 use crate::metrics;
 use crate::outbox::{Frame, Outbox, OutboxReceiver};
 use crate::registry::{Join, Member, RoutingKey, SessionId};
@@ -27,10 +28,6 @@ use crate::state::AppState;
 
 /// Dialect label in metrics.
 const DIALECT: &str = "v1";
-/// Seconds a client should wait after hitting its alias's session cap.
-const ALIAS_FULL_RETRY_AFTER: u64 = 10;
-/// Seconds a client should wait when the node is full or draining.
-const NODE_FULL_RETRY_AFTER: u64 = 60;
 
 /// The app-level keepalive frame, encoded once per format for every session.
 fn ping_frame(format: WireFormat) -> Frame {
@@ -95,14 +92,7 @@ fn parse_request(req: &HttpRequest) -> Result<UpgradeRequest, Refusal> {
         })
         .transpose()?;
     let alias_id = param("alias_id").map(str::to_owned);
-    let header = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| Refusal::BadRequest("Authorization header is not ASCII".into()))
-        })
-        .transpose()?;
+    let header = authorization(req, alias_id)?;
     let auth = match (param("auth"), header) {
         (Some("message"), Some(_)) => {
             return Err(Refusal::BadRequest(
@@ -115,150 +105,13 @@ fn parse_request(req: &HttpRequest) -> Result<UpgradeRequest, Refusal> {
                 "auth={other:?} is not supported: the only value is auth=message"
             )))
         }
-        (None, Some(header)) => AuthMode::Header(match bearer(header) {
-            Some(token) => bearer_credentials(token, alias_id)?,
-            None => parse_basic(header, alias_id)?,
-        }),
+        (None, Some(credentials)) => AuthMode::Header(credentials),
         (None, None) => AuthMode::Anonymous,
     };
     Ok(UpgradeRequest {
         auth,
         format,
         since,
-    })
-}
-
-/// The token of `Authorization: Bearer <token>`, if that is the scheme.
-fn bearer(header: &str) -> Option<&str> {
-    let (scheme, token) = header.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// A bearer JWT, with the alias the client picked (if it did).
-fn bearer_credentials(token: &str, alias_id: Option<String>) -> Result<Credentials, Refusal> {
-    if token.is_empty() {
-        return Err(Refusal::Unauthorized("empty bearer token".into()));
-    }
-    if let Some(id) = &alias_id {
-        validate_identifier(id).map_err(|e| Refusal::BadRequest(format!("alias_id: {e}")))?;
-    }
-    Ok(Credentials::Bearer {
-        token: token.to_owned(),
-        alias_id,
-    })
-}
-
-/// Parses `Basic base64(user:password)` into credentials.
-fn parse_basic(header: &str, alias_id: Option<String>) -> Result<Credentials, Refusal> {
-    let encoded = header
-        .strip_prefix("Basic ")
-        .or_else(|| header.strip_prefix("basic "))
-        .ok_or_else(|| {
-            Refusal::BadRequest(
-                "Authorization must be Basic base64(alias:password), Basic base64(token:) or Bearer <JWT>".into(),
-            )
-        })?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| {
-            Refusal::BadRequest("Authorization Basic value is not valid base64 UTF-8".into())
-        })?;
-    let (username, password) = decoded.split_once(':').unwrap_or((decoded.as_str(), ""));
-    credentials(username, password, alias_id)
-}
-
-/// An alias login when the username has an `@`, else an API token that needs `alias_id`.
-fn credentials(
-    username: &str,
-    password: &str,
-    alias_id: Option<String>,
-) -> Result<Credentials, Refusal> {
-    if username.is_empty() {
-        return Err(Refusal::Unauthorized("empty username".into()));
-    }
-    if username.contains('@') {
-        return Ok(Credentials::Password {
-            username: username.to_owned(),
-            password: password.to_owned(),
-        });
-    }
-    let alias_id = alias_id.ok_or_else(|| {
-        Refusal::BadRequest(
-            "an API token needs ?alias_id=<alias id> to say which alias to connect as".into(),
-        )
-    })?;
-    validate_identifier(&alias_id).map_err(|e| Refusal::BadRequest(format!("alias_id: {e}")))?;
-    Ok(Credentials::Token {
-        token: username.to_owned(),
-        alias_id,
-    })
-}
-
-/// Checks credentials with the backend timeout, counting failures against the address.
-async fn authenticate(
-    state: &AppState,
-    credentials: &Credentials,
-    ip: IpAddr,
-) -> Result<Principal, Refusal> {
-    let timeout = state.settings.forwardemail.auth_backend_timeout;
-    match tokio::time::timeout(timeout, state.auth.authenticate(credentials, ip)).await {
-        Err(_) | Ok(Err(AuthError::Timeout)) => Err(Refusal::AuthTimeout),
-        Ok(Ok(principal)) => {
-            // Never the credentials themselves: only who, from where, and why not.
-            tracing::debug!(%ip, alias_id = %principal.alias_id, "login accepted");
-            Ok(principal)
-        }
-        Ok(Err(error)) => {
-            tracing::debug!(%ip, %error, "login refused");
-            metrics::auth_failure(DIALECT);
-            state.limits.record_failure(ip);
-            Err(match error {
-                AuthError::AliasNotAllowed(_) | AuthError::NoAlias => {
-                    Refusal::Forbidden(error.to_string())
-                }
-                AuthError::AliasRequired => Refusal::BadRequest(error.to_string()),
-                _ => Refusal::Unauthorized(error.to_string()),
-            })
-        }
-    }
-}
-
-/// A session's place under its alias's cap: on this node, and across the cluster when
-/// the cluster could be asked. Dropping it frees both.
-struct AliasPlace {
-    _node: Slot<String>,
-    _cluster: Option<Lease>,
-}
-
-/// Takes the alias's session place or refuses with 429/4429.
-async fn alias_place(state: &AppState, alias_id: &str) -> Result<AliasPlace, Refusal> {
-    let max = state.limits.settings.max_sessions_per_alias;
-    let full = || {
-        metrics::connection_refused("alias_sessions");
-        Refusal::TooMany {
-            reason: format!(
-                "alias {alias_id} already has {max} sessions (limits.max_sessions_per_alias)"
-            ),
-            retry_after: ALIAS_FULL_RETRY_AFTER,
-        }
-    };
-    let node = state
-        .limits
-        .per_alias
-        .try_acquire(alias_id.to_owned(), max)
-        .ok_or_else(full)?;
-    let cluster = match &state.cluster {
-        Some(cluster) => cluster
-            .acquire_session(alias_id, max)
-            .await
-            .map_err(|()| full())?,
-        None => None,
-    };
-    Ok(AliasPlace {
-        _node: node,
-        _cluster: cluster,
     })
 }
 
@@ -270,33 +123,11 @@ pub async fn upgrade(
 ) -> Result<HttpResponse, actix_web::Error> {
     let request = parse_request(&req)?;
     let settings = &state.settings;
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    let ip = client_ip(req.peer_addr(), forwarded, settings.server.trust_proxy);
-    state.admit(&req, ip)?;
-    state.admit_cluster(ip).await?;
-    let node_slot = state
-        .limits
-        .total
-        .try_acquire((), state.limits.settings.max_sessions_total)
-        .ok_or_else(|| {
-            metrics::connection_refused("node_full");
-            Refusal::Unavailable {
-                reason: "this node is at limits.max_sessions_total; retry another node".into(),
-                retry_after: NODE_FULL_RETRY_AFTER,
-            }
-        })?;
+    let Admitted { ip, node_slot } = admit(&req, &state).await?;
     let phase = match request.auth {
-        AuthMode::Header(credentials) => {
-            let principal = authenticate(&state, &credentials, ip).await?;
-            let slot = alias_place(&state, &principal.alias_id).await?;
-            Phase::Live(Identity::Alias {
-                principal,
-                _slot: slot,
-            })
-        }
+        AuthMode::Header(credentials) => Phase::Live(Identity::Alias(
+            login_alias(&state, DIALECT, &credentials, ip).await?,
+        )),
         AuthMode::Frame => {
             let max = state.limits.settings.max_pending_auth_per_ip;
             let slot = state.limits.pending_auth.try_acquire(ip, max).ok_or_else(|| {
@@ -344,10 +175,7 @@ pub async fn upgrade(
 /// Who a live session is.
 enum Identity {
     /// An authenticated alias, holding its place under the alias cap.
-    Alias {
-        principal: Principal,
-        _slot: AliasPlace,
-    },
+    Alias(AliasLogin),
     /// A broadcast-only session, holding its place under the per-address cap.
     Anonymous { _slot: Slot<IpAddr> },
 }
@@ -449,19 +277,16 @@ impl FeSession {
     /// queue meanwhile wait behind `connected`, and nothing published after it is missed.
     fn go_live(&mut self, identity: Identity, ctx: &mut Context<Self>) {
         let (connected, keys) = match &identity {
-            Identity::Alias { principal, .. } => (
-                json!({"event": "connected", "aliasId": principal.alias_id}),
-                vec![
-                    RoutingKey::Alias(principal.alias_id.clone()),
-                    RoutingKey::Broadcast,
-                ],
+            Identity::Alias(AliasLogin { alias_id, .. }) => (
+                json!({"event": "connected", "aliasId": alias_id}),
+                vec![RoutingKey::Alias(alias_id.clone()), RoutingKey::Broadcast],
             ),
             Identity::Anonymous { .. } => (
                 json!({"event": "connected", "broadcastOnly": true}),
                 vec![RoutingKey::Broadcast],
             ),
         };
-        if let Identity::Alias { principal, .. } = &identity {
+        if let Identity::Alias(AliasLogin { principal, .. }) = &identity {
             if let Some(token) = principal.token {
                 let revoked = tokio_stream::wrappers::BroadcastStream::new(
                     self.state.token_revocations.subscribe(),
@@ -486,7 +311,8 @@ impl FeSession {
         let member = Member {
             id: self.id,
             outbox: self.outbox.clone(),
-            format: self.format,
+            codec: crate::dialect::codec::Codec::v1(self.format),
+            relay: None,
         };
         let directory = self.state.directory.clone();
         let joins = keys
@@ -553,12 +379,9 @@ impl FeSession {
         let state = std::sync::Arc::clone(&self.state);
         let ip = self.ip;
         let check = async move {
-            let principal = authenticate(&state, &credentials, ip).await?;
-            let slot = alias_place(&state, &principal.alias_id).await?;
-            Ok::<_, Refusal>(Identity::Alias {
-                principal,
-                _slot: slot,
-            })
+            Ok::<_, Refusal>(Identity::Alias(
+                login_alias(&state, DIALECT, &credentials, ip).await?,
+            ))
         };
         ctx.wait(check.into_actor(self).map(|result, act, ctx| match result {
             Ok(identity) => act.go_live(identity, ctx),

@@ -1,7 +1,12 @@
 //! Client dialects: thin codecs over the registry core. Each translates its frames and
 //! credentials; routing, auth and limits are shared.
 
+pub mod admission;
+pub mod codec;
 pub mod forwardemail;
+pub mod jmap;
+pub mod realtime;
+pub mod rooms;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};

@@ -1,0 +1,230 @@
+//! The one place a bus event becomes a dialect's frames. A registry decodes each event
+//! once into a [`Decoded`], then asks each [`Codec`] its members use for that codec's
+//! frames, so an event is encoded once per codec however many sessions receive it.
+
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use herald_protocol::notification::{self, Enrichment};
+use herald_protocol::{Envelope, Subject, WireFormat};
+use serde_json::{json, Map, Value};
+
+use crate::bus::BusMessage;
+use crate::outbox::Frame;
+
+/// Number of codecs, the size of per-codec arrays.
+pub const CODECS: usize = 5;
+
+/// How a member wants events: the dialect's frame shape (and, for `/v1/ws`, encoding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// `/v1/ws` notifications as JSON text frames.
+    V1Json,
+    /// `/v1/ws` notifications as MessagePack binary frames (`?msgpackr=true`).
+    V1MsgPack,
+    /// `/jmap/ws`: a StateChange per event, which the session filters and coalesces.
+    Jmap,
+    /// `/ws`: `Broadcast`, `DirectMessage` and `Notification` frames.
+    Realtime,
+    /// `/api/v1/ws/connect`: `{type, room, data, sender, timestamp}` events.
+    Rooms,
+}
+
+impl Codec {
+    /// Every codec, in [`Codec::index`] order.
+    pub const ALL: [Codec; CODECS] = [
+        Codec::V1Json,
+        Codec::V1MsgPack,
+        Codec::Jmap,
+        Codec::Realtime,
+        Codec::Rooms,
+    ];
+
+    /// Position in per-codec arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The `/v1/ws` codec of a wire format.
+    pub fn v1(format: WireFormat) -> Codec {
+        match format {
+            WireFormat::Json => Codec::V1Json,
+            WireFormat::MessagePack => Codec::V1MsgPack,
+        }
+    }
+
+    /// The dialect label used in metrics and spans.
+    pub fn dialect(self) -> &'static str {
+        match self {
+            Codec::V1Json | Codec::V1MsgPack => "v1",
+            Codec::Jmap => "jmap",
+            Codec::Realtime => "realtime",
+            Codec::Rooms => "rooms",
+        }
+    }
+
+    /// The encoding, as named in span attributes.
+    pub fn format_name(self) -> &'static str {
+        match self {
+            Codec::V1MsgPack => "msgpack",
+            _ => "json",
+        }
+    }
+
+    /// The dialect's "you missed too much, refetch" frame, if it has one.
+    pub fn resync_frame(self) -> Option<Frame> {
+        match self {
+            Codec::V1Json => Frame::encode(WireFormat::Json, &json!({"event": "resyncRequired"})),
+            Codec::V1MsgPack => {
+                Frame::encode(WireFormat::MessagePack, &json!({"event": "resyncRequired"}))
+            }
+            Codec::Jmap => Some(Frame::Text(ByteString::from_static(
+                crate::dialect::jmap::RESYNC,
+            ))),
+            Codec::Realtime => crate::dialect::realtime::resync_frame(),
+            Codec::Rooms => None,
+        }
+    }
+
+    /// This codec's frames for one event (several when `/v1/ws` splits it), each with its
+    /// publish timestamp for the latency histogram; `Err` says why the event does not
+    /// fit this dialect.
+    pub fn encode(
+        self,
+        decoded: &Decoded,
+        settings: &CodecSettings,
+    ) -> Result<Vec<Encoded>, String> {
+        match self {
+            Codec::V1Json | Codec::V1MsgPack => Ok(decoded
+                .v1_notifications()?
+                .iter()
+                .filter_map(|n| v1_frame(self, n, settings))
+                .collect()),
+            Codec::Jmap => crate::dialect::jmap::encode(decoded).map(|f| vec![f]),
+            Codec::Realtime => crate::dialect::realtime::encode(decoded).map(|f| vec![f]),
+            Codec::Rooms => crate::dialect::rooms::encode(decoded).map(|f| vec![f]),
+        }
+    }
+}
+
+/// One encoded frame and its publish timestamp (ms since the epoch).
+pub type Encoded = (Frame, Option<u64>);
+
+/// What codecs need besides the event.
+#[derive(Debug, Clone)]
+pub struct CodecSettings {
+    /// Above this, `/v1/ws` resources are truncated (`limits.max_notification_bytes`).
+    pub max_notification_bytes: usize,
+}
+
+/// Enriched `/v1/ws` notifications, shared by its two encodings.
+type Notifications = Arc<[Map<String, Value>]>;
+
+/// A bus event decoded once for every codec: its subject, envelope and stream facts.
+pub struct Decoded {
+    /// The parsed subject.
+    pub subject: Subject,
+    /// The decoded envelope.
+    pub envelope: Envelope,
+    /// Stream sequence, when the bus has one.
+    pub seq: Option<u64>,
+    /// When the event was stored (ms since the epoch), else now.
+    pub timestamp_ms: u64,
+    /// A notification id that is the same on every node (`Nats-Msg-Id`, else derived).
+    pub fallback_id: String,
+    /// `/v1/ws` notifications, built once for both of its encodings.
+    v1: std::sync::OnceLock<Result<Notifications, String>>,
+}
+
+impl Decoded {
+    /// Decodes a bus message, or says why it cannot be.
+    pub fn new(message: &BusMessage) -> Result<Decoded, String> {
+        let subject = Subject::parse(&message.subject).map_err(|e| e.to_string())?;
+        let envelope =
+            Envelope::decode(&message.payload, message.json).map_err(|e| e.to_string())?;
+        Ok(Decoded {
+            subject,
+            envelope,
+            seq: message.seq,
+            timestamp_ms: message.stored_ms.unwrap_or_else(crate::registry::now_ms),
+            fallback_id: notification::derive_notification_id(
+                &message.subject,
+                message.msg_id.as_deref(),
+                message.seq,
+                &message.payload,
+            ),
+            v1: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The catalog event and alias of an alias or broadcast event, checking that the
+    /// envelope agrees with its subject.
+    pub fn catalog_event(&self) -> Result<(herald_protocol::Event, Option<&str>), String> {
+        let (event, alias_id) = match &self.subject {
+            Subject::Alias { alias_id, event } => {
+                if let Some(id) = self
+                    .envelope
+                    .alias_id
+                    .as_deref()
+                    .filter(|id| id != alias_id)
+                {
+                    return Err(format!(
+                        "envelope aliasId {id:?} does not match the subject's alias {alias_id:?}"
+                    ));
+                }
+                (*event, Some(alias_id.as_str()))
+            }
+            Subject::Broadcast(event) => (*event, None),
+            other => return Err(format!("{other} carries no mailbox event")),
+        };
+        let event = self
+            .envelope
+            .event_for_subject(event)
+            .map_err(|e| e.to_string())?;
+        Ok((event, alias_id))
+    }
+
+    /// The enriched `/v1/ws` notifications of this event (split when UID lists are long).
+    fn v1_notifications(&self) -> Result<Notifications, String> {
+        self.v1
+            .get_or_init(|| {
+                let (event, alias_id) = self.catalog_event()?;
+                let info = Enrichment {
+                    event,
+                    alias_id,
+                    seq: self.seq,
+                    fallback_id: self.fallback_id.clone(),
+                    now_ms: self.timestamp_ms,
+                };
+                Ok(notification::prepare(self.envelope.payload.clone(), &info).into())
+            })
+            .clone()
+    }
+}
+
+/// One `/v1/ws` notification in the codec's encoding, its resources truncated if the
+/// notification is over `limits.max_notification_bytes`.
+fn v1_frame(
+    codec: Codec,
+    notification: &Map<String, Value>,
+    settings: &CodecSettings,
+) -> Option<Encoded> {
+    let published = notification.get("timestamp").and_then(Value::as_u64);
+    let mut json = serde_json::to_vec(notification).ok()?;
+    let mut truncated = None;
+    if json.len() > settings.max_notification_bytes {
+        let mut copy = notification.clone();
+        if notification::truncate_resources(&mut copy) {
+            json = serde_json::to_vec(&copy).ok()?;
+            truncated = Some(copy);
+        }
+    }
+    let frame = match codec {
+        Codec::V1MsgPack => {
+            let value = Value::Object(truncated.unwrap_or_else(|| notification.clone()));
+            Frame::Binary(WireFormat::MessagePack.encode_value(&value).ok()?)
+        }
+        _ => Frame::Text(ByteString::try_from(json).ok()?),
+    };
+    Some((frame, published))
+}

@@ -1,0 +1,96 @@
+//! `/jmap/ws`: JMAP push over WebSocket (RFC 8887, SPEC §4.2). The registry turns each
+//! alias event into the JMAP data types it changed; the session filters them by the
+//! client's `dataTypes`, coalesces a burst into one `StateChange`, and answers
+//! `Request` objects (`Core/echo`).
+
+use bytestring::ByteString;
+use herald_protocol::Event;
+use serde::{Deserialize, Serialize};
+
+use crate::dialect::codec::{Decoded, Encoded};
+use crate::outbox::Frame;
+
+/// The relayed frame that says "your `pushState` is older than retention": the session
+/// reports every data type it pushes as changed.
+pub const RESYNC: &str = r#"{"resync":true}"#;
+
+/// JMAP data types herald reports changes of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DataType {
+    /// RFC 8621 emails.
+    Email,
+    /// RFC 8621 mailboxes.
+    Mailbox,
+    /// RFC 8621 threads.
+    Thread,
+    /// RFC 8621 §1.5: new mail delivered (not an import or a move).
+    EmailDelivery,
+    /// JMAP for Calendars: calendars.
+    Calendar,
+    /// JMAP for Calendars: events.
+    CalendarEvent,
+    /// JMAP for Contacts: cards.
+    ContactCard,
+    /// JMAP for Contacts: address books.
+    AddressBook,
+}
+
+impl DataType {
+    /// Every data type, for a client that asks for all of them.
+    pub const ALL: [DataType; 8] = [
+        DataType::Email,
+        DataType::Mailbox,
+        DataType::Thread,
+        DataType::EmailDelivery,
+        DataType::Calendar,
+        DataType::CalendarEvent,
+        DataType::ContactCard,
+        DataType::AddressBook,
+    ];
+
+    /// The data types an event changes (SPEC §4.2).
+    pub fn changed_by(event: Event) -> &'static [DataType] {
+        use DataType::*;
+        match event {
+            Event::NewMessage => &[Email, Mailbox, Thread, EmailDelivery],
+            Event::MessagesMoved
+            | Event::MessagesCopied
+            | Event::FlagsUpdated
+            | Event::MessagesExpunged => &[Email, Mailbox, Thread],
+            Event::MailboxCreated | Event::MailboxDeleted | Event::MailboxRenamed => &[Mailbox],
+            Event::LabelsUpdated => &[Email],
+            Event::CalendarCreated | Event::CalendarUpdated | Event::CalendarDeleted => &[Calendar],
+            Event::CalendarEventCreated
+            | Event::CalendarEventUpdated
+            | Event::CalendarEventDeleted => &[CalendarEvent],
+            Event::ContactCreated | Event::ContactUpdated | Event::ContactDeleted => &[ContactCard],
+            Event::AddressBookCreated | Event::AddressBookUpdated | Event::AddressBookDeleted => {
+                &[AddressBook]
+            }
+            Event::NewRelease => &[],
+        }
+    }
+}
+
+/// What the registry relays to a JMAP session for one event.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Change {
+    /// The data types the event changed.
+    pub types: Vec<DataType>,
+}
+
+/// One alias event as the data types it changed (relayed to the session, not written).
+pub fn encode(decoded: &Decoded) -> Result<Encoded, String> {
+    let (event, alias_id) = decoded.catalog_event()?;
+    if alias_id.is_none() {
+        return Err(format!("{event} is not an account event"));
+    }
+    let change = Change {
+        types: DataType::changed_by(event).to_vec(),
+    };
+    let json = serde_json::to_string(&change).map_err(|e| e.to_string())?;
+    Ok((
+        Frame::Text(ByteString::from(json)),
+        Some(decoded.timestamp_ms),
+    ))
+}

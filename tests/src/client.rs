@@ -47,6 +47,14 @@ impl Connect {
         }
     }
 
+    /// An upgrade to `/jmap/ws` on `node` offering the `jmap` subprotocol (RFC 8887),
+    /// without credentials.
+    pub fn jmap(node: &Node) -> Self {
+        Connect::v1(node)
+            .path("/jmap/ws")
+            .header("Sec-WebSocket-Protocol", "jmap")
+    }
+
     /// An upgrade to `/v1/ws` on the node at `ws_base` (e.g. `ws://127.0.0.1:PORT`), for
     /// clients that reconnect to whichever node is alive.
     pub fn v1_at(ws_base: &str) -> Self {

@@ -101,6 +101,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// The `/v1/ws` dialect.
     pub forwardemail: ForwardEmailSettings,
+    /// The `/jmap/ws` dialect.
+    pub jmap: JmapSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownSettings,
     /// Logging.
@@ -507,6 +509,34 @@ impl Default for ForwardEmailSettings {
     }
 }
 
+/// `[jmap]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JmapSettings {
+    /// Protocol ping round; a client that has not answered by the next one is closed.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Changes arriving within this window after the first are pushed as one StateChange
+    /// (RFC 8620 §7.1 lets servers coalesce).
+    #[serde(with = "humantime_serde")]
+    pub coalesce_window: Duration,
+    /// Largest client frame (`maxSizeRequest`); above it: RequestError `limit`, close 1009.
+    pub max_frame_bytes: usize,
+    /// Most method calls in one Request (`maxCallsInRequest`).
+    pub max_calls_in_request: usize,
+}
+
+impl Default for JmapSettings {
+    fn default() -> Self {
+        JmapSettings {
+            ping_interval: Duration::from_secs(30),
+            coalesce_window: Duration::from_millis(200),
+            max_frame_bytes: 1 << 20,
+            max_calls_in_request: 16,
+        }
+    }
+}
+
 /// `[shutdown]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -702,6 +732,21 @@ impl Settings {
                 "forwardemail.ping_interval",
                 "must be at least 100ms".into(),
             );
+        }
+        if self.jmap.ping_interval < Duration::from_millis(100) {
+            return invalid("jmap.ping_interval", "must be at least 100ms".into());
+        }
+        if self.jmap.coalesce_window > Duration::from_secs(10) {
+            return invalid(
+                "jmap.coalesce_window",
+                "must be at most 10s: clients wait that long for a push".into(),
+            );
+        }
+        if self.jmap.max_frame_bytes < 1024 {
+            return invalid("jmap.max_frame_bytes", "must be at least 1024".into());
+        }
+        if self.jmap.max_calls_in_request == 0 {
+            return invalid("jmap.max_calls_in_request", "must be at least 1".into());
         }
         if self.forwardemail.auth_frame_timeout.is_zero() {
             return invalid(
@@ -935,6 +980,14 @@ mod tests {
         assert_eq!(
             key_of(&|s| s.auth.providers = vec!["jwt".into(), "jwt".into()]),
             "auth.providers"
+        );
+        assert_eq!(
+            key_of(&|s| s.auth.dialects.jmap = vec!["callout".into()]),
+            "auth.dialects.jmap"
+        );
+        assert_eq!(
+            key_of(&|s| s.jmap.max_calls_in_request = 0),
+            "jmap.max_calls_in_request"
         );
         assert_eq!(
             key_of(&|s| s.auth.providers = vec!["callout".into()]),

@@ -12,6 +12,7 @@ mod cluster_limits;
 mod delivery;
 mod faults;
 mod harness;
+mod jmap;
 mod lifecycle;
 mod limits;
 mod observability;

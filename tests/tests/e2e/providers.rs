@@ -504,3 +504,32 @@ async fn revoking_a_user_or_a_jwt_closes_its_sessions_with_4001() {
     assert_eq!(by_token.expect_close().await, Some(4001), "JWT revoked");
     bystander.expect_no_event(Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn each_dialect_asks_its_own_providers() {
+    // `/jmap/ws` takes JWTs only; `/v1/ws` keeps every provider of auth.providers.
+    let node = Node::start(
+        NodeConfig::memory()
+            .set("auth.providers", list(&["static", "jwt"]))
+            .set("auth.dialects.jmap", list(&["jwt"]))
+            .set("auth.jwt.secret", SECRET)
+            .set("auth.jwt.audience", AUDIENCE)
+            .set("auth.jwt.issuer", ISSUER),
+    )
+    .await;
+    let token = hs256(&claims(&[DEMO.id]));
+    let jmap = Connect::jmap(&node).header("authorization", &format!("Bearer {token}"));
+    let mut client = jmap.open().await.expect("a JWT opens /jmap/ws");
+    client
+        .send_json(&json!({"@type": "Request", "using": [], "methodCalls": [["Core/echo", {"a": 1}, "c"]]}))
+        .await;
+    let frame = client.next_frame(herald_tests::PROMPT).await;
+    assert!(
+        matches!(&frame, Some(herald_tests::Frame::Text(t)) if t.contains("Core/echo")),
+        "{frame:?}"
+    );
+    let refusal = Connect::jmap(&node).alias(&DEMO).refused().await;
+    assert_eq!(refusal.status, 401, "no static provider on /jmap/ws");
+    let client = Connect::v1(&node).alias(&DEMO).connect().await;
+    assert_eq!(client.hello["aliasId"], DEMO.id, "static still on /v1/ws");
+}

@@ -9,16 +9,16 @@ use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use futures_util::future::join_all;
-use futures_util::StreamExt;
 use herald_protocol::WireFormat;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{Credentials, TokenFingerprint};
+use crate::auth::Credentials;
 use crate::dialect::admission::{
     admit, authorization, bearer_credentials, credentials, login_alias, Admitted, AliasLogin,
     ALIAS_FULL_RETRY_AFTER,
 };
+use crate::dialect::lifecycle::{self, Revoked};
 use crate::dialect::Refusal;
 use crate::limits::Slot;
 use crate::metrics;
@@ -287,22 +287,7 @@ impl FeSession {
             ),
         };
         if let Identity::Alias(AliasLogin { principal, .. }) = &identity {
-            if let Some(token) = principal.token {
-                let revoked = tokio_stream::wrappers::BroadcastStream::new(
-                    self.state.token_revocations.subscribe(),
-                )
-                .filter_map(move |r| std::future::ready(r.ok().filter(|t| *t == token)));
-                ctx.add_stream(revoked);
-            }
-            if let Some(user_id) = principal.user_id.clone() {
-                let revoked = tokio_stream::wrappers::BroadcastStream::new(
-                    self.state.user_revocations.subscribe(),
-                )
-                .filter_map(move |r| {
-                    std::future::ready(r.ok().filter(|u| **u == *user_id).map(|_| UserRevoked))
-                });
-                ctx.add_stream(revoked);
-            }
+            ctx.add_stream(lifecycle::revocations(&self.state, principal));
         }
         self.phase = Phase::Live(identity);
         if let Some(frame) = Frame::encode(self.format, &connected) {
@@ -409,9 +394,7 @@ impl Actor for FeSession {
         metrics::session_delta(DIALECT, 1.0);
         let interval = self.state.settings.forwardemail.ping_interval;
         ctx.run_interval(interval, |act, ctx| act.keepalive(ctx));
-        ctx.add_stream(tokio_stream::wrappers::WatchStream::new(
-            self.state.shutdown.subscribe(),
-        ));
+        ctx.add_stream(lifecycle::draining(&self.state));
         match std::mem::replace(&mut self.phase, Phase::Authenticating) {
             Phase::Live(identity) => self.go_live(identity, ctx),
             other => {
@@ -483,9 +466,7 @@ impl StreamHandler<bool> for FeSession {
         if !draining {
             return;
         }
-        let window = self.state.settings.shutdown.drain_seconds.max(1) * 1000;
-        let delay = std::time::Duration::from_millis(rand::random_range(0..window));
-        ctx.run_later(delay, |act, ctx| {
+        ctx.run_later(lifecycle::drain_delay(&self.state), |act, ctx| {
             act.close(1001, "node shutting down; reconnect", ctx)
         });
     }
@@ -493,20 +474,8 @@ impl StreamHandler<bool> for FeSession {
     fn finished(&mut self, _: &mut Self::Context) {}
 }
 
-/// The session's API token was revoked.
-impl StreamHandler<TokenFingerprint> for FeSession {
-    fn handle(&mut self, _: TokenFingerprint, ctx: &mut Self::Context) {
-        self.close(crate::control::REVOKED, "credentials revoked", ctx);
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {}
-}
-
-/// The session's user was revoked.
-struct UserRevoked;
-
-impl StreamHandler<UserRevoked> for FeSession {
-    fn handle(&mut self, _: UserRevoked, ctx: &mut Self::Context) {
+impl StreamHandler<Revoked> for FeSession {
+    fn handle(&mut self, _: Revoked, ctx: &mut Self::Context) {
         self.close(crate::control::REVOKED, "credentials revoked", ctx);
     }
 

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod codec;
 pub mod forwardemail;
 pub mod jmap;
+pub mod lifecycle;
 pub mod realtime;
 pub mod rooms;
 

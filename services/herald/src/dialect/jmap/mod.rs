@@ -94,3 +94,8 @@ pub fn encode(decoded: &Decoded) -> Result<Encoded, String> {
         Some(decoded.timestamp_ms),
     ))
 }
+
+mod request;
+mod session;
+
+pub use session::upgrade;

@@ -1,0 +1,391 @@
+//! One `/jmap/ws` session: the upgrade (subprotocol `jmap`, Basic or Bearer), the push
+//! state of its account, coalescing, and the answers to client frames.
+//!
+//! The session is a member of its alias's registry from the start, relayed each change as
+//! the data types it touched with the event's stream sequence. The sequence is the same on
+//! every node, so it is both the state string of each type (the last sequence that changed
+//! it) and the `pushState` (the last sequence seen): a client that enables push with an
+//! old `pushState` — on any node — rejoins with `since`, and the replayed changes coalesce
+//! into one StateChange.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
+use bytestring::ByteString;
+use serde_json::{json, Map, Value};
+
+use super::request::{self, ClientFrame};
+use super::{Change, DataType, RESYNC};
+use crate::dialect::admission::{admit, authorization, login_alias, Admitted, AliasLogin};
+use crate::dialect::codec::Codec;
+use crate::dialect::lifecycle::{self, Revoked};
+use crate::dialect::Refusal;
+use crate::limits::Slot;
+use crate::metrics;
+use crate::outbox::{Frame, Outbox, OutboxReceiver};
+use crate::registry::{Join, Member, Relayed, RoutingKey, SessionId};
+use crate::state::AppState;
+
+/// Dialect label in metrics and the auth callout.
+const DIALECT: &str = "jmap";
+
+/// Whether the client offered the `jmap` subprotocol (RFC 8887 §3).
+fn offers_jmap(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == "jmap")
+}
+
+/// `GET /jmap/ws`: subprotocol, limits and credentials are checked before the upgrade.
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    if !offers_jmap(&req) {
+        return Err(Refusal::BadRequest(
+            "the jmap subprotocol is required: send Sec-WebSocket-Protocol: jmap (RFC 8887)".into(),
+        )
+        .into());
+    }
+    let Admitted { ip, node_slot } = admit(&req, &state).await?;
+    let alias_id = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "alias_id")
+        .map(|(_, v)| v.into_owned());
+    let credentials = authorization(&req, alias_id)?.ok_or_else(|| {
+        metrics::auth_failure(DIALECT);
+        Refusal::Unauthorized(
+            "credentials required: Authorization: Basic base64(alias:password) or Bearer <JWT>"
+                .into(),
+        )
+    })?;
+    let login = login_alias(&state, DIALECT, &credentials, ip).await?;
+    let (mut response, socket, stream) = actix_ws::handle(&req, body)?;
+    response
+        .headers_mut()
+        .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("jmap"));
+    let stream = stream.max_frame_size(state.settings.jmap.max_frame_bytes);
+    JmapSession::start_with(state.into_inner(), login, node_slot, socket, stream);
+    Ok(response)
+}
+
+/// Closes a session from outside (slow consumer).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Evict;
+
+/// One `/jmap/ws` session.
+pub struct JmapSession {
+    id: SessionId,
+    state: Arc<AppState>,
+    login: AliasLogin,
+    outbox: Outbox,
+    writer_task: Option<tokio::task::JoinHandle<()>>,
+    /// Whether the session is a member of its alias's registry.
+    joined: bool,
+    /// While push is enabled: the types pushed (`None`: every type).
+    push: Option<Option<BTreeSet<DataType>>>,
+    /// The last sequence that changed each type: its state string.
+    states: BTreeMap<DataType, u64>,
+    /// Pushed types changed since the last StateChange.
+    pending: BTreeSet<DataType>,
+    /// Whether a StateChange is scheduled for the end of the coalescing window.
+    flush_scheduled: bool,
+    /// Highest sequence seen: the `pushState`.
+    seen: u64,
+    /// Changes at or below this were covered by the client's `pushState`.
+    floor: u64,
+    /// Whether the client showed life since the last keepalive round.
+    alive: bool,
+    _node_slot: Slot<()>,
+}
+
+impl JmapSession {
+    fn start_with(
+        state: Arc<AppState>,
+        login: AliasLogin,
+        node_slot: Slot<()>,
+        socket: actix_ws::Session,
+        stream: actix_ws::MessageStream,
+    ) -> Addr<JmapSession> {
+        JmapSession::create(|ctx| {
+            ctx.add_stream(stream);
+            let addr = ctx.address();
+            let (outbox, receiver): (Outbox, OutboxReceiver) = Outbox::new(
+                state.limits.settings.max_buffered_bytes,
+                Box::new(move || addr.do_send(Evict)),
+            );
+            JmapSession {
+                id: crate::state::next_session_id(),
+                state,
+                login,
+                outbox,
+                writer_task: Some(actix_web::rt::spawn(receiver.run_writer(socket))),
+                joined: false,
+                push: None,
+                states: BTreeMap::new(),
+                pending: BTreeSet::new(),
+                flush_scheduled: false,
+                seen: 0,
+                floor: 0,
+                alive: true,
+                _node_slot: node_slot,
+            }
+        })
+    }
+
+    fn key(&self) -> RoutingKey {
+        RoutingKey::Alias(self.login.alias_id.clone())
+    }
+
+    /// Joins the alias's registry, replaying changes after `since`; frames are handled
+    /// only once the join is in place.
+    fn join(&mut self, since: Option<u64>, ctx: &mut Context<Self>) {
+        if self.joined {
+            self.state.directory.leave(self.key(), self.id);
+        }
+        let join = Join {
+            key: self.key(),
+            member: Member {
+                id: self.id,
+                outbox: self.outbox.clone(),
+                codec: Codec::Jmap,
+                relay: Some(ctx.address().recipient()),
+            },
+            since,
+            announces_resync: true,
+        };
+        self.joined = true;
+        let directory = self.state.directory.clone();
+        ctx.wait(async move { directory.join(join).await }.into_actor(self));
+    }
+
+    fn send(&self, value: &Value) {
+        let _ = self
+            .outbox
+            .push(Frame::Text(ByteString::from(value.to_string())));
+    }
+
+    /// Queues a close frame and stops the actor.
+    fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+        self.outbox.close(Some(CloseReason {
+            code: CloseCode::from(code),
+            description: Some(reason.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    fn pushed(&self, kind: DataType) -> bool {
+        matches!(&self.push, Some(types) if types.as_ref().is_none_or(|t| t.contains(&kind)))
+    }
+
+    /// Records that `types` changed at `seq`; when `report`, pushed ones go out at the end
+    /// of the coalescing window.
+    fn changed(&mut self, types: &[DataType], seq: u64, report: bool, ctx: &mut Context<Self>) {
+        self.seen = self.seen.max(seq);
+        for &kind in types {
+            let state = self.states.entry(kind).or_default();
+            *state = (*state).max(seq);
+            if report && self.pushed(kind) {
+                self.pending.insert(kind);
+            }
+        }
+        if !self.pending.is_empty() && !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.run_later(self.state.settings.jmap.coalesce_window, |act, _| {
+                act.flush_scheduled = false;
+                act.flush();
+            });
+        }
+    }
+
+    /// Pushes one StateChange for every pending type.
+    fn flush(&mut self) {
+        if self.pending.is_empty() || self.push.is_none() {
+            return;
+        }
+        let types: Map<String, Value> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|kind| {
+                let state = self.states.get(&kind).copied().unwrap_or(self.seen);
+                (format!("{kind:?}"), Value::String(state.to_string()))
+            })
+            .collect();
+        self.send(&json!({
+            "@type": "StateChange",
+            "changed": {self.login.alias_id.clone(): types},
+            "pushState": self.seen.to_string(),
+        }));
+    }
+
+    /// The client's `pushState` is older than retention (or not one of ours): report every
+    /// pushed type as changed, at the stream's newest sequence.
+    fn resync(&mut self, ctx: &mut Context<Self>) {
+        let bus = self.state.bus.clone();
+        ctx.spawn(
+            async move { bus.last_sequence().await.ok().flatten() }
+                .into_actor(self)
+                .map(|last, act, ctx| {
+                    let seq = last.unwrap_or_default().max(act.seen).max(act.floor);
+                    act.changed(&DataType::ALL, seq, true, ctx);
+                }),
+        );
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        match request::parse(text, self.state.settings.jmap.max_calls_in_request) {
+            ClientFrame::Reply(reply) => self.send(&reply),
+            ClientFrame::Enable { types, push_state } => {
+                self.push = Some(types.map(|t| t.into_iter().collect()));
+                self.pending.clear();
+                match push_state.map(|s| s.parse::<u64>()) {
+                    None => {}
+                    Some(Ok(since)) => {
+                        self.floor = since;
+                        self.seen = self.seen.max(since);
+                        self.join(Some(since), ctx);
+                    }
+                    Some(Err(_)) => self.resync(ctx),
+                }
+            }
+            ClientFrame::Disable => {
+                self.push = None;
+                self.pending.clear();
+            }
+        }
+    }
+
+    fn keepalive(&mut self, ctx: &mut Context<Self>) {
+        if !self.alive {
+            return self.close(1008, "keepalive timeout: no pong since the last ping", ctx);
+        }
+        self.alive = false;
+        self.outbox.ping();
+    }
+}
+
+impl Actor for JmapSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::session_delta(DIALECT, 1.0);
+        ctx.run_interval(self.state.settings.jmap.ping_interval, |act, ctx| {
+            act.keepalive(ctx)
+        });
+        ctx.add_stream(lifecycle::draining(&self.state));
+        ctx.add_stream(lifecycle::revocations(&self.state, &self.login.principal));
+        self.join(None, ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        metrics::session_delta(DIALECT, -1.0);
+        if self.joined {
+            self.state.directory.leave(self.key(), self.id);
+        }
+        if self.outbox.is_overflowed() {
+            // The client stopped reading: don't wait for its socket, drop it.
+            if let Some(task) = self.writer_task.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// A change (or resync marker) from the alias's registry.
+impl Handler<Relayed> for JmapSession {
+    type Result = ();
+
+    fn handle(&mut self, relayed: Relayed, ctx: &mut Self::Context) {
+        let Frame::Text(text) = &relayed.frame else {
+            return;
+        };
+        if &**text == RESYNC {
+            return self.resync(ctx);
+        }
+        match serde_json::from_str::<Change>(text) {
+            Ok(change) => {
+                let seq = relayed.seq.unwrap_or(self.seen + 1);
+                // Changes the client's pushState already covered are not news to it.
+                let report = seq > self.floor;
+                self.changed(&change.types, seq, report, ctx);
+            }
+            Err(error) => tracing::error!(%error, "undecodable JMAP change from the registry"),
+        }
+    }
+}
+
+impl StreamHandler<Result<Message, ProtocolError>> for JmapSession {
+    fn handle(&mut self, item: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
+        self.alive = true;
+        match item {
+            Ok(Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(Message::Binary(_)) => self.send(&request::request_error(
+                "notJSON",
+                "JMAP frames are JSON text frames, not binary (RFC 8887 §4)",
+                None,
+            )),
+            Ok(Message::Ping(data)) => self.outbox.pong(data),
+            Ok(Message::Close(_)) => {
+                self.outbox.close(None);
+                ctx.stop();
+            }
+            Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop) => {}
+            Err(ProtocolError::Overflow) => {
+                self.send(&request::too_big(self.state.settings.jmap.max_frame_bytes));
+                self.close(
+                    1009,
+                    "frame over jmap.max_frame_bytes (maxSizeRequest)",
+                    ctx,
+                );
+            }
+            Err(error) => {
+                tracing::debug!(session = self.id, %error, "protocol error; closing");
+                self.close(1002, "protocol error", ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Node shutdown: close with 1001 within the drain window.
+impl StreamHandler<bool> for JmapSession {
+    fn handle(&mut self, draining: bool, ctx: &mut Self::Context) {
+        if draining {
+            ctx.run_later(lifecycle::drain_delay(&self.state), |act, ctx| {
+                act.close(1001, "node shutting down; reconnect", ctx)
+            });
+        }
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+impl StreamHandler<Revoked> for JmapSession {
+    fn handle(&mut self, _: Revoked, ctx: &mut Self::Context) {
+        self.close(crate::control::REVOKED, "credentials revoked", ctx);
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+impl Handler<Evict> for JmapSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Evict, ctx: &mut Self::Context) {
+        metrics::slow_consumer();
+        self.close(
+            1013,
+            "slow consumer: reconnect and enable push with your pushState",
+            ctx,
+        );
+    }
+}

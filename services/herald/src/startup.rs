@@ -92,6 +92,7 @@ impl Application {
                 .route("/healthz", web::get().to(http::healthz))
                 .route("/readyz", web::get().to(http::readyz))
                 .route("/v1/ws", web::get().to(dialect::forwardemail::upgrade))
+                .route("/api/v1/ws/connect", web::get().to(dialect::rooms::upgrade))
                 .route("/v1/publish", web::post().to(http::publish::publish));
             if separate_metrics {
                 app

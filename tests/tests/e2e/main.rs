@@ -18,6 +18,7 @@ mod observability;
 mod providers;
 mod publish;
 mod replay;
+mod rooms;
 mod tracing;
 
 use herald_tests::{NatsServer, Node, NodeConfig, Publisher};

@@ -423,3 +423,39 @@ async fn a_frame_over_one_mebibyte_closes_with_1009() {
     alice.ws.send_text(&too_big).await;
     assert_eq!(alice.expect_close().await, Some(1009));
 }
+
+#[tokio::test]
+async fn admission_refusals_are_http_statuses_before_the_upgrade() {
+    let node = memory_node(|c| {
+        c.allowed_origins(&["https://app.example"])
+            .max_sessions_total(1)
+    })
+    .await;
+    let alice = token("42", "alice", Some(&["*"]));
+    let refusal = rooms::connect(&node, &alice)
+        .origin("https://evil.example")
+        .refused()
+        .await;
+    assert_eq!(refusal.status, 403, "origin not allowed: {refusal:?}");
+    let _first = RoomsClient::connect(&node, &alice).await;
+    let refusal = rooms::connect(&node, &alice).refused().await;
+    assert_eq!(refusal.status, 503, "node full: {refusal:?}");
+    assert_eq!(refusal.retry_after(), Some(60), "{refusal:?}");
+}
+
+#[tokio::test]
+async fn an_auth_backend_that_does_not_answer_closes_with_4500() {
+    let nats = NatsServer::start();
+    let list =
+        |items: &[&str]| toml::Value::Array(items.iter().map(|s| toml::Value::from(*s)).collect());
+    let node = Node::start(
+        rooms::with_rooms_auth(NodeConfig::nats(&[nats.url()]))
+            .set("auth.providers", list(&["static", "jwt", "callout"]))
+            .set("auth.dialects.rooms", list(&["callout"]))
+            .set("auth.callout.timeout", "300ms"),
+    )
+    .await;
+    // Nobody answers on herald.v1.auth.request: never access, an internal-error close.
+    let mut ws = RoomsClient::open(&node, &token("42", "alice", None)).await;
+    assert_eq!(ws.expect_close().await, Some(4500));
+}

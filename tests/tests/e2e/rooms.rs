@@ -459,3 +459,40 @@ async fn an_auth_backend_that_does_not_answer_closes_with_4500() {
     let mut ws = RoomsClient::open(&node, &token("42", "alice", None)).await;
     assert_eq!(ws.expect_close().await, Some(4500));
 }
+
+#[tokio::test]
+async fn fragmented_messages_are_put_together_and_count_whole_against_the_limit() {
+    use herald_tests::raw::{opcode, RawFrame};
+    use herald_tests::RawWs;
+
+    let node = memory_node(|c| c).await;
+    let path = format!("{}?token={}", rooms::ROOMS_PATH, token("42", "alice", None));
+    let mut ws = RawWs::connect(node.addr(), &path, &[])
+        .await
+        .unwrap_or_else(|status| panic!("upgrade refused with {status}"));
+    let text = |frame: RawFrame| match frame {
+        RawFrame::Frame {
+            opcode: opcode::TEXT,
+            payload,
+        } => serde_json::from_slice::<Value>(&payload).expect("JSON"),
+        other => panic!("expected a text frame, got {other:?}"),
+    };
+    assert_eq!(text(ws.read_frame(PROMPT).await)["type"], "connected");
+
+    ws.send_fragment(opcode::TEXT, br#"{"type":"pi"#, false)
+        .await;
+    ws.send_fragment(opcode::CONTINUATION, br#"ng","data":7}"#, true)
+        .await;
+    let pong = text(ws.read_frame(PROMPT).await);
+    assert_eq!(
+        (pong["type"].as_str(), &pong["data"]),
+        (Some("pong"), &json!(7))
+    );
+
+    // Each fragment is under 1 MiB; the message is not.
+    let half = vec![b'x'; 600 * 1024];
+    ws.send_fragment(opcode::TEXT, &half, false).await;
+    ws.send_fragment(opcode::CONTINUATION, &half, true).await;
+    let close = ws.read_frame(PROMPT).await;
+    assert_eq!(close.close_code(), Some(1009), "{close:?}");
+}

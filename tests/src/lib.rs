@@ -7,6 +7,7 @@
 //! - [`node`]: [`Node`], a real `herald serve` process started from a [`NodeConfig`].
 //! - [`client`]: `/v1/ws` WebSocket clients over tokio-tungstenite, and refusals.
 //! - [`raw`]: a hand-rolled WebSocket client that never answers pings (dead clients).
+//! - [`rooms`]: `/api/v1/ws/connect` clients and their JWTs.
 //! - [`publisher`]: a foreign producer publishing envelopes to NATS or `POST /v1/publish`.
 //! - [`metrics`]: a Prometheus text scrape.
 //! - [`fixtures`]: the demo credentials and payload builders.
@@ -22,6 +23,7 @@ pub mod node;
 pub mod otlp;
 pub mod publisher;
 pub mod raw;
+pub mod rooms;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

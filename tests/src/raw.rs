@@ -10,6 +10,8 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// WebSocket opcodes (RFC 6455 §5.2).
 pub mod opcode {
+    /// Continuation of a fragmented message.
+    pub const CONTINUATION: u8 = 0x0;
     /// Text data frame.
     pub const TEXT: u8 = 0x1;
     /// Binary data frame.
@@ -198,8 +200,14 @@ impl RawWs {
 
     /// Sends one masked frame, as a client must.
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        self.send_fragment(opcode, payload, true).await;
+    }
+
+    /// Sends one masked frame of a fragmented message: the first with the message's
+    /// opcode, the rest with [`opcode::CONTINUATION`]; `fin` on the last.
+    pub async fn send_fragment(&mut self, opcode: u8, payload: &[u8], fin: bool) {
         let mask = [0x12u8, 0x34, 0x56, 0x78];
-        let mut frame = vec![0x80 | opcode];
+        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
         match payload.len() {
             n if n < 126 => frame.push(0x80 | u8::try_from(n).expect("< 126")),
             n if n <= usize::from(u16::MAX) => {

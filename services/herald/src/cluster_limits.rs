@@ -1,9 +1,11 @@
-//! Limits that hold across the cluster in NATS mode (SPEC §6): sessions per alias and
-//! connections per client address per minute.
+//! Limits that hold across the cluster in NATS mode (SPEC §6): sessions per alias (and
+//! per user of a dialect with such a cap) and connections per client address per minute.
 //!
 //! Both are counted in memory-storage JetStream streams:
 //! - `HERALD_SESSIONS`: one subject per live session,
-//!   `herald.limits.session.<aliasId>.<node>.<lease>`, one message kept per subject and
+//!   `herald.limits.session.<scope>.<key>.<node>.<lease>` (scope `alias` for the per-alias
+//!   cap, `rooms-user` for the rooms dialect's per-user cap, so keys of different caps
+//!   never collide), one message kept per subject and
 //!   expiring after the lease TTL unless the owning node refreshes it. A node that dies
 //!   stops refreshing, so its sessions stop counting within the TTL.
 //! - `HERALD_RATE`: one message per connection attempt on `herald.limits.rate.<address>`,
@@ -81,6 +83,20 @@ impl Drop for Lease {
 /// A client address as one subject token (`127-0-0-1`, `2001-db8-0-0--`).
 fn address_token(ip: IpAddr) -> String {
     ip.to_string().replace(['.', ':'], "-")
+}
+
+/// Any key as one subject token: an identifier (`[A-Za-z0-9_-]+`) as is, anything else
+/// as `%` and its hex bytes, so two different keys never share a token.
+fn key_token(key: &str) -> String {
+    if herald_protocol::subject::validate_identifier(key).is_ok() {
+        return key.to_owned();
+    }
+    let mut token = String::with_capacity(1 + key.len() * 2);
+    token.push('%');
+    for byte in key.bytes() {
+        token.push_str(&format!("{byte:02x}"));
+    }
+    token
 }
 
 impl ClusterLimits {
@@ -212,11 +228,27 @@ impl ClusterLimits {
         alias_id: &str,
         max: usize,
     ) -> Result<Option<Lease>, ()> {
+        self.acquire_scoped("alias", alias_id, max, "max_sessions_per_alias")
+            .await
+    }
+
+    /// Takes a place under the cap of `max` sessions of `key` within `scope` (a subject
+    /// token such as `alias` or `rooms-user`) across the cluster; `limit` names the setting
+    /// in degraded-mode warnings. `key` may be any string (a JWT `sub`, say): it is
+    /// escaped into one subject token. `Ok(None)` when the cluster could not be asked.
+    pub async fn acquire_scoped(
+        self: &Arc<Self>,
+        scope: &str,
+        key: &str,
+        max: usize,
+        limit: &str,
+    ) -> Result<Option<Lease>, ()> {
+        let key = key_token(key);
         let lease_id = self.next_lease.fetch_add(1, Ordering::Relaxed);
-        let subject = format!("{SESSION_PREFIX}.{alias_id}.{}.{lease_id}", self.node);
-        let filter = format!("{SESSION_PREFIX}.{alias_id}.>");
+        let subject = format!("{SESSION_PREFIX}.{scope}.{key}.{}.{lease_id}", self.node);
+        let filter = format!("{SESSION_PREFIX}.{scope}.{key}.>");
         let sessions = self
-            .checked("max_sessions_per_alias", || async {
+            .checked(limit, || async {
                 self.record(subject.clone()).await?;
                 self.count(SESSIONS_STREAM, &filter).await.map(|(n, _)| n)
             })
@@ -281,5 +313,14 @@ mod tests {
         let v6 = address_token("2001:db8::".parse().unwrap());
         assert!(!v6.contains(['.', ':']), "{v6}");
         herald_protocol::subject::validate_identifier(&v6).unwrap();
+    }
+
+    #[test]
+    fn any_key_becomes_one_distinct_subject_token() {
+        assert_eq!(key_token("user-1"), "user-1");
+        let odd = key_token("a.b *>");
+        assert!(!odd.contains(['.', ' ', '*', '>']), "{odd}");
+        assert_ne!(key_token("%61"), key_token("a"));
+        assert_ne!(odd, key_token("a.b"));
     }
 }

@@ -103,6 +103,8 @@ pub struct Settings {
     pub forwardemail: ForwardEmailSettings,
     /// The `/jmap/ws` dialect.
     pub jmap: JmapSettings,
+    /// The `/api/v1/ws/connect` rooms dialect.
+    pub rooms: RoomsSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownSettings,
     /// Logging.
@@ -537,6 +539,37 @@ impl Default for JmapSettings {
     }
 }
 
+/// `[rooms]`: the `/api/v1/ws/connect` dialect (SPEC §4.4).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomsSettings {
+    /// Whether a token without a `rooms` claim may join any room. Off by default: such a
+    /// token may join only `user:<own id>`, so a token minted for another purpose never
+    /// opens every room.
+    pub default_allow: bool,
+    /// Sessions one user may have open across the cluster (the next one closes with 4429).
+    pub max_connections_per_user: usize,
+    /// Largest frame a client may send (1009 above it).
+    pub max_frame_bytes: usize,
+    /// Rooms one session may be in at once (the next `join_room` gets an `error` event).
+    pub max_rooms_per_connection: usize,
+    /// Protocol ping round; a session that sent nothing since the last round is closed.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+}
+
+impl Default for RoomsSettings {
+    fn default() -> Self {
+        RoomsSettings {
+            default_allow: false,
+            max_connections_per_user: 5,
+            max_frame_bytes: 1 << 20,
+            max_rooms_per_connection: 100,
+            ping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
 /// `[shutdown]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -747,6 +780,25 @@ impl Settings {
         }
         if self.jmap.max_calls_in_request == 0 {
             return invalid("jmap.max_calls_in_request", "must be at least 1".into());
+        }
+        let rooms = &self.rooms;
+        for (key, value) in [
+            (
+                "rooms.max_connections_per_user",
+                rooms.max_connections_per_user,
+            ),
+            ("rooms.max_frame_bytes", rooms.max_frame_bytes),
+            (
+                "rooms.max_rooms_per_connection",
+                rooms.max_rooms_per_connection,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be greater than 0".into());
+            }
+        }
+        if rooms.ping_interval < Duration::from_millis(100) {
+            return invalid("rooms.ping_interval", "must be at least 100ms".into());
         }
         if self.forwardemail.auth_frame_timeout.is_zero() {
             return invalid(
@@ -959,6 +1011,15 @@ mod tests {
             assert_eq!(s.auth.providers, ["static"]);
             assert_eq!(s.auth.callout.subject, "herald.v1.auth.request");
             assert_eq!(s.auth.callout.timeout, Duration::from_secs(10));
+            let rooms = &s.rooms;
+            assert!(
+                !rooms.default_allow,
+                "a token without a rooms claim is not an open door"
+            );
+            assert_eq!(rooms.max_connections_per_user, 5);
+            assert_eq!(rooms.max_frame_bytes, 1024 * 1024);
+            assert_eq!(rooms.max_rooms_per_connection, 100);
+            assert_eq!(rooms.ping_interval, Duration::from_secs(30));
         }
     }
 

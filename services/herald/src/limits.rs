@@ -122,6 +122,8 @@ pub struct Limits {
     pub anonymous: Counter<IpAddr>,
     /// Sessions per alias.
     pub per_alias: Counter<String>,
+    /// Sessions per (dialect, user) for dialects that cap them (rooms).
+    pub per_user: Counter<(&'static str, String)>,
     /// Sessions on this node.
     pub total: Counter<()>,
 }
@@ -145,6 +147,7 @@ impl Limits {
             pending_auth: Counter::default(),
             anonymous: Counter::default(),
             per_alias: Counter::default(),
+            per_user: Counter::default(),
             total: Counter::default(),
         })
     }

@@ -93,6 +93,7 @@ impl Application {
                 .route("/readyz", web::get().to(http::readyz))
                 .route("/v1/ws", web::get().to(dialect::forwardemail::upgrade))
                 .route("/jmap/ws", web::get().to(dialect::jmap::upgrade))
+                .route("/api/v1/ws/connect", web::get().to(dialect::rooms::upgrade))
                 .route("/v1/publish", web::post().to(http::publish::publish));
             if separate_metrics {
                 app

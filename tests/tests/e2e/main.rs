@@ -19,6 +19,7 @@ mod observability;
 mod providers;
 mod publish;
 mod replay;
+mod rooms;
 mod tracing;
 
 use herald_tests::{NatsServer, Node, NodeConfig, Publisher};

@@ -210,6 +210,46 @@ pub async fn alias_place(state: &AppState, alias_id: &str) -> Result<AliasPlace,
     })
 }
 
+/// A session's place under its user's cap in one dialect: on this node, and across the
+/// cluster when the cluster could be asked. Dropping it frees both.
+pub struct UserPlace {
+    _node: Slot<(&'static str, String)>,
+    _cluster: Option<Lease>,
+}
+
+/// Takes a place under `user_id`'s cap of `max` sessions of `dialect` (per node, and
+/// cluster-wide in NATS mode) or refuses with 429/4429; `setting` names the cap's key.
+pub async fn user_place(
+    state: &AppState,
+    dialect: &'static str,
+    user_id: &str,
+    (max, setting): (usize, &'static str),
+) -> Result<UserPlace, Refusal> {
+    let full = || {
+        metrics::connection_refused("user_sessions");
+        Refusal::TooMany {
+            reason: format!("user {user_id} already has {max} sessions ({setting})"),
+            retry_after: ALIAS_FULL_RETRY_AFTER,
+        }
+    };
+    let node = state
+        .limits
+        .per_user
+        .try_acquire((dialect, user_id.to_owned()), max)
+        .ok_or_else(full)?;
+    let cluster = match &state.cluster {
+        Some(cluster) => cluster
+            .acquire_scoped(&format!("{dialect}-user"), user_id, max, setting)
+            .await
+            .map_err(|()| full())?,
+        None => None,
+    };
+    Ok(UserPlace {
+        _node: node,
+        _cluster: cluster,
+    })
+}
+
 /// An alias dialect's login: who, as which alias, holding the alias's session place.
 pub struct AliasLogin {
     /// Who the credentials belong to.

@@ -1,0 +1,621 @@
+//! One `/api/v1/ws/connect` session. The upgrade is accepted once the shared admission
+//! checks pass (origin, rate, node cap as HTTP statuses); the `?token=` JWT is checked
+//! right after it, so a bad token is a 4401 close the browser can read, not an opaque
+//! failed upgrade. Then the client joins rooms, and room events reach it through the
+//! registry of each room, on whichever node they were published.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{error_frame, server_frame, Access, Room};
+use crate::auth::{Credentials, Principal, TokenFingerprint};
+use crate::bus::{Bus, BusMessage};
+use crate::dialect::admission::{admit, authenticate, bearer, user_place, Admitted, UserPlace};
+use crate::dialect::codec::Codec;
+use crate::dialect::Refusal;
+use crate::limits::Slot;
+use crate::metrics;
+use crate::outbox::{Frame, Outbox, OutboxReceiver};
+use crate::registry::{Join, Member, SessionId};
+use crate::state::AppState;
+
+/// Dialect label in metrics and auth provider lists.
+const DIALECT: &str = "rooms";
+
+/// Close codes of this dialect (SPEC §4.4).
+pub mod close {
+    /// Missing, bad or expired token.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// A room the token may not join.
+    pub const FORBIDDEN: u16 = 4403;
+    /// More than `rooms.max_connections_per_user` sessions of the user in the cluster.
+    pub const TOO_MANY: u16 = 4429;
+    /// The node could not serve the session (auth backend unreachable, ...): reconnect.
+    pub const INTERNAL: u16 = 4500;
+    /// A client frame over `rooms.max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// Tokens expiring later than this get no expiry timer (they outlive any session).
+const MAX_EXPIRY_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Longest close reason sent (a close frame's payload is at most 125 bytes with the code).
+const MAX_CLOSE_REASON: usize = 120;
+
+/// `GET /api/v1/ws/connect?token=<JWT>`: admits the client (HTTP refusals), upgrades, and
+/// leaves the token to the session.
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let Admitted { ip, node_slot } = admit(&req, &state).await?;
+    let token = token_of(&req);
+    let (response, socket, stream) = actix_ws::handle(&req, body)?;
+    let max_frame = state.settings.rooms.max_frame_bytes;
+    let stream = stream
+        .max_frame_size(max_frame)
+        .aggregate_continuations()
+        .max_continuation_size(max_frame);
+    RoomsSession::start_with(state.into_inner(), ip, token, node_slot, socket, stream);
+    Ok(response)
+}
+
+/// The JWT: `?token=`, else (for non-browser clients) `Authorization: Bearer`.
+fn token_of(req: &HttpRequest) -> Option<String> {
+    url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .or_else(|| {
+            req.headers()
+                .get(actix_web::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer)
+                .map(str::to_owned)
+        })
+        .filter(|t| !t.is_empty())
+}
+
+/// A client frame: `{type, room?, data?}`.
+#[derive(Debug, Deserialize)]
+struct ClientFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    room: Option<Value>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+/// An authenticated user, holding their place under the per-user cap.
+struct User {
+    id: String,
+    /// The rooms the token may join.
+    access: Access,
+    /// `{user_id, username}`: `sender` of what this user publishes, `data` of presence.
+    sender: Value,
+    _place: UserPlace,
+}
+
+/// Closes a session from outside (slow consumer).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Evict {
+    code: u16,
+    reason: &'static str,
+}
+
+/// One rooms session.
+pub struct RoomsSession {
+    id: SessionId,
+    state: Arc<AppState>,
+    ip: IpAddr,
+    /// The JWT until it is checked (then dropped: sessions never keep tokens).
+    token: Option<String>,
+    /// `Some` once the token is checked.
+    user: Option<User>,
+    outbox: Outbox,
+    /// Taken by the writer task when the session starts.
+    writer: Option<(OutboxReceiver, actix_ws::Session)>,
+    writer_task: Option<tokio::task::JoinHandle<()>>,
+    /// Rooms joined: each is one registry membership, left exactly once.
+    rooms: HashSet<Room>,
+    /// Whether the client showed life since the last keepalive round.
+    alive: bool,
+    _node_slot: Slot<()>,
+}
+
+impl RoomsSession {
+    fn start_with(
+        state: Arc<AppState>,
+        ip: IpAddr,
+        token: Option<String>,
+        node_slot: Slot<()>,
+        socket: actix_ws::Session,
+        stream: actix_ws::AggregatedMessageStream,
+    ) -> Addr<RoomsSession> {
+        RoomsSession::create(|ctx| {
+            ctx.add_stream(stream);
+            let addr = ctx.address();
+            let (outbox, receiver) = Outbox::new(
+                state.limits.settings.max_buffered_bytes,
+                Box::new(move || {
+                    addr.do_send(Evict {
+                        code: 1013,
+                        reason: "slow consumer: reconnect",
+                    })
+                }),
+            );
+            RoomsSession {
+                id: crate::state::next_session_id(),
+                state,
+                ip,
+                token,
+                user: None,
+                outbox,
+                writer: Some((receiver, socket)),
+                writer_task: None,
+                rooms: HashSet::new(),
+                alive: true,
+                _node_slot: node_slot,
+            }
+        })
+    }
+
+    fn start_writer(&mut self) {
+        if let Some((receiver, socket)) = self.writer.take() {
+            self.writer_task = Some(actix_web::rt::spawn(receiver.run_writer(socket)));
+        }
+    }
+
+    /// Queues a close frame after what is queued and stops the actor.
+    fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+        let mut end = reason.len().min(MAX_CLOSE_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.outbox.close(Some(CloseReason {
+            code: CloseCode::from(code),
+            description: Some(reason[..end].to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    /// Closes with the rooms code of an admission or auth refusal.
+    fn refuse(&mut self, refusal: &Refusal, ctx: &mut Context<Self>) {
+        let code = match refusal {
+            Refusal::BadRequest(_) | Refusal::Unauthorized(_) => close::UNAUTHORIZED,
+            Refusal::Forbidden(_) => close::FORBIDDEN,
+            Refusal::TooMany { .. } => close::TOO_MANY,
+            Refusal::Unavailable { .. } | Refusal::AuthTimeout => close::INTERNAL,
+        };
+        self.close(code, &refusal.to_string(), ctx);
+    }
+
+    fn push(&self, frame: Frame) {
+        // A refused push means the session is closing already (slow consumer, gone).
+        let _ = self.outbox.push(frame);
+    }
+
+    /// Checks the token and takes the user's place, then welcomes the client. Client
+    /// frames wait meanwhile (`ctx.wait`).
+    fn authenticate(&mut self, ctx: &mut Context<Self>) {
+        let state = Arc::clone(&self.state);
+        let ip = self.ip;
+        let token = self.token.take();
+        let check = async move {
+            let Some(token) = token else {
+                metrics::auth_failure(DIALECT);
+                return Err(Refusal::Unauthorized(
+                    "missing token: connect with ?token=<JWT>".into(),
+                ));
+            };
+            let principal = authenticate(&state, DIALECT, &Credentials::User { token }, ip).await?;
+            let user_id = principal.user_id.clone().ok_or_else(|| {
+                metrics::auth_failure(DIALECT);
+                Refusal::Unauthorized("the token names no user (auth.jwt.user_claim)".into())
+            })?;
+            let cap = state.settings.rooms.max_connections_per_user;
+            let place = user_place(
+                &state,
+                DIALECT,
+                &user_id,
+                (cap, "rooms.max_connections_per_user"),
+            )
+            .await?;
+            Ok((principal, user_id, place))
+        };
+        ctx.wait(check.into_actor(self).map(|result, act, ctx| match result {
+            Ok((principal, user_id, place)) => act.go_live(principal, user_id, place, ctx),
+            Err(refusal) => act.refuse(&refusal, ctx),
+        }));
+    }
+
+    fn go_live(
+        &mut self,
+        principal: Principal,
+        user_id: String,
+        place: UserPlace,
+        ctx: &mut Context<Self>,
+    ) {
+        self.watch_revocations(&principal, &user_id, ctx);
+        if let Some(exp) = principal.claims.get("exp").and_then(Value::as_u64) {
+            let left = exp
+                .saturating_mul(1000)
+                .saturating_sub(crate::registry::now_ms());
+            // Beyond a year the session will have reconnected long before: no timer.
+            if left <= MAX_EXPIRY_TIMER.as_millis() as u64 {
+                ctx.run_later(Duration::from_millis(left), |act, ctx| {
+                    act.close(close::UNAUTHORIZED, "token expired", ctx)
+                });
+            }
+        }
+        let sender = json!({"user_id": user_id, "username": principal.username});
+        let Value::Object(welcome) = json!({
+            "type": "connected",
+            "data": {
+                "message": "Connected successfully",
+                "user_id": user_id,
+                "username": principal.username,
+            },
+        }) else {
+            unreachable!("an object literal")
+        };
+        self.push(server_frame(welcome));
+        self.user = Some(User {
+            access: Access::from_claims(&principal.claims, self.state.settings.rooms.default_allow),
+            id: user_id,
+            sender,
+            _place: place,
+        });
+    }
+
+    /// A `{"userId"}` or `{"token"}` revocation closes the session with 4001.
+    fn watch_revocations(&self, principal: &Principal, user_id: &str, ctx: &mut Context<Self>) {
+        if let Some(token) = principal.token {
+            let revoked = tokio_stream::wrappers::BroadcastStream::new(
+                self.state.token_revocations.subscribe(),
+            )
+            .filter_map(move |r| std::future::ready(r.ok().filter(|t| *t == token)));
+            ctx.add_stream(revoked);
+        }
+        let user_id: Arc<str> = user_id.into();
+        let revoked =
+            tokio_stream::wrappers::BroadcastStream::new(self.state.user_revocations.subscribe())
+                .filter_map(move |r| {
+                    std::future::ready(r.ok().filter(|u| **u == *user_id).map(|_| UserRevoked))
+                });
+        ctx.add_stream(revoked);
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let frame = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(frame) => frame,
+            Err(error) => {
+                return self.push(error_frame(
+                    None,
+                    "bad_frame",
+                    &format!("frames are JSON objects {{\"type\", \"room\"?, \"data\"?}}: {error}"),
+                ))
+            }
+        };
+        match frame.kind.as_str() {
+            "ping" => {
+                let Value::Object(pong) = json!({"type": "pong", "data": frame.data}) else {
+                    unreachable!("an object literal")
+                };
+                self.push(server_frame(pong));
+            }
+            "join_room" => self.join(&frame, ctx),
+            "leave_room" => self.leave(&frame, ctx),
+            "send_message" => self.send_message(frame, ctx),
+            other => self.push(error_frame(
+                None,
+                "unknown_type",
+                &format!(
+                    "unknown type {other:?}: send join_room, leave_room, send_message or ping"
+                ),
+            )),
+        }
+    }
+
+    /// The frame's room, or an `error` event saying what is wrong with it.
+    fn room_of(&self, frame: &ClientFrame) -> Option<Room> {
+        match Room::from_field(frame.room.as_ref()) {
+            Ok(room) => Some(room),
+            Err(error) => {
+                let named = frame.room.as_ref().and_then(Value::as_str);
+                self.push(error_frame(named, "bad_room", &error.to_string()));
+                None
+            }
+        }
+    }
+
+    fn join(&mut self, frame: &ClientFrame, ctx: &mut Context<Self>) {
+        let Some(room) = self.room_of(frame) else {
+            return;
+        };
+        let Some(user) = &self.user else { return };
+        let announce = presence(&room, "user_joined", &user.sender);
+        if !user.access.allows(&room, &user.id) {
+            return self.close(
+                close::FORBIDDEN,
+                &format!("this token may not join room {room}"),
+                ctx,
+            );
+        }
+        let name = room.to_string();
+        if self.rooms.contains(&room) {
+            return self.push(error_frame(
+                Some(&name),
+                "already_joined",
+                &format!("already in room {name}"),
+            ));
+        }
+        let max = self.state.settings.rooms.max_rooms_per_connection;
+        if self.rooms.len() >= max {
+            return self.push(error_frame(
+                Some(&name),
+                "too_many_rooms",
+                &format!("a session may be in at most {max} rooms (rooms.max_rooms_per_connection): leave one first"),
+            ));
+        }
+        let directory = self.state.directory.clone();
+        let join = Join {
+            key: room.key(),
+            member: Member {
+                id: self.id,
+                outbox: self.outbox.clone(),
+                codec: Codec::Rooms,
+                relay: None,
+            },
+            since: None,
+            announces_resync: false,
+        };
+        self.rooms.insert(room);
+        let bus = self.state.bus.clone();
+        // Joined first, then announced: the joiner gets its own `user_joined` as the sign
+        // that events of the room reach it from now on.
+        ctx.wait(
+            async move {
+                directory.join(join).await;
+                publish_logged(&bus, announce).await;
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn leave(&mut self, frame: &ClientFrame, ctx: &mut Context<Self>) {
+        let Some(room) = self.room_of(frame) else {
+            return;
+        };
+        let Some(user) = &self.user else { return };
+        if !self.rooms.remove(&room) {
+            let name = room.to_string();
+            return self.push(error_frame(
+                Some(&name),
+                "not_joined",
+                &format!("not in room {name}"),
+            ));
+        }
+        let announce = presence(&room, "user_left", &user.sender);
+        self.state.directory.leave(room.key(), self.id);
+        let bus = self.state.bus.clone();
+        ctx.wait(async move { publish_logged(&bus, announce).await }.into_actor(self));
+    }
+
+    /// Publishes a `message` to the room's subject, so members on every node get it in
+    /// the order this session sent it (`ctx.wait`: the next frame waits for the ack).
+    fn send_message(&mut self, frame: ClientFrame, ctx: &mut Context<Self>) {
+        let Some(room) = self.room_of(&frame) else {
+            return;
+        };
+        let Some(user) = &self.user else { return };
+        let name = room.to_string();
+        if !self.rooms.contains(&room) {
+            return self.push(error_frame(
+                Some(&name),
+                "not_joined",
+                &format!("join room {name} before sending to it"),
+            ));
+        }
+        let data = match frame.data {
+            None | Some(Value::Null) => {
+                return self.push(error_frame(
+                    Some(&name),
+                    "missing_data",
+                    "send_message needs \"data\" (the message)",
+                ))
+            }
+            Some(data) => data,
+        };
+        let message = room_event(&room, "message", data, &user.sender);
+        let bus = self.state.bus.clone();
+        ctx.wait(
+            async move { bus.publish(message).await }
+                .into_actor(self)
+                .map(move |result, act, _| {
+                    if let Err(error) = result {
+                        tracing::warn!(session = act.id, room = %name, %error, "send_message not published");
+                        act.push(error_frame(
+                            Some(&name),
+                            "unavailable",
+                            "the message was not sent: the bus is unavailable; retry",
+                        ));
+                    }
+                }),
+        );
+    }
+
+    fn keepalive(&mut self, ctx: &mut Context<Self>) {
+        if !self.alive {
+            return self.close(1008, "keepalive timeout: no pong since the last ping", ctx);
+        }
+        self.alive = false;
+        self.outbox.ping();
+    }
+}
+
+/// A room event as the bus carries it: the JSON envelope `{"payload": {type, data, sender}}`
+/// on `herald.v1.room.<prefix>.<id>`.
+fn room_event(room: &Room, kind: &str, data: Value, sender: &Value) -> BusMessage {
+    let envelope = json!({"payload": {"type": kind, "data": data, "sender": sender}});
+    BusMessage {
+        subject: room.subject(),
+        payload: serde_json::to_vec(&envelope)
+            .expect("a JSON value serialises")
+            .into(),
+        json: true,
+        ..BusMessage::default()
+    }
+}
+
+/// `user_joined` / `user_left`: the user is both the data and the sender.
+fn presence(room: &Room, kind: &str, user: &Value) -> BusMessage {
+    room_event(room, kind, user.clone(), user)
+}
+
+/// Publishes a presence event; a failure is logged (presence is best effort).
+async fn publish_logged(bus: &Bus, message: BusMessage) {
+    if let Err(error) = bus.publish(message).await {
+        tracing::warn!(%error, "room presence event not published");
+    }
+}
+
+impl Actor for RoomsSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::session_delta(DIALECT, 1.0);
+        self.start_writer();
+        ctx.run_interval(self.state.settings.rooms.ping_interval, |act, ctx| {
+            act.keepalive(ctx)
+        });
+        ctx.add_stream(tokio_stream::wrappers::WatchStream::new(
+            self.state.shutdown.subscribe(),
+        ));
+        self.authenticate(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        metrics::session_delta(DIALECT, -1.0);
+        let announces: Vec<BusMessage> = self
+            .rooms
+            .drain()
+            .map(|room| {
+                self.state.directory.leave(room.key(), self.id);
+                let user = self.user.as_ref().map(|u| &u.sender);
+                presence(&room, "user_left", user.unwrap_or(&Value::Null))
+            })
+            .collect();
+        if !announces.is_empty() {
+            let bus = self.state.bus.clone();
+            actix_web::rt::spawn(async move {
+                for message in announces {
+                    publish_logged(&bus, message).await;
+                }
+            });
+        }
+        if self.outbox.is_overflowed() {
+            // The client stopped reading: don't wait for its socket, drop it.
+            if let Some(task) = self.writer_task.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for RoomsSession {
+    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+        self.alive = true;
+        match item {
+            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
+            Ok(AggregatedMessage::Binary(_)) => self.push(error_frame(
+                None,
+                "bad_frame",
+                "frames are JSON text, not binary",
+            )),
+            Ok(AggregatedMessage::Ping(data)) => self.outbox.pong(data),
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(_)) => {
+                self.outbox.close(None);
+                ctx.stop();
+            }
+            // A single frame over the limit, or fragments adding up to more than it.
+            Err(ProtocolError::Overflow) => {
+                self.close(close::TOO_BIG, "frame too big (rooms.max_frame_bytes)", ctx)
+            }
+            Err(ProtocolError::Io(error)) if error.to_string().contains("continuation size") => {
+                self.close(
+                    close::TOO_BIG,
+                    "message too big (rooms.max_frame_bytes)",
+                    ctx,
+                )
+            }
+            Err(error) => {
+                tracing::debug!(session = self.id, %error, "protocol error; closing");
+                self.close(1002, "protocol error", ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Node shutdown: close with 1001 at a random moment of the drain window.
+impl StreamHandler<bool> for RoomsSession {
+    fn handle(&mut self, draining: bool, ctx: &mut Self::Context) {
+        if !draining {
+            return;
+        }
+        let window = self.state.settings.shutdown.drain_seconds.max(1) * 1000;
+        let delay = Duration::from_millis(rand::random_range(0..window));
+        ctx.run_later(delay, |act, ctx| {
+            act.close(1001, "node shutting down; reconnect", ctx)
+        });
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+/// The session's token was revoked.
+impl StreamHandler<TokenFingerprint> for RoomsSession {
+    fn handle(&mut self, _: TokenFingerprint, ctx: &mut Self::Context) {
+        self.close(crate::control::REVOKED, "credentials revoked", ctx);
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+/// The session's user was revoked.
+struct UserRevoked;
+
+impl StreamHandler<UserRevoked> for RoomsSession {
+    fn handle(&mut self, _: UserRevoked, ctx: &mut Self::Context) {
+        self.close(crate::control::REVOKED, "credentials revoked", ctx);
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+impl Handler<Evict> for RoomsSession {
+    type Result = ();
+
+    fn handle(&mut self, evict: Evict, ctx: &mut Self::Context) {
+        if evict.code == 1013 {
+            metrics::slow_consumer();
+        }
+        self.close(evict.code, evict.reason, ctx);
+    }
+}

@@ -4,7 +4,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Dialects that label per-dialect series (present at 0 from the start).
-const DIALECTS: &[&str] = &["v1"];
+const DIALECTS: &[&str] = &["v1", "realtime"];
 
 /// Reasons a notification is dropped (`herald_events_dropped_total{reason}`).
 const DROP_REASONS: &[&str] = &["slow_consumer", "closed"];

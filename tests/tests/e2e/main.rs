@@ -17,6 +17,7 @@ mod limits;
 mod observability;
 mod providers;
 mod publish;
+mod realtime;
 mod replay;
 mod tracing;
 

@@ -267,13 +267,16 @@ async fn ws_direct_messages_reach_online_users_on_any_node_and_wait_for_offline_
     assert_eq!(dm["data"]["from"], "alice");
     assert_eq!(dm["data"]["payload"], json!({"hi": 1}));
 
+    // Sent back to back, answered concurrently: stored (and replayed) in sending order.
     for n in 1..=3 {
-        let answer = alice
-            .request(
-                "DirectMessage",
-                json!({"target_user": "dave", "payload": n}),
-            )
+        alice
+            .ws
+            .send_json(&json!({"type": "DirectMessage", "data": {"target_user": "dave", "payload": n}, "id": format!("dm{n}")}))
             .await;
+    }
+    for n in 1..=3 {
+        let id = format!("dm{n}");
+        let answer = alice.take("the queued answer", |f| f["id"] == id).await;
         assert_eq!(answer["type"], "Error", "{answer}");
         assert_eq!(answer["data"]["code"], 404);
         assert_eq!(answer["data"]["details"]["queued"], true);

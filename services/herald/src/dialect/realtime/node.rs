@@ -39,6 +39,8 @@ pub const ACK_PREFIX: &str = "herald.realtime.ack";
 pub const ACK_FIELD: &str = "ack";
 /// The KV bucket of offline direct-message queues.
 const QUEUE_BUCKET: &str = "HERALD_DM_QUEUE";
+/// Read-modify-write attempts on a queue entry before giving up (contention is rare).
+const QUEUE_CAS_ATTEMPTS: usize = 8;
 
 /// Where an offline user's queued direct messages start.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -70,6 +72,30 @@ pub struct RealtimeNode {
     queues: Queues,
     /// `/ws` sessions per user on this node (presence on the memory bus).
     local_users: Mutex<HashMap<String, usize>>,
+}
+
+/// Every node's delivery reports for one stored message.
+pub struct Reports(crate::bus::Subscription);
+
+impl Reports {
+    /// The connection ids reported within `wait`, across the cluster.
+    pub async fn collect(mut self, wait: Duration) -> Vec<String> {
+        let mut connections = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(report)) = tokio::time::timeout_at(deadline, self.0.next()).await {
+            if let Ok(report) = serde_json::from_slice::<Value>(&report.payload) {
+                connections.extend(
+                    report["connections"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned),
+                );
+            }
+        }
+        connections
+    }
 }
 
 /// A session's presence: its lease in the cluster (NATS), released when it closes.
@@ -118,35 +144,20 @@ impl RealtimeNode {
         &self.tag
     }
 
-    /// Publishes `message` with a fresh report subject and collects every node's report for
-    /// `wait`: the connection ids the event was queued to, across the cluster.
+    /// Stores `message` (its payload plus a fresh report subject), having subscribed to the
+    /// reports first: the stored sequence and the reports to [`Reports::collect`].
     pub async fn publish_counted(
         &self,
         mut message: BusMessage,
         message_id: &str,
         mut payload: serde_json::Map<String, Value>,
-        wait: Duration,
-    ) -> Result<(Option<u64>, Vec<String>), crate::bus::BusError> {
+    ) -> Result<(Option<u64>, Reports), crate::bus::BusError> {
         let reply = format!("{ACK_PREFIX}.{message_id}");
-        let mut reports = self.bus.subscribe(&reply).await?;
+        let reports = self.bus.subscribe(&reply).await?;
         payload.insert(ACK_FIELD.into(), reply.into());
         message.payload = json!({ "payload": payload }).to_string().into();
         let ack = self.bus.publish(message).await?;
-        let mut connections = Vec::new();
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(report)) = tokio::time::timeout_at(deadline, reports.next()).await {
-            if let Ok(report) = serde_json::from_slice::<Value>(&report.payload) {
-                connections.extend(
-                    report["connections"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned),
-                );
-            }
-        }
-        Ok((ack.seq, connections))
+        Ok((ack.seq, Reports(reports)))
     }
 
     /// Registers a session of `user_id`: takes its presence lease and says whether the
@@ -285,12 +296,14 @@ impl RealtimeNode {
 
     /// How many direct messages are queued for `user_id`.
     pub async fn queued(&self, user_id: &str) -> Result<usize, String> {
-        Ok(self.queue_entry(user_id).await?.map_or(0, |q| q.count))
+        Ok(self.queue_entry(user_id).await?.map_or(0, |(q, _)| q.count))
     }
 
-    /// Records that a direct message stored at `seq` waits for `user_id`.
+    /// Records that a direct message stored at `seq` waits for `user_id`. Concurrent
+    /// writers (other nodes, other senders) are resolved with the KV revision: the
+    /// earliest `since` wins and every message is counted.
     pub async fn enqueue(&self, user_id: &str, seq: u64) -> Result<(), String> {
-        let entry = match self.queue_entry(user_id).await? {
+        let add = |old: Option<Queued>| match old {
             Some(q) => Queued {
                 since: q.since.min(seq.saturating_sub(1)),
                 count: q.count + 1,
@@ -300,57 +313,79 @@ impl RealtimeNode {
                 count: 1,
             },
         };
-        match &self.queues {
-            Queues::Memory(map) => {
-                map.lock()
-                    .expect("queue lock")
-                    .insert(user_id.to_owned(), (entry, Instant::now()));
-                Ok(())
-            }
-            Queues::Nats { .. } => {
-                let store = self.store().await?;
-                let value = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
-                store
-                    .put(user_id, value.into())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+        if let Queues::Memory(map) = &self.queues {
+            let mut map = map.lock().expect("queue lock");
+            let old = map
+                .get(user_id)
+                .filter(|(_, at)| at.elapsed() <= self.queue_ttl)
+                .map(|(q, _)| *q);
+            let at = map.get(user_id).map_or_else(Instant::now, |(_, at)| *at);
+            map.insert(user_id.to_owned(), (add(old), at));
+            return Ok(());
+        }
+        let store = self.store().await?;
+        for _ in 0..QUEUE_CAS_ATTEMPTS {
+            let (old, revision) = match self.queue_entry(user_id).await? {
+                Some((q, revision)) => (Some(q), revision),
+                None => (None, None),
+            };
+            let value: bytes::Bytes = serde_json::to_vec(&add(old))
+                .map_err(|e| e.to_string())?
+                .into();
+            let written = match revision {
+                Some(revision) => store.update(user_id, value, revision).await.is_ok(),
+                None => store.create(user_id, value).await.is_ok(),
+            };
+            if written {
+                return Ok(());
             }
         }
+        Err(format!(
+            "the offline queue of {user_id} changed {QUEUE_CAS_ATTEMPTS} times while writing; retry"
+        ))
     }
 
     /// Takes `user_id`'s queue: the sequence its replay starts after, if messages wait.
     pub async fn take_queue(&self, user_id: &str) -> Option<u64> {
-        let entry = self.queue_entry(user_id).await.ok().flatten()?;
-        match &self.queues {
-            Queues::Memory(map) => {
-                map.lock().expect("queue lock").remove(user_id);
-            }
-            Queues::Nats { .. } => {
-                if let Ok(store) = self.store().await {
-                    let _ = store.delete(user_id).await;
-                }
+        if let Queues::Memory(map) = &self.queues {
+            let (queued, at) = map.lock().expect("queue lock").remove(user_id)?;
+            return (at.elapsed() <= self.queue_ttl).then_some(queued.since);
+        }
+        let store = self.store().await.ok()?;
+        for _ in 0..QUEUE_CAS_ATTEMPTS {
+            let (queued, revision) = self.queue_entry(user_id).await.ok()??;
+            // Only the version read is deleted: a message queued meanwhile is not lost.
+            if store
+                .delete_expect_revision(user_id, revision)
+                .await
+                .is_ok()
+            {
+                return Some(queued.since);
             }
         }
-        Some(entry.since)
+        None
     }
 
-    async fn queue_entry(&self, user_id: &str) -> Result<Option<Queued>, String> {
+    /// The queue entry of `user_id` and its KV revision (`None` in memory mode).
+    async fn queue_entry(&self, user_id: &str) -> Result<Option<(Queued, Option<u64>)>, String> {
         match &self.queues {
             Queues::Memory(map) => {
-                let mut map = map.lock().expect("queue lock");
-                if map
+                let map = map.lock().expect("queue lock");
+                Ok(map
                     .get(user_id)
-                    .is_some_and(|(_, at)| at.elapsed() > self.queue_ttl)
-                {
-                    map.remove(user_id);
-                }
-                Ok(map.get(user_id).map(|(q, _)| *q))
+                    .filter(|(_, at)| at.elapsed() <= self.queue_ttl)
+                    .map(|(q, _)| (*q, None)))
             }
             Queues::Nats { .. } => {
                 let store = self.store().await?;
-                let value = store.get(user_id).await.map_err(|e| e.to_string())?;
-                Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
+                let entry = store.entry(user_id).await.map_err(|e| e.to_string())?;
+                Ok(entry
+                    .filter(|e| e.operation == kv::Operation::Put)
+                    .and_then(|e| {
+                        serde_json::from_slice(&e.value)
+                            .ok()
+                            .map(|q| (q, Some(e.revision)))
+                    }))
             }
         }
     }

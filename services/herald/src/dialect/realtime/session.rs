@@ -579,9 +579,7 @@ impl RtSession {
         });
         let subject = format!("herald.v1.topic.{topic}");
         self.publish_counted(
-            subject,
-            message_id,
-            payload,
+            (subject, message_id, payload),
             id,
             ctx,
             |message_id, seq, connections| {
@@ -651,9 +649,7 @@ impl RtSession {
                 }
             };
             act.publish_counted(
-                subject,
-                message_id,
-                payload,
+                (subject, message_id, payload),
                 id,
                 ctx,
                 move |message_id, seq, connections| {
@@ -675,71 +671,79 @@ impl RtSession {
 
     /// Publishes a client message with a delivery report subject and answers `Ack` with
     /// what `answer` makes of the recipients, or queues it for an offline user (`Err`).
-    #[allow(clippy::too_many_arguments)]
+    /// Storing blocks the session's next message (so a client's messages are stored in
+    /// the order it sent them); waiting for the reports does not.
     fn publish_counted(
         &mut self,
-        subject: String,
-        message_id: String,
-        payload: Value,
+        (subject, message_id, payload): (String, String, Value),
         id: Option<Value>,
         ctx: &mut Context<Self>,
         answer: impl FnOnce(&str, Option<u64>, &[String]) -> Result<Value, (String, Option<u64>)>
             + 'static,
     ) {
-        let state = Arc::clone(&self.state);
-        let outbox = self.outbox.clone();
-        let wait = state.settings.realtime.ack_wait;
         let Value::Object(payload) = payload else {
             return;
         };
+        let state = Arc::clone(&self.state);
         let message = BusMessage {
             subject,
             json: true,
             msg_id: Some(message_id.clone()),
             ..Default::default()
         };
-        let work = async move {
-            let counted = state
-                .realtime
-                .publish_counted(message, &message_id, payload, wait)
-                .await;
-            let (seq, connections) = match counted {
-                Ok(c) => c,
+        let store = {
+            let state = Arc::clone(&state);
+            let message_id = message_id.clone();
+            async move {
+                state
+                    .realtime
+                    .publish_counted(message, &message_id, payload)
+                    .await
+            }
+        };
+        ctx.wait(store.into_actor(self).map(move |stored, act, ctx| {
+            let (seq, reports) = match stored {
+                Ok(stored) => stored,
                 Err(e) => {
-                    return error(
+                    return act.send(error(
                         503,
                         format!("the message could not be stored: {e}; retry"),
                         json!({"message_id": message_id}),
                         id.as_ref(),
-                    )
+                    ))
                 }
             };
-            match answer(&message_id, seq, &connections) {
-                Ok(data) => frame("Ack", data, id.as_ref()),
-                Err((target, Some(seq))) => match state.realtime.enqueue(&target, seq).await {
-                    Ok(()) => error(
+            let wait = state.settings.realtime.ack_wait;
+            let work = async move {
+                let connections = reports.collect(wait).await;
+                match answer(&message_id, seq, &connections) {
+                    Ok(data) => frame("Ack", data, id.as_ref()),
+                    Err((target, Some(seq))) => match state.realtime.enqueue(&target, seq).await {
+                        Ok(()) => error(
+                            404,
+                            format!("{target} is not connected; the message is queued and delivered when they next connect"),
+                            json!({"message_id": message_id, "queued": true, "target_user": target}),
+                            id.as_ref(),
+                        ),
+                        Err(e) => error(
+                            503,
+                            format!("{target} is not connected and the message could not be queued: {e}"),
+                            json!({"message_id": message_id, "queued": false}),
+                            id.as_ref(),
+                        ),
+                    },
+                    Err((target, None)) => error(
                         404,
-                        format!("{target} is not connected; the message is queued and delivered when they next connect"),
-                        json!({"message_id": message_id, "queued": true, "target_user": target}),
-                        id.as_ref(),
-                    ),
-                    Err(e) => error(
-                        503,
-                        format!("{target} is not connected and the message could not be queued: {e}"),
+                        format!("{target} is not connected"),
                         json!({"message_id": message_id, "queued": false}),
                         id.as_ref(),
                     ),
-                },
-                Err((target, None)) => error(
-                    404,
-                    format!("{target} is not connected"),
-                    json!({"message_id": message_id, "queued": false}),
-                    id.as_ref(),
-                ),
-            }
-        };
-        ctx.spawn(work.into_actor(self).map(move |frame, _, _| {
-            let _ = outbox.push(frame);
+                }
+            };
+            let outbox = act.outbox.clone();
+            ctx.spawn(work.into_actor(act).map(move |frame, _, _| {
+                let _ = outbox.push(frame);
+            }));
         }));
     }
 

@@ -91,6 +91,13 @@ async fn ws_accepts_a_jwt_in_the_query_a_bearer_header_or_a_subprotocol_and_refu
     )
     .await;
     assert_eq!(wrong_key.status, 401, "{wrong_key:?}");
+    assert_eq!(
+        node.metrics()
+            .await
+            .get(r#"herald_sessions{dialect="realtime"}"#),
+        Some(3.0),
+        "sessions are counted under the realtime dialect label"
+    );
     let none = RtClient::refused(connect_to(&node)).await;
     assert_eq!(none.status, 401, "{none:?}");
     assert!(none.body.contains("access_token"), "{}", none.body);
@@ -469,6 +476,11 @@ async fn ws_refuses_oversize_unknown_and_forbidden_messages_and_rate_limits() {
         .request("Broadcast", json!({"topic": "public.other", "payload": 1}))
         .await;
     assert_eq!(forbidden["data"]["code"], 403, "{forbidden}");
+    let mut open = RtClient::connect(&node, "open").await;
+    let spoof = open
+        .request("Broadcast", json!({"topic": "presence.bob", "payload": 1}))
+        .await;
+    assert_eq!(spoof["data"]["code"], 403, "{spoof}");
     let unknown = client.request("Dance", json!({})).await;
     assert_eq!(unknown["data"]["code"], 400, "{unknown}");
     client.ws.send_text("not json").await;

@@ -2,8 +2,8 @@
 //! queues of direct messages for offline users, and presence (who is online anywhere).
 //!
 //! - **Ack counts.** A client Broadcast or DirectMessage is stored with a reserved `ack`
-//!   field naming a reply subject `herald.realtime.ack.<message_id>` (core NATS, never
-//!   stored). Every node's registry that fans the event out calls the [`DeliveryObserver`],
+//!   field naming a reply subject `herald.realtime.ack.<node tag>.<message_id>` (core
+//!   NATS, never stored; each node keeps one subscription to its own `…<tag>.*`). Every node's registry that fans the event out calls the [`DeliveryObserver`],
 //!   which publishes `{"connections": [ids]}` for the sessions it queued the event to;
 //!   the sender's node sums the reports received within `realtime.ack_wait`.
 //! - **Offline queues.** A direct message to a user with no session is stored on
@@ -72,29 +72,42 @@ pub struct RealtimeNode {
     queues: Queues,
     /// `/ws` sessions per user on this node (presence on the memory bus).
     local_users: Mutex<HashMap<String, usize>>,
+    /// Reports awaited by this node's senders, fed by one long-lived subscription to
+    /// `herald.realtime.ack.<tag>.*` (a subscription per message would race NATS's
+    /// interest propagation between servers and cost a SUB/UNSUB each).
+    pending: Pending,
+    /// Set once that subscription exists.
+    inbox_ready: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Every node's delivery reports for one stored message.
-pub struct Reports(crate::bus::Subscription);
+/// Senders of the reports awaited on this node, by message id.
+type Pending = Arc<Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Vec<String>>>>>;
+
+/// Every node's delivery reports for one stored message (unregistered on drop).
+pub struct Reports {
+    message_id: String,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+    pending: Pending,
+}
 
 impl Reports {
     /// The connection ids reported within `wait`, across the cluster.
     pub async fn collect(mut self, wait: Duration) -> Vec<String> {
         let mut connections = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(report)) = tokio::time::timeout_at(deadline, self.0.next()).await {
-            if let Ok(report) = serde_json::from_slice::<Value>(&report.payload) {
-                connections.extend(
-                    report["connections"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned),
-                );
-            }
+        while let Ok(Some(report)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            connections.extend(report);
         }
         connections
+    }
+}
+
+impl Drop for Reports {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .remove(&self.message_id);
     }
 }
 
@@ -112,6 +125,7 @@ impl RealtimeNode {
                 replicas: settings.bus.nats.stream_replicas,
             },
         };
+        let (ready_tx, inbox_ready) = tokio::sync::watch::channel(false);
         let node = Arc::new(RealtimeNode {
             tag: format!("{:08x}", rand::random::<u32>()),
             bus: bus.clone(),
@@ -119,7 +133,10 @@ impl RealtimeNode {
             queue_ttl: settings.realtime.dm_queue_ttl.min(settings.bus.retention),
             queues,
             local_users: Mutex::default(),
+            pending: Pending::default(),
+            inbox_ready,
         });
+        tokio::spawn(Arc::clone(&node).route_reports(ready_tx));
         if node.cluster.is_some() {
             tokio::spawn(Arc::clone(&node).reap_presence(settings.limits.lease_ttl / 2));
         }
@@ -144,20 +161,69 @@ impl RealtimeNode {
         &self.tag
     }
 
-    /// Stores `message` (its payload plus a fresh report subject), having subscribed to the
-    /// reports first: the stored sequence and the reports to [`Reports::collect`].
+    /// Stores `message` (its payload plus this node's report subject for it), having
+    /// registered for its reports first: the stored sequence and the reports to
+    /// [`Reports::collect`].
     pub async fn publish_counted(
         &self,
         mut message: BusMessage,
         message_id: &str,
         mut payload: serde_json::Map<String, Value>,
     ) -> Result<(Option<u64>, Reports), crate::bus::BusError> {
-        let reply = format!("{ACK_PREFIX}.{message_id}");
-        let reports = self.bus.subscribe(&reply).await?;
+        let mut ready = self.inbox_ready.clone();
+        // Only at startup, before the node's report subscription exists.
+        let _ = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(message_id.to_owned(), tx);
+        let reports = Reports {
+            message_id: message_id.to_owned(),
+            rx,
+            pending: Arc::clone(&self.pending),
+        };
+        let reply = format!("{ACK_PREFIX}.{}.{message_id}", self.tag);
         payload.insert(ACK_FIELD.into(), reply.into());
         message.payload = json!({ "payload": payload }).to_string().into();
         let ack = self.bus.publish(message).await?;
-        Ok((ack.seq, Reports(reports)))
+        Ok((ack.seq, reports))
+    }
+
+    /// Routes the reports on this node's subject to the senders awaiting them, for the
+    /// node's lifetime (resubscribing if the bus ends the subscription).
+    async fn route_reports(self: Arc<Self>, ready: tokio::sync::watch::Sender<bool>) {
+        let pattern = format!("{ACK_PREFIX}.{}.*", self.tag);
+        loop {
+            let mut reports = match self.bus.subscribe(&pattern).await {
+                Ok(reports) => reports,
+                Err(error) => {
+                    tracing::error!(%error, "cannot subscribe to /ws delivery reports; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let _ = ready.send(true);
+            while let Some(report) = reports.next().await {
+                let Some(message_id) = report.subject.rsplit('.').next() else {
+                    continue;
+                };
+                let Ok(body) = serde_json::from_slice::<Value>(&report.payload) else {
+                    continue;
+                };
+                let connections: Vec<String> = body["connections"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(tx) = self.pending.lock().expect("pending lock").get(message_id) {
+                    let _ = tx.send(connections);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Registers a session of `user_id`: takes its presence lease and says whether the

@@ -40,6 +40,8 @@ const FEATURES: [&str; 4] = ["broadcast", "direct_message", "presence", "history
 const SUBPROTOCOL_PREFIX: &str = "access_token.";
 /// Close code at JWT expiry.
 const TOKEN_EXPIRED: u16 = 4401;
+/// Topics the server publishes Presence on; clients may subscribe, never broadcast.
+const PRESENCE_PREFIX: &str = "presence.";
 /// The JWT claim with topic permissions: `{"subscribe": [patterns], "publish": [patterns]}`.
 const TOPICS_CLAIM: &str = "topics";
 
@@ -553,6 +555,16 @@ impl RtSession {
                 400,
                 format!(
                     "{topic:?} is not a topic: dot-separated [A-Za-z0-9_-] tokens, no wildcards"
+                ),
+                json!({"topic": topic}),
+                id.as_ref(),
+            ));
+        }
+        if topic.starts_with(PRESENCE_PREFIX) {
+            return self.send(error(
+                403,
+                format!(
+                    "{topic:?} is reserved: presence.<user_id> topics are published by the server"
                 ),
                 json!({"topic": topic}),
                 id.as_ref(),

@@ -159,10 +159,11 @@ impl Connect {
         let outcome = tokio::time::timeout(PROMPT, tokio_tungstenite::connect_async(request)).await;
         match outcome {
             Err(_) => Err(format!("no answer within {PROMPT:?}")),
-            Ok(Ok((stream, _response))) => Ok(Ok(WsClient {
+            Ok(Ok((stream, response))) => Ok(Ok(WsClient {
                 stream,
                 msgpack,
                 hello: Value::Null,
+                response_headers: response.headers().clone(),
             })),
             Ok(Err(tungstenite::Error::Http(response))) => Ok(Err(Refusal {
                 status: response.status().as_u16(),
@@ -269,6 +270,8 @@ pub struct WsClient {
     msgpack: bool,
     /// The `connected` frame, when opened with [`Connect::connect`].
     pub hello: Value,
+    /// Headers of the `101 Switching Protocols` answer (e.g. `Sec-WebSocket-Protocol`).
+    pub response_headers: HeaderMap,
 }
 
 impl std::fmt::Debug for WsClient {

@@ -6,6 +6,7 @@
 //! - [`nats`]: [`NatsServer`] (single JetStream server, restartable) and [`NatsCluster`].
 //! - [`node`]: [`Node`], a real `herald serve` process started from a [`NodeConfig`].
 //! - [`client`]: `/v1/ws` WebSocket clients over tokio-tungstenite, and refusals.
+//! - [`realtime`]: `/ws` clients, test JWTs and node configs for the realtime protocol.
 //! - [`raw`]: a hand-rolled WebSocket client that never answers pings (dead clients).
 //! - [`rooms`]: `/api/v1/ws/connect` clients and their JWTs.
 //! - [`publisher`]: a foreign producer publishing envelopes to NATS or `POST /v1/publish`.
@@ -23,6 +24,7 @@ pub mod node;
 pub mod otlp;
 pub mod publisher;
 pub mod raw;
+pub mod realtime;
 pub mod rooms;
 
 use std::net::TcpListener;

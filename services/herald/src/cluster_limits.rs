@@ -1,13 +1,15 @@
 //! Limits that hold across the cluster in NATS mode (SPEC §6): sessions per alias (and
-//! per user of a dialect with such a cap) and connections per client address per minute.
+//! per user of a dialect with such a cap) and connections per client address per minute;
+//! and the same leases tell `/ws` whether a user is online anywhere (presence).
 //!
 //! Both are counted in memory-storage JetStream streams:
 //! - `HERALD_SESSIONS`: one subject per live session,
 //!   `herald.limits.session.<scope>.<key>.<node>.<lease>` (scope `alias` for the per-alias
 //!   cap, `rooms-user` for the rooms dialect's per-user cap, so keys of different caps
-//!   never collide), one message kept per subject and
-//!   expiring after the lease TTL unless the owning node refreshes it. A node that dies
-//!   stops refreshing, so its sessions stop counting within the TTL.
+//!   never collide) or `herald.limits.user.<userId>.<node>.<lease>` (`/ws` users), one
+//!   message kept per subject and expiring after the lease TTL (`limits.lease_ttl`) unless
+//!   the owning node refreshes it. A node that dies stops refreshing, so its sessions stop
+//!   counting within the TTL.
 //! - `HERALD_RATE`: one message per connection attempt on `herald.limits.rate.<address>`,
 //!   kept for a minute.
 //!
@@ -25,10 +27,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use futures_util::TryStreamExt;
 
-/// How long a session lease lives without a refresh.
-pub const LEASE_TTL: Duration = Duration::from_secs(30);
-/// How often a node refreshes its leases.
-const LEASE_REFRESH: Duration = Duration::from_secs(10);
 /// The window of the per-address connection rate.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// Longest a cluster check may take before the node decides alone.
@@ -36,6 +34,11 @@ const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 const SESSIONS_STREAM: &str = "HERALD_SESSIONS";
 const RATE_STREAM: &str = "HERALD_RATE";
 const SESSION_PREFIX: &str = "herald.limits.session";
+/// Leases of `/ws` users (presence), apart from alias leases so ids never collide.
+const USER_PREFIX: &str = "herald.limits.user";
+/// One subject per live node, refreshed with its leases: tells a lease that expired
+/// (its node died) from one that was released.
+const NODE_PREFIX: &str = "herald.limits.node";
 const RATE_PREFIX: &str = "herald.limits.rate";
 
 /// The verdict of a cluster-wide check.
@@ -54,7 +57,9 @@ pub struct ClusterLimits {
     jetstream: jetstream::Context,
     node: String,
     replicas: usize,
-    /// Lease subjects of this node's live sessions, refreshed every [`LEASE_REFRESH`].
+    /// How long a lease lives without a refresh (`limits.lease_ttl`); refreshed at a third.
+    lease_ttl: Duration,
+    /// Lease subjects of this node's live sessions, refreshed every third of the TTL.
     leases: Mutex<HashSet<String>>,
     next_lease: AtomicU64,
     /// Throttles the "degraded to per-node limits" warning.
@@ -67,8 +72,30 @@ pub struct Lease {
     limits: Arc<ClusterLimits>,
 }
 
+impl Lease {
+    /// Frees the place now and waits until the cluster no longer counts it (so a count
+    /// taken afterwards does not see it), instead of in the background on drop.
+    pub async fn release(mut self) {
+        let subject = std::mem::take(&mut self.subject);
+        self.limits
+            .leases
+            .lock()
+            .expect("lease lock")
+            .remove(&subject);
+        self.limits.forget(&subject).await;
+    }
+
+    /// The lease's subject (unique in the cluster).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
+        if self.subject.is_empty() {
+            return;
+        }
         self.limits
             .leases
             .lock()
@@ -101,11 +128,17 @@ fn key_token(key: &str) -> String {
 
 impl ClusterLimits {
     /// Limits for `node` over the given JetStream context; starts the lease refresher.
-    pub fn start(jetstream: jetstream::Context, node: &str, replicas: usize) -> Arc<ClusterLimits> {
+    pub fn start(
+        jetstream: jetstream::Context,
+        node: &str,
+        replicas: usize,
+        lease_ttl: Duration,
+    ) -> Arc<ClusterLimits> {
         let limits = Arc::new(ClusterLimits {
             jetstream,
             node: node.replace(['.', ' ', '*', '>'], "-"),
             replicas,
+            lease_ttl,
             leases: Mutex::default(),
             next_lease: AtomicU64::new(1),
             last_warning: Mutex::default(),
@@ -117,9 +150,13 @@ impl ClusterLimits {
     async fn ensure_streams(&self) -> Result<(), String> {
         let sessions = stream::Config {
             name: SESSIONS_STREAM.into(),
-            subjects: vec![format!("{SESSION_PREFIX}.>")],
+            subjects: vec![
+                format!("{SESSION_PREFIX}.>"),
+                format!("{USER_PREFIX}.>"),
+                format!("{NODE_PREFIX}.>"),
+            ],
             max_messages_per_subject: 1,
-            max_age: LEASE_TTL,
+            max_age: self.lease_ttl,
             storage: stream::StorageType::Memory,
             num_replicas: self.replicas,
             ..Default::default()
@@ -138,7 +175,8 @@ impl ClusterLimits {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        Ok(())
+        // Count this node as live at once, not only from its next refresh.
+        self.record(format!("{NODE_PREFIX}.{}", self.node)).await
     }
 
     /// Publishes `subject` to its stream, acknowledged.
@@ -243,10 +281,108 @@ impl ClusterLimits {
         max: usize,
         limit: &str,
     ) -> Result<Option<Lease>, ()> {
+        let family = format!("{SESSION_PREFIX}.{scope}");
+        self.acquire(&family, key, max, limit)
+            .await
+            .map(|l| l.map(|(lease, _)| lease))
+    }
+
+    /// Takes a lease for a `/ws` session of `user_id` (no cap): with the number of the
+    /// user's sessions across the cluster, this one included (1 = the user just came
+    /// online). `None` when the cluster could not be asked.
+    pub async fn acquire_user(self: &Arc<Self>, user_id: &str) -> Option<(Lease, usize)> {
+        self.acquire(USER_PREFIX, user_id, usize::MAX, "presence")
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The number of `user_id`'s `/ws` sessions across the cluster; `None` when unknown.
+    pub async fn user_sessions(&self, user_id: &str) -> Option<usize> {
+        let filter = format!("{USER_PREFIX}.{user_id}.>");
+        self.checked("user_sessions", || async {
+            self.count(SESSIONS_STREAM, &filter).await.map(|(n, _)| n)
+        })
+        .await
+    }
+
+    /// Names of the nodes whose leases are alive (refreshed within the lease TTL).
+    pub async fn live_nodes(&self) -> Option<HashSet<String>> {
+        let filter = format!("{NODE_PREFIX}.>");
+        let subjects = self
+            .checked("live_nodes", || async {
+                let stream = self
+                    .jetstream
+                    .get_stream(SESSIONS_STREAM)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                stream
+                    .info_with_subjects(filter.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .try_collect::<Vec<(String, usize)>>()
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+        Some(
+            subjects
+                .into_iter()
+                .filter_map(|(s, _)| s.rsplit('.').next().map(str::to_owned))
+                .collect(),
+        )
+    }
+
+    /// The node a lease subject belongs to (`<prefix>.<key>.<node>.<lease>`).
+    pub fn node_of(lease_subject: &str) -> Option<&str> {
+        lease_subject.rsplit('.').nth(1)
+    }
+
+    /// Every live `/ws` user lease in the cluster, by user id; `None` when unknown.
+    pub async fn user_leases(&self) -> Option<std::collections::HashMap<String, Vec<String>>> {
+        let filter = format!("{USER_PREFIX}.>");
+        let subjects = self
+            .checked("user_leases", || async {
+                let stream = self
+                    .jetstream
+                    .get_stream(SESSIONS_STREAM)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                stream
+                    .info_with_subjects(filter.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .try_collect::<Vec<(String, usize)>>()
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+        let mut users: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (subject, _) in subjects {
+            let user = subject
+                .strip_prefix(USER_PREFIX)
+                .and_then(|r| r.strip_prefix('.'))
+                .and_then(|r| r.split('.').next());
+            if let Some(user) = user {
+                users.entry(user.to_owned()).or_default().push(subject);
+            }
+        }
+        Some(users)
+    }
+
+    /// Takes a place under `key`'s cap of `max` leases in the `prefix` family, with the
+    /// count seen (this lease included); `limit` names the cap in warnings.
+    async fn acquire(
+        self: &Arc<Self>,
+        prefix: &str,
+        key: &str,
+        max: usize,
+        limit: &str,
+    ) -> Result<Option<(Lease, usize)>, ()> {
         let key = key_token(key);
         let lease_id = self.next_lease.fetch_add(1, Ordering::Relaxed);
-        let subject = format!("{SESSION_PREFIX}.{scope}.{key}.{}.{lease_id}", self.node);
-        let filter = format!("{SESSION_PREFIX}.{scope}.{key}.>");
+        let subject = format!("{prefix}.{key}.{}.{lease_id}", self.node);
+        let filter = format!("{prefix}.{key}.>");
         let sessions = self
             .checked(limit, || async {
                 self.record(subject.clone()).await?;
@@ -259,15 +395,18 @@ impl ClusterLimits {
                 self.forget(&subject).await;
                 Err(())
             }
-            Some(_) => {
+            Some(n) => {
                 self.leases
                     .lock()
                     .expect("lease lock")
                     .insert(subject.clone());
-                Ok(Some(Lease {
-                    subject,
-                    limits: Arc::clone(self),
-                }))
+                Ok(Some((
+                    Lease {
+                        subject,
+                        limits: Arc::clone(self),
+                    },
+                    n,
+                )))
             }
         }
     }
@@ -281,16 +420,17 @@ impl ClusterLimits {
 
     /// Keeps this node's leases alive; a node that dies stops, and its leases expire.
     async fn refresh_leases(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(LEASE_REFRESH);
+        let mut tick = tokio::time::interval(self.lease_ttl / 3);
         loop {
             tick.tick().await;
-            let subjects: Vec<String> = self
+            let mut subjects: Vec<String> = self
                 .leases
                 .lock()
                 .expect("lease lock")
                 .iter()
                 .cloned()
                 .collect();
+            subjects.push(format!("{NODE_PREFIX}.{}", self.node));
             let client_publish = subjects.into_iter().map(|s| {
                 let js = self.jetstream.clone();
                 async move { js.publish(s, bytes::Bytes::new()).await.map(|_| ()) }

@@ -22,6 +22,8 @@ const LIST_KEYS: &[&str] = &[
     "auth.dialects.jmap",
     "auth.dialects.realtime",
     "auth.dialects.rooms",
+    "realtime.default_subscribe",
+    "realtime.default_publish",
 ];
 
 /// A bad configuration: which key and why.
@@ -105,6 +107,8 @@ pub struct Settings {
     pub jmap: JmapSettings,
     /// The `/api/v1/ws/connect` rooms dialect.
     pub rooms: RoomsSettings,
+    /// The `/ws` dialect (generic realtime protocol).
+    pub realtime: RealtimeSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownSettings,
     /// Logging.
@@ -464,6 +468,10 @@ pub struct LimitSettings {
     /// How long a blocked address stays blocked.
     #[serde(with = "humantime_serde")]
     pub failed_login_block: Duration,
+    /// How long a cluster-wide session lease (alias caps, `/ws` presence) lives without a
+    /// refresh: a node killed without a goodbye stops counting within this time.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for LimitSettings {
@@ -479,6 +487,7 @@ impl Default for LimitSettings {
             max_anonymous_per_ip: 3,
             failed_logins_per_ip: 10,
             failed_login_block: Duration::from_secs(600),
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -558,6 +567,42 @@ pub struct RoomsSettings {
     pub ping_interval: Duration,
 }
 
+/// `[realtime]`: the `/ws` dialect (SPEC §4.3).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeSettings {
+    /// Largest client message (text or binary) answered normally; bigger ones get `Error 400`.
+    pub max_message_bytes: usize,
+    /// Client messages per second a connection may send (sustained); more get `Error 429`.
+    pub messages_per_second: u32,
+    /// Client messages a connection may send in a burst above the sustained rate.
+    pub burst: u32,
+    /// Topic patterns a token without a `topics.subscribe` claim may subscribe to.
+    pub default_subscribe: Vec<String>,
+    /// Topics a token without a `topics.publish` claim may broadcast to.
+    pub default_publish: Vec<String>,
+    /// Most topic subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// How long a Broadcast/DirectMessage waits for every node's delivery report before
+    /// answering `Ack` (the count is the sum of the reports received in this window).
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// How long a direct message to an offline user stays queued.
+    #[serde(with = "humantime_serde")]
+    pub dm_queue_ttl: Duration,
+    /// Most direct messages queued for one offline user; more get `Error 429`.
+    pub dm_queue_max: usize,
+    /// How long before the JWT's `exp` the session gets `AuthStatus token_expiring`.
+    #[serde(with = "humantime_serde")]
+    pub token_expiry_warning: Duration,
+    /// How long an `X-` custom request waits for its NATS responder.
+    #[serde(with = "humantime_serde")]
+    pub custom_timeout: Duration,
+    /// Keepalive: a protocol ping every interval; no answer by the next one closes.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+}
+
 impl Default for RoomsSettings {
     fn default() -> Self {
         RoomsSettings {
@@ -565,6 +610,25 @@ impl Default for RoomsSettings {
             max_connections_per_user: 5,
             max_frame_bytes: 1 << 20,
             max_rooms_per_connection: 100,
+            ping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for RealtimeSettings {
+    fn default() -> Self {
+        RealtimeSettings {
+            max_message_bytes: 64 * 1024,
+            messages_per_second: 50,
+            burst: 100,
+            default_subscribe: vec![">".into()],
+            default_publish: vec![">".into()],
+            max_subscriptions: 100,
+            ack_wait: Duration::from_millis(300),
+            dm_queue_ttl: Duration::from_secs(24 * 3600),
+            dm_queue_max: 1000,
+            token_expiry_warning: Duration::from_secs(60),
+            custom_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(30),
         }
     }
@@ -854,8 +918,65 @@ impl Settings {
             );
         }
         self.validate_providers()?;
+        if self.limits.lease_ttl < Duration::from_secs(1) {
+            return invalid(
+                "limits.lease_ttl",
+                "must be at least 1s (default 30s)".into(),
+            );
+        }
+        self.validate_realtime()?;
         if let Err(e) = herald_telemetry::validate_level(&self.log.level) {
             return invalid("log.level", e.to_string());
+        }
+        Ok(())
+    }
+
+    fn validate_realtime(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        let rt = &self.realtime;
+        if rt.max_message_bytes < 64 {
+            return invalid(
+                "realtime.max_message_bytes",
+                "must be at least 64 bytes (default 65536)".into(),
+            );
+        }
+        if rt.messages_per_second == 0 || rt.burst == 0 {
+            return invalid(
+                "realtime.messages_per_second",
+                "messages_per_second and burst must be at least 1".into(),
+            );
+        }
+        for (key, list) in [
+            ("realtime.default_subscribe", &rt.default_subscribe),
+            ("realtime.default_publish", &rt.default_publish),
+        ] {
+            if let Some(bad) = list
+                .iter()
+                .find(|p| crate::dialect::realtime::validate_pattern(p).is_err())
+            {
+                return invalid(
+                    key,
+                    format!("{bad:?} is not a topic pattern (dot-separated [A-Za-z0-9_-] tokens, `*`, or a final `>`)"),
+                );
+            }
+        }
+        if rt.ack_wait.is_zero() || rt.ack_wait > Duration::from_secs(10) {
+            return invalid(
+                "realtime.ack_wait",
+                "must be between 1ms and 10s (default 300ms)".into(),
+            );
+        }
+        if rt.dm_queue_max == 0 || rt.dm_queue_ttl.is_zero() {
+            return invalid(
+                "realtime.dm_queue_max",
+                "dm_queue_max and dm_queue_ttl must be greater than 0".into(),
+            );
+        }
+        if rt.custom_timeout.is_zero() || rt.ping_interval.is_zero() {
+            return invalid(
+                "realtime.ping_interval",
+                "ping_interval and custom_timeout must be greater than 0".into(),
+            );
         }
         Ok(())
     }
@@ -1020,7 +1141,33 @@ mod tests {
             assert_eq!(rooms.max_frame_bytes, 1024 * 1024);
             assert_eq!(rooms.max_rooms_per_connection, 100);
             assert_eq!(rooms.ping_interval, Duration::from_secs(30));
+            assert_eq!(s.realtime.max_message_bytes, 64 * 1024);
+            assert_eq!(s.limits.lease_ttl, Duration::from_secs(30));
         }
+    }
+
+    #[test]
+    fn bad_realtime_settings_name_their_key() {
+        let key_of = |edit: &dyn Fn(&mut Settings)| {
+            let mut s = Settings::load(None).unwrap();
+            edit(&mut s);
+            match s.validate() {
+                Err(ConfigError::Invalid { key, .. }) => key,
+                other => panic!("expected a config error, got {other:?}"),
+            }
+        };
+        assert_eq!(
+            key_of(&|s| s.realtime.default_subscribe = vec!["a.>.b".into()]),
+            "realtime.default_subscribe"
+        );
+        assert_eq!(
+            key_of(&|s| s.realtime.max_message_bytes = 0),
+            "realtime.max_message_bytes"
+        );
+        assert_eq!(
+            key_of(&|s| s.limits.lease_ttl = Duration::ZERO),
+            "limits.lease_ttl"
+        );
     }
 
     #[test]

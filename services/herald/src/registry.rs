@@ -142,6 +142,16 @@ pub struct CloseAll {
 #[rtype(result = "()")]
 pub struct Retire;
 
+/// Told, after a live fan-out of an event it asked about, which sessions of this node the
+/// event was queued (or held) for: `/ws` reports Broadcast and DirectMessage recipients to
+/// the sender with it.
+pub trait DeliveryObserver: Send + Sync + std::fmt::Debug {
+    /// Whether this event's recipients are wanted (so other fan-outs collect nothing).
+    fn wants(&self, decoded: &Decoded) -> bool;
+    /// The sessions `decoded` was queued or held for.
+    fn delivered(&self, decoded: &Decoded, sessions: &[SessionId]);
+}
+
 /// Settings every registry needs.
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
@@ -152,6 +162,8 @@ pub struct RegistrySettings {
     /// A session's output budget (`limits.max_buffered_bytes`), also for frames held
     /// while its `since` replay runs.
     pub max_buffered_bytes: usize,
+    /// Told who received the live fan-outs it wants (`/ws` Ack counts).
+    pub on_delivered: Option<Arc<dyn DeliveryObserver>>,
 }
 
 /// What became of one fan-out's frames for the sessions of one codec.
@@ -254,7 +266,7 @@ impl Registry {
         &self,
         message: &BusMessage,
         wanted: [bool; CODECS],
-    ) -> Option<[Vec<Encoded>; CODECS]> {
+    ) -> Option<(Decoded, [Vec<Encoded>; CODECS])> {
         let decoded = match Decoded::new(message) {
             Ok(decoded) => decoded,
             Err(reason) => {
@@ -278,7 +290,7 @@ impl Registry {
         if failed {
             metrics::bus_decode_error();
         }
-        Some(frames)
+        Some((decoded, frames))
     }
 
     /// Fans one live message out to every member (held for members still catching up).
@@ -314,9 +326,15 @@ impl Registry {
         }
         let _receive = receive.enter();
         let wanted = self.per_codec.map(|n| n > 0);
-        let Some(frames) = self.frames(&message, wanted) else {
+        let Some((decoded, frames)) = self.frames(&message, wanted) else {
             return;
         };
+        let observed = self
+            .settings
+            .on_delivered
+            .as_ref()
+            .filter(|o| o.wants(&decoded));
+        let mut delivered_to = Vec::new();
         metrics::event_received();
         let bytes = frames
             .each_ref()
@@ -380,6 +398,9 @@ impl Registry {
                 if let Some(held) = &mut state.held {
                     held.push((message.seq, frame.clone()));
                     counts[codec].held += 1;
+                    if observed.is_some() {
+                        delivered_to.push(state.member.id);
+                    }
                     continue;
                 }
                 let delivery = Delivery {
@@ -387,7 +408,12 @@ impl Registry {
                     trace: write_parents[codec].clone(),
                 };
                 match state.member.push(frame.clone(), message.seq, delivery) {
-                    Ok(()) => counts[codec].queued += 1,
+                    Ok(()) => {
+                        counts[codec].queued += 1;
+                        if observed.is_some() {
+                            delivered_to.push(state.member.id);
+                        }
+                    }
                     Err(error) => {
                         counts[codec].dropped += 1;
                         metrics::event_dropped(match error {
@@ -408,6 +434,10 @@ impl Registry {
             }
         }
         metrics::events_delivered(counts.iter().map(|c| c.queued).sum());
+        if let Some(observer) = observed {
+            delivered_to.dedup();
+            observer.delivered(&decoded, &delivered_to);
+        }
     }
 
     /// Ends a member's catch-up: replayed events, then the live frames held meanwhile that
@@ -436,7 +466,7 @@ impl Registry {
                 metrics::events_replayed(missed.len() as u64);
                 for message in &missed {
                     let seq = message.seq.unwrap_or(upto);
-                    if let Some(mut frames) = self.frames(message, wanted) {
+                    if let Some((_, mut frames)) = self.frames(message, wanted) {
                         let frames = std::mem::take(&mut frames[codec.index()]);
                         out.extend(frames.into_iter().map(|(f, _)| (message.seq, f)));
                     }
@@ -668,6 +698,7 @@ mod bench {
             },
             node: "bench".into(),
             max_buffered_bytes: 1 << 20,
+            on_delivered: None,
         });
         let mut registry = Registry::new(RoutingKey::Alias("a1".into()), bus, settings);
         let mut receivers = Vec::with_capacity(members);
@@ -783,6 +814,7 @@ mod tests {
             },
             node: "test".into(),
             max_buffered_bytes: 2_000,
+            on_delivered: None,
         });
         let mut registry = Registry::new(RoutingKey::Alias("a1".into()), bus, settings);
         let evicted = Arc::new(AtomicUsize::new(0));

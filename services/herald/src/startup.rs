@@ -49,26 +49,30 @@ impl Application {
                 Bus::Nats(Box::new(NatsBus::connect(&settings.bus, &node_name).await?))
             }
         };
+        let cluster = match &bus {
+            Bus::Nats(nats) => Some(crate::cluster_limits::ClusterLimits::start(
+                nats.jetstream().clone(),
+                &node_name,
+                settings.bus.nats.stream_replicas,
+                settings.limits.lease_ttl,
+            )),
+            Bus::Memory(_) => None,
+        };
+        let realtime = dialect::realtime::RealtimeNode::new(&settings, &bus, cluster.clone());
         let registry_settings = Arc::new(RegistrySettings {
             codec: dialect::codec::CodecSettings {
                 max_notification_bytes: settings.limits.max_notification_bytes,
             },
             node: node_name.clone(),
             max_buffered_bytes: settings.limits.max_buffered_bytes,
+            on_delivered: Some(realtime.delivery_observer()),
         });
         let shards = std::thread::available_parallelism().map_or(2, |n| n.get());
         let directory = Directory::start(shards, bus.clone(), registry_settings);
-        let cluster = match &bus {
-            Bus::Nats(nats) => Some(crate::cluster_limits::ClusterLimits::start(
-                nats.jetstream().clone(),
-                &node_name,
-                settings.bus.nats.stream_replicas,
-            )),
-            Bus::Memory(_) => None,
-        };
         let auth = Authenticator::new(&settings, &bus)?;
         let state = web::Data::new(AppState {
             cluster,
+            realtime,
             auth,
             limits: Limits::new(&settings.limits),
             settings: Arc::clone(&settings),
@@ -94,6 +98,7 @@ impl Application {
                 .route("/v1/ws", web::get().to(dialect::forwardemail::upgrade))
                 .route("/jmap/ws", web::get().to(dialect::jmap::upgrade))
                 .route("/api/v1/ws/connect", web::get().to(dialect::rooms::upgrade))
+                .route("/ws", web::get().to(dialect::realtime::upgrade))
                 .route("/v1/publish", web::post().to(http::publish::publish));
             if separate_metrics {
                 app

@@ -31,6 +31,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Cluster-wide limits (NATS mode only).
     pub cluster: Option<Arc<ClusterLimits>>,
+    /// `/ws` node state: Ack counts, offline queues, presence.
+    pub realtime: Arc<crate::dialect::realtime::RealtimeNode>,
     /// Set on SIGTERM: readiness off, upgrades refused.
     pub draining: AtomicBool,
     /// Renders `/metrics`.

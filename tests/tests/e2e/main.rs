@@ -18,6 +18,7 @@ mod limits;
 mod observability;
 mod providers;
 mod publish;
+mod realtime;
 mod replay;
 mod rooms;
 mod tracing;

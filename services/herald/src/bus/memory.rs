@@ -223,19 +223,35 @@ impl MemoryBus {
         if since > streams.last_seq {
             return Replay::ResyncRequired;
         }
-        let Some(stream) = streams.keys.get_mut(key) else {
-            return Replay::Messages(Vec::new());
+        let (retention, ring_size) = (self.inner.retention, self.inner.ring_size);
+        // A wildcard pattern (a `/ws` topic subscription such as `updates.*`) covers
+        // several keys: their retained events, merged in sequence order.
+        let wildcard = key.split('.').any(|t| t == "*" || t == ">");
+        let mut missed: Vec<BusMessage> = Vec::new();
+        let streams: Vec<&mut KeyStream> = if wildcard {
+            streams
+                .keys
+                .iter_mut()
+                .filter(|(name, _)| matches(key, name))
+                .map(|(_, stream)| stream)
+                .collect()
+        } else {
+            streams.keys.get_mut(key).into_iter().collect()
         };
-        stream.expire(self.inner.retention, self.inner.ring_size);
-        if since < stream.evicted_upto {
-            return Replay::ResyncRequired;
+        for stream in streams {
+            stream.expire(retention, ring_size);
+            if since < stream.evicted_upto {
+                return Replay::ResyncRequired;
+            }
+            missed.extend(
+                stream
+                    .ring
+                    .iter()
+                    .filter(|(_, m)| m.seq.is_some_and(|s| s > since))
+                    .map(|(_, m)| m.clone()),
+            );
         }
-        let missed: Vec<BusMessage> = stream
-            .ring
-            .iter()
-            .filter(|(_, m)| m.seq.is_some_and(|s| s > since))
-            .map(|(_, m)| m.clone())
-            .collect();
+        missed.sort_by_key(|m| m.seq);
         if missed.len() > MAX_REPLAY {
             return Replay::ResyncRequired;
         }
@@ -276,6 +292,23 @@ mod tests {
             subject: subject.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn wildcard_topic_replay_merges_matching_keys_in_order() {
+        let bus = MemoryBus::default();
+        for subject in [
+            "herald.v1.topic.updates.a",
+            "herald.v1.topic.other.a",
+            "herald.v1.topic.updates.b",
+        ] {
+            bus.publish(msg(subject));
+        }
+        let Replay::Messages(missed) = bus.replay("herald.v1.topic.updates.*", 0) else {
+            panic!("expected messages");
+        };
+        let seqs: Vec<_> = missed.iter().map(|m| m.seq.unwrap()).collect();
+        assert_eq!(seqs, [1, 3]);
     }
 
     #[tokio::test]

@@ -1,38 +1,101 @@
 //! `/ws`: the generic realtime protocol (SPEC §4.3). Frames are `{type, data, id?,
-//! timestamp?, metadata?}` JSON text frames.
+//! timestamp?, metadata?}` JSON text frames; binary frames are `[type][len][payload]`.
+//!
+//! A session authenticates with a JWT before the upgrade, joins its user's registry
+//! (`RoutingKey::User`: direct messages, notifications, queued messages) and one topic
+//! registry per subscription pattern (`RoutingKey::Topic`: NATS does the wildcard
+//! matching). Broadcasts and direct messages go through the bus like any producer's
+//! event; [`node::RealtimeNode`] counts their recipients across the cluster.
+
+mod node;
+mod session;
 
 use bytestring::ByteString;
 use herald_protocol::Subject;
 use serde_json::{json, Value};
 
+pub use node::RealtimeNode;
+pub use session::upgrade;
+
 use crate::dialect::codec::{Decoded, Encoded};
 use crate::outbox::Frame;
+
+/// Dialect label in metrics and auth provider lists.
+pub const DIALECT: &str = "realtime";
 
 /// The frame telling a client its `since` is older than retention: refetch.
 pub fn resync_frame() -> Option<Frame> {
     Some(Frame::Text(ByteString::from_static(
-        r#"{"type":"Status","data":{"status":"resync_required"}}"#,
+        r#"{"type":"Status","data":{"status":"resync_required","message":"events after your since are no longer retained: refetch state, then subscribe without since"}}"#,
     )))
 }
 
-/// A topic or user event as a `/ws` frame: the envelope's payload is the frame
-/// (`{type, data, metadata?}`); a payload without `type` is broadcast as it is.
+/// Checks a subscription pattern: dot-separated tokens, each `[A-Za-z0-9_-]{1,128}` or `*`,
+/// and `>` only as the last token.
+pub fn validate_pattern(pattern: &str) -> Result<(), String> {
+    let tokens: Vec<&str> = pattern.split('.').collect();
+    for (i, token) in tokens.iter().enumerate() {
+        let ok = match *token {
+            "*" => true,
+            ">" => i == tokens.len() - 1,
+            t => herald_protocol::subject::validate_identifier(t).is_ok(),
+        };
+        if !ok {
+            return Err(format!(
+                "topic pattern {pattern:?} is invalid: tokens are [A-Za-z0-9_-]{{1,128}} or `*`, separated by dots, and `>` may only be the last token"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the permission pattern `allowed` covers everything `requested` (a topic or a
+/// pattern) can match: `>` covers the rest, `*` covers one token (not `>`).
+pub fn covers(allowed: &str, requested: &str) -> bool {
+    let mut requested = requested.split('.');
+    for a in allowed.split('.') {
+        match (a, requested.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(r)) if r != ">" => {}
+            (a, Some(r)) if a == r && a != "*" && a != ">" => {}
+            _ => return false,
+        }
+    }
+    requested.next().is_none()
+}
+
+/// A topic or user event as a `/ws` frame. The envelope's payload is the frame when it has
+/// a `type` (`Broadcast`, `DirectMessage`, `Notification`, `Presence`, ...); a topic payload
+/// without one is delivered as `Broadcast {topic, payload}`, a user payload without one as
+/// `Notification`. `data.metadata` gets `message_id`, `sent_at` (ms) and `seq`, and the
+/// frame a top-level `seq` to resume from with `Subscribe.since`.
 pub fn encode(decoded: &Decoded) -> Result<Encoded, String> {
     let payload = &decoded.envelope.payload;
-    let frame = match &decoded.subject {
-        Subject::Topic(topic) => match payload.get("type") {
-            Some(Value::String(_)) => Value::Object(payload.clone()),
-            _ => json!({
-                "type": "Broadcast",
-                "data": {"topic": topic, "payload": payload},
-            }),
-        },
-        Subject::User(_) => Value::Object(payload.clone()),
-        other => return Err(format!("{other} is not a /ws topic or user subject")),
+    let typed = matches!(payload.get("type"), Some(Value::String(_)));
+    let mut frame = match (&decoded.subject, typed) {
+        (Subject::Topic(_) | Subject::User(_), true) => {
+            let mut map = payload.clone();
+            map.remove(node::ACK_FIELD);
+            Value::Object(map)
+        }
+        (Subject::Topic(topic), false) => json!({
+            "type": "Broadcast",
+            "data": {"topic": topic, "payload": payload},
+        }),
+        (Subject::User(_), false) => json!({"type": "Notification", "data": payload}),
+        (other, _) => return Err(format!("{other} is not a /ws topic or user subject")),
     };
-    let mut frame = frame;
-    if let Some(map) = frame.as_object_mut() {
-        let metadata = map.entry("metadata").or_insert_with(|| json!({}));
+    let Some(map) = frame.as_object_mut() else {
+        return Err("a /ws frame is a JSON object".into());
+    };
+    if let Some(seq) = decoded.seq {
+        map.insert("seq".into(), seq.into());
+    }
+    map.entry("timestamp")
+        .or_insert_with(|| decoded.timestamp_ms.into());
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if let Some(data) = data.as_object_mut() {
+        let metadata = data.entry("metadata").or_insert_with(|| json!({}));
         if let Some(metadata) = metadata.as_object_mut() {
             metadata
                 .entry("message_id")
@@ -49,4 +112,35 @@ pub fn encode(decoded: &Decoded) -> Result<Encoded, String> {
         Frame::Text(ByteString::from(frame.to_string())),
         Some(decoded.timestamp_ms),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_patterns_cover_topics_and_narrower_patterns() {
+        assert!(covers(">", "a.b"));
+        assert!(covers(">", "a.>"));
+        assert!(covers("updates.>", "updates.a.b"));
+        assert!(covers("updates.*", "updates.a"));
+        assert!(covers("updates.*", "updates.*"));
+        assert!(!covers("updates.*", "updates.>"));
+        assert!(!covers("updates.*", "updates.a.b"));
+        assert!(!covers("updates.a", "updates.*"));
+        assert!(!covers("updates.>", "updates"));
+        assert!(!covers("other.>", "updates.a"));
+        assert!(covers("chat.room1", "chat.room1"));
+    }
+
+    #[test]
+    fn patterns_allow_wildcards_only_as_whole_tokens() {
+        assert!(validate_pattern("updates.*").is_ok());
+        assert!(validate_pattern("updates.>").is_ok());
+        assert!(validate_pattern(">").is_ok());
+        assert!(validate_pattern("a.>.b").is_err());
+        assert!(validate_pattern("a.b*").is_err());
+        assert!(validate_pattern("a..b").is_err());
+        assert!(validate_pattern("").is_err());
+    }
 }

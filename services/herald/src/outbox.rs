@@ -1,15 +1,20 @@
 //! A session's outbound queue: bounded by bytes, not by count, and drained by one writer
 //! task per socket so a slow client never delays the registry that fans out to it.
+//!
+//! The queue is a `VecDeque` behind a mutex with a `Notify`, not a tokio channel: an idle
+//! session then holds no queue memory at all (a tokio unbounded channel allocates a
+//! 32-slot block up front, about 2.5 KiB a session — the loadtest's idle scenario).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix_ws::CloseReason;
 use bytes::Bytes;
 use bytestring::ByteString;
 use herald_protocol::WireFormat;
 use herald_telemetry::TraceContext;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::metrics;
 
@@ -75,31 +80,104 @@ pub enum PushError {
 /// Called once when a session first overflows, so its actor can close it at once.
 pub type OnOverflow = Box<dyn Fn() + Send + Sync>;
 
+/// Queue capacity kept after a burst drains; more is given back.
+const KEPT_CAPACITY: usize = 16;
+
+/// The queue proper and whether either end is gone.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// Every [`Outbox`] was dropped: the writer ends once the queue is empty.
+    senders_gone: bool,
+    /// The [`OutboxReceiver`] was dropped: pushes fail with [`PushError::Closed`].
+    receiver_gone: bool,
+}
+
 struct State {
+    queue: Mutex<Queue>,
+    /// Wakes the writer; `notify_one` keeps a permit when the writer is not waiting yet.
+    wake: Notify,
     buffered: AtomicUsize,
     limit: usize,
     overflowed: AtomicBool,
     on_overflow: OnOverflow,
 }
 
+impl State {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // A panic while holding the lock cannot leave the queue half-updated.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, out: Outbound) -> Result<(), PushError> {
+        let mut queue = self.queue();
+        if queue.receiver_gone {
+            return Err(PushError::Closed);
+        }
+        queue.items.push_back(out);
+        drop(queue);
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// Marks the senders gone when the last [`Outbox`] clone is dropped.
+struct Senders(Arc<State>);
+
+impl Drop for Senders {
+    fn drop(&mut self) {
+        self.0.queue().senders_gone = true;
+        self.0.wake.notify_one();
+    }
+}
+
 /// The sending half, cloned into every registry the session joins.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Outbound>,
     state: Arc<State>,
+    _senders: Arc<Senders>,
 }
 
 /// The receiving half, consumed by [`Outbox::run_writer`].
 pub struct OutboxReceiver {
-    rx: mpsc::UnboundedReceiver<Outbound>,
     state: Arc<State>,
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        let mut queue = self.state.queue();
+        queue.receiver_gone = true;
+        queue.items = VecDeque::new();
+    }
+}
+
+impl OutboxReceiver {
+    /// The next queued item; `None` once every sender is gone and the queue is empty.
+    async fn recv(&self) -> Option<Outbound> {
+        loop {
+            {
+                let mut queue = self.state.queue();
+                if let Some(out) = queue.items.pop_front() {
+                    if queue.items.is_empty() && queue.items.capacity() > KEPT_CAPACITY {
+                        queue.items.shrink_to(KEPT_CAPACITY);
+                    }
+                    return Some(out);
+                }
+                if queue.senders_gone {
+                    return None;
+                }
+            }
+            self.state.wake.notified().await;
+        }
+    }
 }
 
 impl Outbox {
     /// A new queue that overflows past `limit` bytes.
     pub fn new(limit: usize, on_overflow: OnOverflow) -> (Outbox, OutboxReceiver) {
-        let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(State {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
             buffered: AtomicUsize::new(0),
             limit,
             overflowed: AtomicBool::new(false),
@@ -107,10 +185,10 @@ impl Outbox {
         });
         (
             Outbox {
-                tx,
                 state: Arc::clone(&state),
+                _senders: Arc::new(Senders(Arc::clone(&state))),
             },
-            OutboxReceiver { rx, state },
+            OutboxReceiver { state },
         )
     }
 
@@ -134,9 +212,11 @@ impl Outbox {
             }
             return Err(PushError::SlowConsumer);
         }
-        self.tx
+        self.state
             .send(Outbound::Frame(frame, delivery))
-            .map_err(|_| PushError::Closed)
+            .inspect_err(|_| {
+                self.state.buffered.fetch_sub(len, Ordering::Relaxed);
+            })
     }
 
     /// Marks the session a slow consumer (its owner closes it with 1013), as if a push
@@ -154,17 +234,17 @@ impl Outbox {
 
     /// Queues a protocol ping (not counted: it is tiny and must not starve).
     pub fn ping(&self) {
-        let _ = self.tx.send(Outbound::Ping);
+        let _ = self.state.send(Outbound::Ping);
     }
 
     /// Answers a client's ping.
     pub fn pong(&self, data: Bytes) {
-        let _ = self.tx.send(Outbound::Pong(data));
+        let _ = self.state.send(Outbound::Pong(data));
     }
 
     /// Queues a close after what is already queued; the writer stops after it.
     pub fn close(&self, reason: Option<CloseReason>) {
-        let _ = self.tx.send(Outbound::Close(reason));
+        let _ = self.state.send(Outbound::Close(reason));
     }
 }
 
@@ -172,8 +252,8 @@ impl OutboxReceiver {
     /// Writes queued frames to the socket until a close, an error, or every sender is gone.
     /// An overflowed queue is abandoned: the session closes with 1013 and the client resumes
     /// with `since`.
-    pub async fn run_writer(mut self, mut socket: actix_ws::Session) {
-        while let Some(out) = self.rx.recv().await {
+    pub async fn run_writer(self, mut socket: actix_ws::Session) {
+        while let Some(out) = self.recv().await {
             if self.state.overflowed.load(Ordering::Relaxed) {
                 let _ = socket
                     .close(Some(CloseReason {
@@ -252,6 +332,35 @@ mod tests {
         );
         assert_eq!(outbox.push(frame), Err(PushError::SlowConsumer));
         assert_eq!(calls.load(Ordering::Relaxed), 1, "the session is told once");
+    }
+
+    #[tokio::test]
+    async fn the_writer_side_gets_items_in_order_then_ends_when_senders_are_gone() {
+        let (outbox, rx) = Outbox::new(1 << 20, Box::new(|| {}));
+        assert_eq!(rx.state.queue().items.capacity(), 0, "idle: no queue memory");
+        let second = outbox.clone();
+        let reader = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(out) = rx.recv().await {
+                if let Outbound::Frame(Frame::Binary(b), _) = out {
+                    seen.push(b[0]);
+                }
+            }
+            seen
+        });
+        for i in 0..100u8 {
+            let sender = if i % 2 == 0 { &outbox } else { &second };
+            sender
+                .push(Frame::Binary(Bytes::copy_from_slice(&[i])))
+                .unwrap();
+            if i % 10 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(outbox);
+        drop(second);
+        let seen = reader.await.unwrap();
+        assert_eq!(seen, (0..100).collect::<Vec<u8>>());
     }
 
     #[test]

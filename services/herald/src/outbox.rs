@@ -337,7 +337,11 @@ mod tests {
     #[tokio::test]
     async fn the_writer_side_gets_items_in_order_then_ends_when_senders_are_gone() {
         let (outbox, rx) = Outbox::new(1 << 20, Box::new(|| {}));
-        assert_eq!(rx.state.queue().items.capacity(), 0, "idle: no queue memory");
+        assert_eq!(
+            rx.state.queue().items.capacity(),
+            0,
+            "idle: no queue memory"
+        );
         let second = outbox.clone();
         let reader = tokio::spawn(async move {
             let mut seen = Vec::new();

@@ -18,7 +18,7 @@ use crate::dialect::admission::{
     admit, authorization, bearer_credentials, credentials, login_alias, Admitted, AliasLogin,
     ALIAS_FULL_RETRY_AFTER,
 };
-use crate::dialect::lifecycle::{self, Revoked};
+use crate::dialect::lifecycle;
 use crate::dialect::Refusal;
 use crate::limits::Slot;
 use crate::metrics;
@@ -459,28 +459,7 @@ impl StreamHandler<Result<Message, ProtocolError>> for FeSession {
     }
 }
 
-/// Node shutdown: close with 1001 at a random moment of the drain window, so clients
-/// reconnect to other nodes gradually rather than all at once.
-impl StreamHandler<bool> for FeSession {
-    fn handle(&mut self, draining: bool, ctx: &mut Self::Context) {
-        if !draining {
-            return;
-        }
-        ctx.run_later(lifecycle::drain_delay(&self.state), |act, ctx| {
-            act.close(1001, "node shutting down; reconnect", ctx)
-        });
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {}
-}
-
-impl StreamHandler<Revoked> for FeSession {
-    fn handle(&mut self, _: Revoked, ctx: &mut Self::Context) {
-        self.close(crate::control::REVOKED, "credentials revoked", ctx);
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {}
-}
+lifecycle::closes_on_drain_and_revocation!(FeSession);
 
 impl Handler<Evict> for FeSession {
     type Result = ();

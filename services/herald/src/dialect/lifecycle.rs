@@ -39,3 +39,35 @@ pub fn drain_delay(state: &AppState) -> Duration {
     let window = state.settings.shutdown.drain_seconds.max(1) * 1000;
     Duration::from_millis(rand::random_range(0..window))
 }
+
+/// Implements what every session actor does with [`draining`] and [`revocations`]:
+/// close with 1001 at [`drain_delay`], and with 4001 when revoked. The actor needs a
+/// `state: Arc<AppState>` field and a `close(&mut self, code, reason, ctx)` method.
+macro_rules! closes_on_drain_and_revocation {
+    ($session:ty) => {
+        /// Node shutdown: close with 1001 within the drain window.
+        impl actix::StreamHandler<bool> for $session {
+            fn handle(&mut self, draining: bool, ctx: &mut Self::Context) {
+                if draining {
+                    actix::AsyncContext::run_later(
+                        ctx,
+                        $crate::dialect::lifecycle::drain_delay(&self.state),
+                        |act, ctx| act.close(1001, "node shutting down; reconnect", ctx),
+                    );
+                }
+            }
+
+            fn finished(&mut self, _: &mut Self::Context) {}
+        }
+
+        impl actix::StreamHandler<$crate::dialect::lifecycle::Revoked> for $session {
+            fn handle(&mut self, _: $crate::dialect::lifecycle::Revoked, ctx: &mut Self::Context) {
+                self.close($crate::control::REVOKED, "credentials revoked", ctx);
+            }
+
+            fn finished(&mut self, _: &mut Self::Context) {}
+        }
+    };
+}
+
+pub(crate) use closes_on_drain_and_revocation;

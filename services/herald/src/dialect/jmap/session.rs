@@ -22,7 +22,7 @@ use super::request::{self, ClientFrame};
 use super::{Change, DataType, RESYNC};
 use crate::dialect::admission::{admit, authorization, login_alias, Admitted, AliasLogin};
 use crate::dialect::codec::Codec;
-use crate::dialect::lifecycle::{self, Revoked};
+use crate::dialect::lifecycle;
 use crate::dialect::Refusal;
 use crate::limits::Slot;
 use crate::metrics;
@@ -356,26 +356,7 @@ impl StreamHandler<Result<Message, ProtocolError>> for JmapSession {
     }
 }
 
-/// Node shutdown: close with 1001 within the drain window.
-impl StreamHandler<bool> for JmapSession {
-    fn handle(&mut self, draining: bool, ctx: &mut Self::Context) {
-        if draining {
-            ctx.run_later(lifecycle::drain_delay(&self.state), |act, ctx| {
-                act.close(1001, "node shutting down; reconnect", ctx)
-            });
-        }
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {}
-}
-
-impl StreamHandler<Revoked> for JmapSession {
-    fn handle(&mut self, _: Revoked, ctx: &mut Self::Context) {
-        self.close(crate::control::REVOKED, "credentials revoked", ctx);
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {}
-}
+lifecycle::closes_on_drain_and_revocation!(JmapSession);
 
 impl Handler<Evict> for JmapSession {
     type Result = ();

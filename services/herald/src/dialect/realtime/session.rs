@@ -13,7 +13,6 @@ use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::future::join_all;
-use futures_util::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use herald_protocol::subject::{validate_identifier, validate_topic};
 use serde_json::{json, Map, Value};
@@ -21,10 +20,11 @@ use sha2::Digest;
 
 use super::node::PresenceLease;
 use super::{covers, validate_pattern, DIALECT};
-use crate::auth::{Credentials, Principal, TokenFingerprint};
+use crate::auth::{Credentials, Principal};
 use crate::bus::{Bus, BusMessage};
 use crate::dialect::admission::{admit, authenticate, bearer, Admitted};
 use crate::dialect::codec::Codec;
+use crate::dialect::lifecycle;
 use crate::dialect::Refusal;
 use crate::limits::Slot;
 use crate::metrics;
@@ -170,9 +170,6 @@ struct Evict {
     code: u16,
     reason: &'static str,
 }
-
-/// The session's user was revoked.
-struct UserRevoked;
 
 /// One `/ws` session.
 pub struct RtSession {
@@ -944,23 +941,8 @@ impl Actor for RtSession {
         metrics::session_delta(DIALECT, 1.0);
         let interval = self.state.settings.realtime.ping_interval;
         ctx.run_interval(interval, |act, ctx| act.keepalive(ctx));
-        ctx.add_stream(tokio_stream::wrappers::WatchStream::new(
-            self.state.shutdown.subscribe(),
-        ));
-        if let Some(token) = self.principal.token {
-            let revoked = tokio_stream::wrappers::BroadcastStream::new(
-                self.state.token_revocations.subscribe(),
-            )
-            .filter_map(move |r| std::future::ready(r.ok().filter(|t| *t == token)));
-            ctx.add_stream(revoked);
-        }
-        let user_id = self.user_id.clone();
-        let revoked =
-            tokio_stream::wrappers::BroadcastStream::new(self.state.user_revocations.subscribe())
-                .filter_map(move |r| {
-                    std::future::ready(r.ok().filter(|u| **u == *user_id).map(|_| UserRevoked))
-                });
-        ctx.add_stream(revoked);
+        ctx.add_stream(lifecycle::draining(&self.state));
+        ctx.add_stream(lifecycle::revocations(&self.state, &self.principal));
         self.watch_expiry(ctx);
         self.go_live(ctx);
     }
@@ -1041,38 +1023,7 @@ impl StreamHandler<Result<Message, ProtocolError>> for RtSession {
     }
 }
 
-/// Node shutdown: close with 1001 at a random moment of the drain window.
-impl StreamHandler<bool> for RtSession {
-    fn handle(&mut self, draining: bool, ctx: &mut Self::Context) {
-        if !draining {
-            return;
-        }
-        let window = self.state.settings.shutdown.drain_seconds.max(1) * 1000;
-        let delay = Duration::from_millis(rand::random_range(0..window));
-        ctx.run_later(delay, |act, ctx| {
-            act.close(1001, "node shutting down; reconnect", ctx)
-        });
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {}
-}
-
-/// The session's token was revoked.
-impl StreamHandler<TokenFingerprint> for RtSession {
-    fn handle(&mut self, _: TokenFingerprint, ctx: &mut Self::Context) {
-        self.close(crate::control::REVOKED, "credentials revoked", ctx);
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {}
-}
-
-impl StreamHandler<UserRevoked> for RtSession {
-    fn handle(&mut self, _: UserRevoked, ctx: &mut Self::Context) {
-        self.close(crate::control::REVOKED, "credentials revoked", ctx);
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {}
-}
+lifecycle::closes_on_drain_and_revocation!(RtSession);
 
 impl Handler<Evict> for RtSession {
     type Result = ();

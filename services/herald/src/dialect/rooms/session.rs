@@ -12,15 +12,15 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{error_frame, server_frame, Access, Room};
-use crate::auth::{Credentials, Principal, TokenFingerprint};
+use crate::auth::{Credentials, Principal};
 use crate::bus::{Bus, BusMessage};
 use crate::dialect::admission::{admit, authenticate, bearer, user_place, Admitted, UserPlace};
 use crate::dialect::codec::Codec;
+use crate::dialect::lifecycle;
 use crate::dialect::Refusal;
 use crate::limits::Slot;
 use crate::metrics;
@@ -247,7 +247,7 @@ impl RoomsSession {
         place: UserPlace,
         ctx: &mut Context<Self>,
     ) {
-        self.watch_revocations(&principal, &user_id, ctx);
+        ctx.add_stream(lifecycle::revocations(&self.state, &principal));
         if let Some(exp) = principal.claims.get("exp").and_then(Value::as_u64) {
             let left = exp
                 .saturating_mul(1000)
@@ -277,24 +277,6 @@ impl RoomsSession {
             sender,
             _place: place,
         });
-    }
-
-    /// A `{"userId"}` or `{"token"}` revocation closes the session with 4001.
-    fn watch_revocations(&self, principal: &Principal, user_id: &str, ctx: &mut Context<Self>) {
-        if let Some(token) = principal.token {
-            let revoked = tokio_stream::wrappers::BroadcastStream::new(
-                self.state.token_revocations.subscribe(),
-            )
-            .filter_map(move |r| std::future::ready(r.ok().filter(|t| *t == token)));
-            ctx.add_stream(revoked);
-        }
-        let user_id: Arc<str> = user_id.into();
-        let revoked =
-            tokio_stream::wrappers::BroadcastStream::new(self.state.user_revocations.subscribe())
-                .filter_map(move |r| {
-                    std::future::ready(r.ok().filter(|u| **u == *user_id).map(|_| UserRevoked))
-                });
-        ctx.add_stream(revoked);
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
@@ -500,9 +482,7 @@ impl Actor for RoomsSession {
         ctx.run_interval(self.state.settings.rooms.ping_interval, |act, ctx| {
             act.keepalive(ctx)
         });
-        ctx.add_stream(tokio_stream::wrappers::WatchStream::new(
-            self.state.shutdown.subscribe(),
-        ));
+        ctx.add_stream(lifecycle::draining(&self.state));
         self.authenticate(ctx);
     }
 
@@ -573,41 +553,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for RoomsSession {
     }
 }
 
-/// Node shutdown: close with 1001 at a random moment of the drain window.
-impl StreamHandler<bool> for RoomsSession {
-    fn handle(&mut self, draining: bool, ctx: &mut Self::Context) {
-        if !draining {
-            return;
-        }
-        let window = self.state.settings.shutdown.drain_seconds.max(1) * 1000;
-        let delay = Duration::from_millis(rand::random_range(0..window));
-        ctx.run_later(delay, |act, ctx| {
-            act.close(1001, "node shutting down; reconnect", ctx)
-        });
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {}
-}
-
-/// The session's token was revoked.
-impl StreamHandler<TokenFingerprint> for RoomsSession {
-    fn handle(&mut self, _: TokenFingerprint, ctx: &mut Self::Context) {
-        self.close(crate::control::REVOKED, "credentials revoked", ctx);
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {}
-}
-
-/// The session's user was revoked.
-struct UserRevoked;
-
-impl StreamHandler<UserRevoked> for RoomsSession {
-    fn handle(&mut self, _: UserRevoked, ctx: &mut Self::Context) {
-        self.close(crate::control::REVOKED, "credentials revoked", ctx);
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {}
-}
+lifecycle::closes_on_drain_and_revocation!(RoomsSession);
 
 impl Handler<Evict> for RoomsSession {
     type Result = ();

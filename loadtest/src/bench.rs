@@ -701,6 +701,8 @@ async fn run_system(
         two_nodes_scenario(system, name, options, sink).await?;
     }
     if wants(Scenario::IdleCluster) && sizes.cluster_idle_sessions > 0 {
+        // Lets the kernel free the earlier scenarios' sockets before ΔSlab is read.
+        tokio::time::sleep(sizes.settle).await;
         idle_cluster_scenario(system, name, options, sink).await?;
     }
     Ok(())

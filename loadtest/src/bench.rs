@@ -870,6 +870,7 @@ async fn idle_cluster_scenario(
         system,
         urls: running.urls.clone(),
         server_pids: running.server_pids.clone(),
+        bus_pids: running.bus_pids.clone(),
         sessions: sizes.cluster_idle_sessions,
         aliases: IDLE_ALIASES,
         sources: sources(sizes.cluster_idle_sessions),

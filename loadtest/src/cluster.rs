@@ -49,6 +49,8 @@ pub struct ClusterIdleOptions {
     pub urls: Vec<String>,
     /// Pid of every server process, in the order of `urls`.
     pub server_pids: Vec<u32>,
+    /// The bus behind them (herald's nats-server, Redis), for its CPU; may be empty.
+    pub bus_pids: Vec<u32>,
     /// Sessions in all.
     pub sessions: usize,
     /// Aliases every generator spreads its sessions over (`a0000`…).
@@ -82,6 +84,9 @@ pub struct ClusterIdleReport {
     pub nodes: usize,
     /// Generator processes.
     pub generators: usize,
+    /// The bus's CPU while connecting (herald: its nats-server, which answers every
+    /// node's cluster-wide limit checks), percent of one core; `None` without a bus.
+    pub bus_cpu_percent_connecting: Option<f64>,
     /// RSS of each server process after the settle time, bytes.
     pub node_rss_after_bytes: Vec<u64>,
     /// `Slab` of `/proc/meminfo` before the first connect (machine-wide), bytes.
@@ -251,6 +256,7 @@ pub async fn run(options: ClusterIdleOptions) -> anyhow::Result<ClusterIdleRepor
 
     let slab_before = procfs::meminfo_bytes("Slab")?;
     let before = procfs::sample_all(&options.server_pids)?;
+    let bus_before = procfs::sample_all(&options.bus_pids)?;
     let started = Instant::now();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut generators = Vec::with_capacity(shares.len());
@@ -298,6 +304,10 @@ pub async fn run(options: ClusterIdleOptions) -> anyhow::Result<ClusterIdleRepor
     }
     let connect_secs = started.elapsed().as_secs_f64();
     let connected_at = procfs::sample_all(&options.server_pids)?;
+    let bus_cpu_percent_connecting = (!options.bus_pids.is_empty())
+        .then(|| procfs::sample_all(&options.bus_pids))
+        .transpose()?
+        .map(|bus| Usage::between(bus_before, bus).cpu_percent);
     tokio::time::sleep(options.settle).await;
     let after = procfs::sample_all(&options.server_pids)?;
     let slab_after = procfs::meminfo_bytes("Slab")?;
@@ -345,6 +355,7 @@ pub async fn run(options: ClusterIdleOptions) -> anyhow::Result<ClusterIdleRepor
             connected_at,
             after,
             connect_secs,
+            bus_cpu_percent_connecting,
             server_open_fds,
             node_rss_after_bytes,
             slab: (slab_before, slab_after),
@@ -359,6 +370,7 @@ struct Combined {
     connected_at: procfs::Sample,
     after: procfs::Sample,
     connect_secs: f64,
+    bus_cpu_percent_connecting: Option<f64>,
     server_open_fds: usize,
     node_rss_after_bytes: Vec<u64>,
     slab: (u64, u64),
@@ -412,6 +424,7 @@ fn combine(options: &ClusterIdleOptions, parts: Vec<IdleReport>, m: Combined) ->
         idle,
         nodes: options.urls.len(),
         generators: parts.len(),
+        bus_cpu_percent_connecting: m.bus_cpu_percent_connecting,
         node_rss_after_bytes: m.node_rss_after_bytes,
         kernel_slab_before_bytes: m.slab.0,
         kernel_slab_after_bytes: m.slab.1,

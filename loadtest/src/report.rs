@@ -500,6 +500,11 @@ fn idle_table(md: &mut String, title: &str, results: &[Value], scenario: &str) {
                 num(r, &["sessions_connected"], 0),
                 num(r, &["connect_rate_per_sec"], 0),
                 num(r, &["server_cpu_percent_connecting"], 0),
+            ]);
+            if cluster {
+                row.push(num(r, &["bus_cpu_percent_connecting"], 0));
+            }
+            row.extend([
                 num(r, &["generator_cpu_percent_connecting"], 0),
                 mib(r, &["server", "rss_before_bytes"]),
                 mib(r, &["server", "rss_after_bytes"]),
@@ -526,6 +531,11 @@ fn idle_table(md: &mut String, title: &str, results: &[Value], scenario: &str) {
         "connected",
         "connect/s",
         "server CPU connecting %",
+    ]);
+    if cluster {
+        headers.push("bus CPU connecting %");
+    }
+    headers.extend([
         "generator CPU %",
         "RSS before MiB",
         "RSS after MiB",

@@ -6,7 +6,9 @@
 //! Scenarios per system and run: `idle` (memory per idle session, connect storm rate),
 //! `fanout` (ramp of publish rates until p99 > limit, then one step at half the maximum),
 //! `big-payload` (100 KiB `eml`); herald also `two-nodes` (two nodes on one NATS, the
-//! sessions of every alias spread over both).
+//! sessions of every alias spread over both); `idle-cluster` (50,000 idle sessions over
+//! three server processes and three generator processes, see [`crate::cluster`]).
+//! `--scenarios` selects a subset.
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::cluster::{self, ClusterIdleOptions};
 use crate::idle::{self, IdleOptions};
 use crate::latency::{self, LatencyOptions, Step};
 use crate::nodeconfig::NodeConfig;
@@ -32,8 +35,37 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const TOKEN: &str = "herald-demo-token";
 /// Aliases every server knows (idle sessions spread over them).
 const IDLE_ALIASES: usize = 1000;
+/// Wait after the last idle session connected before reading RSS.
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
 /// Deadline per session for connect + handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The scenarios of a run (`--scenarios`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Idle sessions on one server process: memory per session, connect storm.
+    Idle,
+    /// Fan-out ramp to the maximum sustainable rate.
+    Fanout,
+    /// 100 KiB notifications.
+    BigPayload,
+    /// herald only: two nodes on one NATS.
+    TwoNodes,
+    /// Idle sessions over several server and generator processes (50,000 in full runs;
+    /// not in `--quick` unless `--idle-cluster-sessions` is given).
+    IdleCluster,
+}
+
+impl Scenario {
+    /// Every scenario, in run order.
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Idle,
+        Scenario::Fanout,
+        Scenario::BigPayload,
+        Scenario::TwoNodes,
+        Scenario::IdleCluster,
+    ];
+}
 
 /// Programs the benchmark starts.
 #[derive(Debug, Clone)]
@@ -42,6 +74,8 @@ pub struct Tools {
     pub herald: PathBuf,
     /// `nats-server`.
     pub nats_server: PathBuf,
+    /// `herald-loadtest` itself, run as the idle-cluster generators (`idle --hold`).
+    pub generator: Option<PathBuf>,
     /// The Forward Email reference; without it that system is skipped.
     pub forwardemail: Option<NodeTools>,
 }
@@ -86,6 +120,11 @@ pub struct Sizes {
     pub big_rate: f64,
     /// Two herald nodes on one NATS (fan-out sessions spread over both): events/s; 0 = skip.
     pub two_nodes_rate: f64,
+    /// Idle sessions over `cluster_nodes` server processes; 0 = skip.
+    pub cluster_idle_sessions: usize,
+    /// Server processes of the idle-cluster scenario (as many generator processes, or a
+    /// multiple when one each cannot hold their share).
+    pub cluster_nodes: usize,
     /// Bytes of `eml` in the small probes.
     pub eml_bytes: usize,
     /// Wait for missing probes after each step.
@@ -114,6 +153,8 @@ impl Sizes {
             big_eml_bytes: 100 * 1024,
             big_rate: 50.0,
             two_nodes_rate: 1000.0,
+            cluster_idle_sessions: 50_000,
+            cluster_nodes: 3,
             eml_bytes: 256,
             drain_timeout: Duration::from_secs(5),
             settle: Duration::from_secs(2),
@@ -131,6 +172,7 @@ impl Sizes {
             step_secs: 2.0,
             big_sessions: 20,
             big_rate: 20.0,
+            cluster_idle_sessions: 0,
             ..Sizes::full()
         }
     }
@@ -155,6 +197,8 @@ pub struct BenchOptions {
     pub sizes: Sizes,
     /// Systems to compare (those whose tools are missing are refused).
     pub systems: Vec<System>,
+    /// Scenarios to run (each only where its sizes are non-zero).
+    pub scenarios: Vec<Scenario>,
     /// Output directory (report.md, report.json, plots, logs/, raw/).
     pub out: PathBuf,
     /// Pinning, if any.
@@ -307,7 +351,8 @@ struct Running {
     bus_pids: Vec<u32>,
 }
 
-/// Starts `system` with `nodes` server nodes (only herald has more than one).
+/// Starts `system` with `nodes` server processes: herald nodes on one NATS, a NATS
+/// cluster (raw NATS), Node processes on one Redis (the reference).
 async fn start(
     system: System,
     nodes: usize,
@@ -384,32 +429,59 @@ async fn start(
             })
         }
         System::NatsWs => {
-            let (port, ws_port) = (free_port()?, free_port()?);
-            let config = work.join("nats-ws.conf");
-            std::fs::write(
-                &config,
-                format!(
-                    "listen: \"127.0.0.1:{port}\"\nmax_connections: 100000\n\
-                     websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n  \
-                     authorization {{ token: \"{TOKEN}\" }}\n}}\n"
-                ),
-            )?;
-            let pid = stack.spawn(
-                &format!("{name}-nats-ws"),
-                &options.tools.nats_server,
-                &["-c".into(), config.display().to_string()],
-                &[],
-                server_cpu,
-            )?;
-            stack.wait_ready("nats-server", port, false).await?;
-            stack
-                .wait_ready("nats-server websocket", ws_port, false)
-                .await?;
+            // Several nodes: a NATS cluster (routes between them), how nats-server scales out.
+            let route_ports = (0..nodes)
+                .map(|_| free_port())
+                .collect::<anyhow::Result<Vec<u16>>>()?;
+            let routes = route_ports
+                .iter()
+                .map(|p| format!("\"nats://127.0.0.1:{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut urls = Vec::new();
+            let mut server_pids = Vec::new();
+            let mut publish_url = String::new();
+            for (node, route_port) in route_ports.iter().enumerate() {
+                let (port, ws_port) = (free_port()?, free_port()?);
+                let cluster = if nodes > 1 {
+                    format!(
+                        "cluster {{\n  name: \"loadtest\"\n  listen: \"127.0.0.1:{route_port}\"\n  \
+                         routes: [{routes}]\n}}\n"
+                    )
+                } else {
+                    String::new()
+                };
+                let config = work.join(format!("nats-ws-{node}.conf"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "listen: \"127.0.0.1:{port}\"\nmax_connections: 100000\n\
+                         websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n  \
+                         authorization {{ token: \"{TOKEN}\" }}\n}}\n{cluster}"
+                    ),
+                )?;
+                let pid = stack.spawn(
+                    &node_name(name, "nats-ws", node, nodes),
+                    &options.tools.nats_server,
+                    &["-c".into(), config.display().to_string()],
+                    &[],
+                    server_cpu,
+                )?;
+                stack.wait_ready("nats-server", port, false).await?;
+                stack
+                    .wait_ready("nats-server websocket", ws_port, false)
+                    .await?;
+                if node == 0 {
+                    publish_url = format!("nats://127.0.0.1:{port}");
+                }
+                urls.push(format!("ws://127.0.0.1:{ws_port}"));
+                server_pids.push(pid);
+            }
             Ok(Running {
                 _stack: stack,
-                urls: vec![format!("ws://127.0.0.1:{ws_port}")],
-                publish_url: format!("nats://127.0.0.1:{port}"),
-                server_pids: vec![pid],
+                urls,
+                publish_url,
+                server_pids,
                 bus_pids: Vec::new(),
             })
         }
@@ -437,31 +509,47 @@ async fn start(
                 bus_cpu,
             )?;
             stack.wait_ready("redis-server", redis_port, false).await?;
-            let port = free_port()?;
-            let pid = stack.spawn(
-                &format!("{name}-node"),
-                &tools.node,
-                &[tools.dir.join("server.js").display().to_string()],
-                &[
-                    ("HOST", "127.0.0.1".into()),
-                    ("PORT", port.to_string()),
-                    ("REDIS_URL", format!("redis://127.0.0.1:{redis_port}")),
-                    ("WS_REDIS_CHANNEL_NAME", REDIS_CHANNEL.into()),
-                    ("API_TOKEN", TOKEN.into()),
-                    ("ALIAS_PREFIX", "a".into()),
-                    ("ALIAS_COUNT", aliases.to_string()),
-                ],
-                server_cpu,
-            )?;
-            stack.wait_ready("forwardemail-node", port, true).await?;
+            // Several nodes: Node processes on the one Redis, how the reference scales out.
+            let mut urls = Vec::new();
+            let mut server_pids = Vec::new();
+            for node in 0..nodes {
+                let port = free_port()?;
+                let pid = stack.spawn(
+                    &node_name(name, "node", node, nodes),
+                    &tools.node,
+                    &[tools.dir.join("server.js").display().to_string()],
+                    &[
+                        ("HOST", "127.0.0.1".into()),
+                        ("PORT", port.to_string()),
+                        ("REDIS_URL", format!("redis://127.0.0.1:{redis_port}")),
+                        ("WS_REDIS_CHANNEL_NAME", REDIS_CHANNEL.into()),
+                        ("API_TOKEN", TOKEN.into()),
+                        ("ALIAS_PREFIX", "a".into()),
+                        ("ALIAS_COUNT", aliases.to_string()),
+                    ],
+                    server_cpu,
+                )?;
+                stack.wait_ready("forwardemail-node", port, true).await?;
+                urls.push(format!("ws://127.0.0.1:{port}/v1/ws"));
+                server_pids.push(pid);
+            }
             Ok(Running {
                 _stack: stack,
-                urls: vec![format!("ws://127.0.0.1:{port}/v1/ws")],
+                urls,
                 publish_url: format!("redis://127.0.0.1:{redis_port}"),
-                server_pids: vec![pid],
+                server_pids,
                 bus_pids: vec![redis_pid],
             })
         }
+    }
+}
+
+/// `{name}-{what}` for a single server process, `{name}-{what}{node}` for one of several.
+fn node_name(name: &str, what: &str, node: usize, nodes: usize) -> String {
+    if nodes > 1 {
+        format!("{name}-{what}{node}")
+    } else {
+        format!("{name}-{what}")
     }
 }
 
@@ -549,7 +637,9 @@ fn problems_of(name: &str, value: &Value) -> Vec<String> {
             ));
         }
     }
-    if value["scenario"] == "idle"
+    if value["scenario"]
+        .as_str()
+        .is_some_and(|s| s == "idle" || s == cluster::SCENARIO)
         && value["sessions_alive_at_measure"] != value["sessions_connected"]
     {
         problems.push(format!(
@@ -581,7 +671,8 @@ impl Sink<'_> {
     }
 }
 
-/// One run of one system: its scenarios on fresh processes.
+/// One run of one system: the selected scenarios, on fresh processes (idle, fan-out and
+/// big payload share one server process; two-nodes and idle-cluster start their own).
 async fn run_system(
     system: System,
     name: &str,
@@ -590,16 +681,48 @@ async fn run_system(
     sink: &mut Sink<'_>,
 ) -> anyhow::Result<()> {
     let sizes = &options.sizes;
-    println!("== {name}: starting");
-    let running = start(system, 1, options, name).await?;
+    let wants = |scenario| options.scenarios.contains(&scenario);
+    if wants(Scenario::Idle) || wants(Scenario::Fanout) || wants(Scenario::BigPayload) {
+        println!("== {name}: starting");
+        let running = start(system, 1, options, name).await?;
+        if wants(Scenario::Idle) {
+            idle_scenario(system, name, sizes, &running, sink).await?;
+            tokio::time::sleep(sizes.settle).await;
+        }
+        if wants(Scenario::Fanout) {
+            fanout_scenario(system, name, sizes, &running, ramp, sink).await?;
+            tokio::time::sleep(sizes.settle).await;
+        }
+        if wants(Scenario::BigPayload) {
+            big_scenario(system, name, sizes, &running, sink).await?;
+        }
+    }
+    if system == System::Herald && wants(Scenario::TwoNodes) && sizes.two_nodes_rate > 0.0 {
+        two_nodes_scenario(system, name, options, sink).await?;
+    }
+    if wants(Scenario::IdleCluster) && sizes.cluster_idle_sessions > 0 {
+        // Lets the kernel free the earlier scenarios' sockets before ΔSlab is read.
+        tokio::time::sleep(sizes.settle).await;
+        idle_cluster_scenario(system, name, options, sink).await?;
+    }
+    Ok(())
+}
 
+/// Idle sessions on the single server process.
+async fn idle_scenario(
+    system: System,
+    name: &str,
+    sizes: &Sizes,
+    running: &Running,
+    sink: &mut Sink<'_>,
+) -> anyhow::Result<()> {
     let result = idle::run(IdleOptions {
         target: targets(system, &running.urls)?.remove(0),
         aliases: spread::alias_ids("a", IDLE_ALIASES),
         sources: sources(sizes.idle_sessions),
         sessions: sizes.idle_sessions,
         concurrency: sizes.concurrency,
-        settle: Duration::from_secs(2),
+        settle: IDLE_SETTLE,
         server_pid: running.server_pids[0],
         scenario: "idle".into(),
     })
@@ -609,12 +732,21 @@ async fn run_system(
         "{name} idle: {} sessions, {:.0} bytes/session, {:.0} sessions/s",
         result.sessions_connected, result.bytes_per_session, result.connect_rate_per_sec
     );
-    sink.keep(&format!("{name}-idle"), &result)?;
-    tokio::time::sleep(sizes.settle).await;
+    sink.keep(&format!("{name}-idle"), &result)
+}
 
+/// The fan-out ramp on the single server process.
+async fn fanout_scenario(
+    system: System,
+    name: &str,
+    sizes: &Sizes,
+    running: &Running,
+    ramp: &[Step],
+    sink: &mut Sink<'_>,
+) -> anyhow::Result<()> {
     let fanout = latency::run(latency_options(
         sizes,
-        &running,
+        running,
         system,
         Shape {
             scenario: "fanout",
@@ -641,12 +773,20 @@ async fn run_system(
     } else {
         println!("{name} fan-out: no step passed");
     }
-    sink.keep(&format!("{name}-fanout"), &fanout)?;
-    tokio::time::sleep(sizes.settle).await;
+    sink.keep(&format!("{name}-fanout"), &fanout)
+}
 
+/// 100 KiB notifications on the single server process.
+async fn big_scenario(
+    system: System,
+    name: &str,
+    sizes: &Sizes,
+    running: &Running,
+    sink: &mut Sink<'_>,
+) -> anyhow::Result<()> {
     let big = latency::run(latency_options(
         sizes,
-        &running,
+        running,
         system,
         Shape {
             scenario: "big-payload",
@@ -667,38 +807,95 @@ async fn run_system(
         "{name} big payload: p99 {:.2} ms, lost {}",
         big.steps[0].latency_ms.p99, big.lost
     );
-    sink.keep(&format!("{name}-big"), &big)?;
-    drop(running);
+    sink.keep(&format!("{name}-big"), &big)
+}
 
-    if system == System::Herald && sizes.two_nodes_rate > 0.0 {
-        let name = format!("{name}-two-nodes");
-        let running = start(system, 2, options, &name).await?;
-        let two = latency::run(latency_options(
-            sizes,
-            &running,
-            system,
-            Shape {
-                scenario: "two-nodes",
-                steps: vec![Step::timed(
-                    sizes.two_nodes_rate,
-                    sizes.step_secs,
-                    sizes.max_step_events,
-                )],
-                eml_bytes: sizes.eml_bytes,
-                aliases: sizes.fanout_aliases,
-                per_alias: sizes.fanout_sessions_per_alias.max(2),
-                half: false,
-            },
-        )?)
-        .await
-        .with_context(|| format!("{name}: two nodes"))?;
-        println!(
-            "{name}: p99 {:.2} ms, {:.0} deliveries/s, lost {}",
-            two.steps[0].latency_ms.p99, two.steps[0].deliveries_per_sec, two.lost
-        );
-        sink.keep(&name, &two)?;
-    }
-    Ok(())
+/// herald: two nodes on one NATS, the sessions of every alias on both.
+async fn two_nodes_scenario(
+    system: System,
+    name: &str,
+    options: &BenchOptions,
+    sink: &mut Sink<'_>,
+) -> anyhow::Result<()> {
+    let sizes = &options.sizes;
+    let name = format!("{name}-two-nodes");
+    let running = start(system, 2, options, &name).await?;
+    let two = latency::run(latency_options(
+        sizes,
+        &running,
+        system,
+        Shape {
+            scenario: "two-nodes",
+            steps: vec![Step::timed(
+                sizes.two_nodes_rate,
+                sizes.step_secs,
+                sizes.max_step_events,
+            )],
+            eml_bytes: sizes.eml_bytes,
+            aliases: sizes.fanout_aliases,
+            per_alias: sizes.fanout_sessions_per_alias.max(2),
+            half: false,
+        },
+    )?)
+    .await
+    .with_context(|| format!("{name}: two nodes"))?;
+    println!(
+        "{name}: p99 {:.2} ms, {:.0} deliveries/s, lost {}",
+        two.steps[0].latency_ms.p99, two.steps[0].deliveries_per_sec, two.lost
+    );
+    sink.keep(&name, &two)
+}
+
+/// Idle sessions over `cluster_nodes` server processes and as many generator processes.
+async fn idle_cluster_scenario(
+    system: System,
+    name: &str,
+    options: &BenchOptions,
+    sink: &mut Sink<'_>,
+) -> anyhow::Result<()> {
+    let sizes = &options.sizes;
+    let generator = options
+        .tools
+        .generator
+        .clone()
+        .context("idle-cluster needs the herald-loadtest binary for its generators")?;
+    let name = format!("{name}-{}", cluster::SCENARIO);
+    println!(
+        "== {name}: {} sessions over {} server processes",
+        sizes.cluster_idle_sessions, sizes.cluster_nodes
+    );
+    let running = start(system, sizes.cluster_nodes, options, &name).await?;
+    let result = cluster::run(ClusterIdleOptions {
+        generator,
+        system,
+        urls: running.urls.clone(),
+        server_pids: running.server_pids.clone(),
+        bus_pids: running.bus_pids.clone(),
+        sessions: sizes.cluster_idle_sessions,
+        aliases: IDLE_ALIASES,
+        sources: sources(sizes.cluster_idle_sessions),
+        concurrency: sizes.concurrency,
+        connect_timeout: CONNECT_TIMEOUT,
+        settle: IDLE_SETTLE,
+        cpu: options.pin.map(|p| p.bus_cpu),
+        logs: options.out.join("logs"),
+        raw: options.out.join("raw"),
+        name: name.clone(),
+    })
+    .await
+    .with_context(|| format!("{name}: idle-cluster"))?;
+    println!(
+        "{name}: {}/{} sessions on {} processes by {} generators, {:.0} bytes/session \
+         (ΣΔRSS; {:.0} with ΔSlab), {:.0} sessions/s",
+        result.idle.sessions_connected,
+        result.idle.sessions_requested,
+        result.nodes,
+        result.generators,
+        result.idle.bytes_per_session,
+        result.bytes_per_session_with_kernel,
+        result.idle.connect_rate_per_sec
+    );
+    sink.keep(&name, &result)
 }
 
 /// Runs the benchmark and writes the report.
@@ -747,7 +944,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchOutcome> {
         "sizes".into(),
         format!(
             "idle {} sessions; fan-out {} aliases × {} sessions, ramp {:?} events/s × {} s, \
-             p99 limit {} ms; big payload {} sessions × {} B eml at {}/s; two nodes {}/s",
+             p99 limit {} ms; big payload {} sessions × {} B eml at {}/s; two nodes {}/s; \
+             idle-cluster {} sessions over {} server processes",
             sizes.idle_sessions,
             sizes.fanout_aliases,
             sizes.fanout_sessions_per_alias,
@@ -757,7 +955,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchOutcome> {
             sizes.big_sessions,
             sizes.big_eml_bytes,
             sizes.big_rate,
-            sizes.two_nodes_rate
+            sizes.two_nodes_rate,
+            sizes.cluster_idle_sessions,
+            sizes.cluster_nodes
         )
         .into(),
     );

@@ -2,6 +2,11 @@
 //! one has its `connected` frame (raw NATS: its subscription confirmed), and report the
 //! rate at which sessions were accepted, the server's resident memory per idle session
 //! (ΔRSS / N), and RSS at every tenth of N on the way.
+//!
+//! [`run_with`] also lets the caller see the progress and hold the sessions open after
+//! the measurement: that is how one generator process of [`crate::cluster`] runs
+//! (`idle --hold`), so a parent can measure several servers while every generator holds
+//! its share.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::bail;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::procfs::{self, Process, Usage};
@@ -44,7 +49,7 @@ pub struct IdleOptions {
 }
 
 /// The result, as written to `report.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdleReport {
     /// `idle` (or the name given).
     pub scenario: String,
@@ -105,6 +110,18 @@ async fn hold(mut session: Session, mut stop: watch::Receiver<bool>, alive: Arc<
 
 /// Runs the scenario; the sessions are closed before it returns.
 pub async fn run(options: IdleOptions) -> anyhow::Result<IdleReport> {
+    run_with(options, |_| {}, |_| async {}).await
+}
+
+/// [`run`], calling `progress(sessions connected)` at every point of the RSS curve, and
+/// awaiting `held(sessions open)` after the measurement, before the sessions are closed.
+/// `sessions_alive_at_measure` is read once `held` is done: with a hold, it counts the
+/// sessions that were still open when they were released.
+pub async fn run_with<F: std::future::Future<Output = ()>>(
+    options: IdleOptions,
+    progress: impl Fn(usize),
+    held: impl FnOnce(usize) -> F,
+) -> anyhow::Result<IdleReport> {
     if options.sessions == 0 || options.sessions > MAX_SESSIONS {
         bail!("--sessions must be 1..={MAX_SESSIONS} (one file descriptor each)");
     }
@@ -134,6 +151,7 @@ pub async fn run(options: IdleOptions) -> anyhow::Result<IdleReport> {
                 if let Ok(rss) = procfs::rss_bytes(server) {
                     curve.lock().expect("curve lock").push([count as u64, rss]);
                 }
+                progress(count);
             }
             hold(session, stop_rx.clone(), Arc::clone(&alive))
         },
@@ -143,10 +161,12 @@ pub async fn run(options: IdleOptions) -> anyhow::Result<IdleReport> {
     let generator_connected_at = procfs::sample(Process::Myself)?;
     tokio::time::sleep(options.settle).await;
     let after = procfs::sample(server)?;
-    let alive_at_measure = alive.load(Ordering::SeqCst);
     let server_open_fds = procfs::open_fds(server).unwrap_or(0);
     let mut rss_curve = curve.into_inner().expect("curve lock");
-    rss_curve.push([alive_at_measure as u64, after.rss]);
+    let alive_after = alive.load(Ordering::SeqCst);
+    rss_curve.push([alive_after as u64, after.rss]);
+    held(alive_after).await;
+    let alive_at_measure = alive.load(Ordering::SeqCst);
 
     // Bounded: every holder closes within 2 × CLOSE_TIMEOUT of the stop signal.
     let _ = stop_tx.send(true);

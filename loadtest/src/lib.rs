@@ -15,6 +15,8 @@
 //! - [`probe`]: the probe event published over NATS and read back from the socket.
 //! - [`procfs`]: server RSS, CPU time and file-descriptor limits from `/proc`.
 //! - [`idle`]: scenario "idle sessions": bytes per idle session, connect rate.
+//! - [`cluster`]: scenario "idle-cluster": idle sessions over several server and
+//!   generator processes (beyond one process's file descriptors).
 //! - [`latency`]: scenario "latency": publish→receipt percentiles, lost, duplicated.
 //! - [`nodeconfig`]: a herald config with many aliases and high limits.
 //! - [`report`]: percentiles, JSON results, and the combined `report.md`/`report.json`.
@@ -24,6 +26,7 @@
 //! - [`bench`]: the whole benchmark — herald and its peers started, scenarios run, report.
 
 pub mod bench;
+pub mod cluster;
 pub mod idle;
 pub mod latency;
 pub mod natsproto;

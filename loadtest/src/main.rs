@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use herald_loadtest::bench::{self, BenchOptions, NodeTools, Pinning, Sizes, Tools};
+use herald_loadtest::bench::{self, BenchOptions, NodeTools, Pinning, Scenario, Sizes, Tools};
 use herald_loadtest::idle::{self, IdleOptions, IdleReport};
 use herald_loadtest::latency::{self, LatencyOptions, LatencyReport, Step};
 use herald_loadtest::nodeconfig::NodeConfig;
@@ -119,6 +119,11 @@ struct IdleArgs {
     /// Write the result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Be one generator of `bench`'s idle-cluster scenario: print `progress N` lines while
+    /// connecting, `ready N` once connected and measured, then hold the sessions until
+    /// stdin closes.
+    #[arg(long)]
+    hold: bool,
 }
 
 #[derive(Args)]
@@ -197,9 +202,20 @@ struct BenchArgs {
     /// Runs per system (default 3, quick 1).
     #[arg(long)]
     runs: Option<usize>,
+    /// Scenarios to run (comma-separated); default all (idle-cluster is sized 0, so
+    /// skipped, with `--quick` unless `--idle-cluster-sessions` is given).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<Scenario>,
     /// Idle sessions (default 10,000, quick 2,000).
     #[arg(long)]
     idle_sessions: Option<usize>,
+    /// Idle-cluster sessions over `--cluster-nodes` server processes (default 50,000;
+    /// quick 0 = skipped).
+    #[arg(long)]
+    idle_cluster_sessions: Option<usize>,
+    /// Server processes (and generator processes) of idle-cluster.
+    #[arg(long, default_value_t = 3)]
+    cluster_nodes: usize,
     /// Pin server processes to this CPU and bus processes to `--bus-cpu` (taskset).
     #[arg(long)]
     server_cpu: Option<usize>,
@@ -315,6 +331,14 @@ fn print_latency(r: &LatencyReport) {
     }
 }
 
+/// `idle --hold`: says `ready N` (N sessions open), then waits until stdin closes.
+async fn hold_until_stdin_closes(open: usize) {
+    use tokio::io::AsyncReadExt;
+    println!("ready {open}");
+    let mut sink = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+}
+
 /// `key=value` pairs.
 fn parse_meta(pairs: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let mut meta = serde_json::Map::new();
@@ -331,7 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Idle(args) => {
             let aliases = args.session.aliases(1000);
-            let report = idle::run(IdleOptions {
+            let options = IdleOptions {
                 target: args.session.targets()?.remove(0),
                 sources: args.session.sources(args.sessions)?,
                 aliases,
@@ -340,8 +364,17 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 settle: Duration::from_secs(args.settle_secs),
                 server_pid: args.server_pid,
                 scenario: "idle".into(),
-            })
-            .await?;
+            };
+            let report = if args.hold {
+                idle::run_with(
+                    options,
+                    |n| println!("progress {n}"),
+                    hold_until_stdin_closes,
+                )
+                .await?
+            } else {
+                idle::run(options).await?
+            };
             print_idle(&report);
             if let Some(path) = &args.json {
                 report::write_json(path, &report)?;
@@ -400,6 +433,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             if let Some(n) = args.idle_sessions {
                 sizes.idle_sessions = n;
             }
+            if let Some(n) = args.idle_cluster_sessions {
+                sizes.cluster_idle_sessions = n;
+            }
+            sizes.cluster_nodes = args.cluster_nodes;
             let forwardemail = args.forwardemail_dir.map(|dir| NodeTools {
                 node: args.node,
                 dir,
@@ -417,10 +454,18 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 tools: Tools {
                     herald: args.herald,
                     nats_server: args.nats_server,
+                    generator: Some(
+                        std::env::current_exe().context("locating herald-loadtest itself")?,
+                    ),
                     forwardemail,
                 },
                 sizes,
                 systems,
+                scenarios: if args.scenarios.is_empty() {
+                    Scenario::ALL.to_vec()
+                } else {
+                    args.scenarios
+                },
                 out: args.out,
                 pin: args.server_cpu.map(|server_cpu| Pinning {
                     server_cpu,

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Kernel clock ticks per second (`getconf CLK_TCK`); 100 on every Linux this runs on.
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
@@ -42,6 +42,19 @@ pub fn rss_bytes(process: Process) -> anyhow::Result<u64> {
         .and_then(|kb| kb.trim().parse::<u64>().ok())
         .map(|kb| kb * KIB)
         .with_context(|| format!("no VmRSS line in {path}"))
+}
+
+/// A machine-wide `/proc/meminfo` field in bytes, e.g. `Slab` (kernel objects, among
+/// them every socket's buffers and state).
+pub fn meminfo_bytes(field: &str) -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map(|kb| kb * KIB)
+        .with_context(|| format!("no {field} line in /proc/meminfo"))
 }
 
 /// User + system CPU time in seconds.
@@ -141,7 +154,7 @@ pub fn sample_all(pids: &[u32]) -> anyhow::Result<Sample> {
 }
 
 /// The server between two samples, as reported.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Usage {
     /// RSS at the first sample, bytes.
     pub rss_before_bytes: u64,
@@ -183,5 +196,7 @@ mod tests {
         assert!(cpu_seconds(Process::Myself).unwrap() >= 0.0);
         assert!(open_files_limit(Process::Myself).unwrap() > 0);
         assert!(open_fds(Process::Myself).unwrap() > 0);
+        assert!(meminfo_bytes("Slab").unwrap() > 0);
+        assert!(meminfo_bytes("Sla").is_err());
     }
 }

@@ -231,6 +231,24 @@ const METRICS: &[Metric] = &[
         get: |r| r["connect_rate_per_sec"].as_f64(),
     },
     Metric {
+        name: "idle-cluster (sizes above): memory per idle session (ΣΔRSS of the processes / sessions, bytes)",
+        scenario: "idle-cluster",
+        decimals: 0,
+        get: |r| r["bytes_per_session"].as_f64(),
+    },
+    Metric {
+        name: "idle-cluster: same + Δ kernel Slab (both socket ends, machine-wide; bytes)",
+        scenario: "idle-cluster",
+        decimals: 0,
+        get: |r| r["bytes_per_session_with_kernel"].as_f64(),
+    },
+    Metric {
+        name: "idle-cluster: sessions/s accepted (all generators)",
+        scenario: "idle-cluster",
+        decimals: 0,
+        get: |r| r["connect_rate_per_sec"].as_f64(),
+    },
+    Metric {
         name: "max sustainable deliveries/s (p99 ≤ limit, no loss)",
         scenario: "fanout",
         decimals: 0,
@@ -378,40 +396,17 @@ fn markdown(meta: &Value, results: &[Value], plots: &[(String, String)]) -> Stri
     }
     let run = |r: &Value| num(r, &["run"], 0);
     let system = |r: &Value| r["system"].as_str().unwrap_or("herald").to_owned();
-    let idle: Vec<Vec<String>> = of(results, "idle")
-        .map(|r| {
-            vec![
-                system(r),
-                run(r),
-                num(r, &["sessions_requested"], 0),
-                num(r, &["sessions_connected"], 0),
-                num(r, &["connect_rate_per_sec"], 0),
-                num(r, &["server_cpu_percent_connecting"], 0),
-                num(r, &["generator_cpu_percent_connecting"], 0),
-                mib(r, &["server", "rss_before_bytes"]),
-                mib(r, &["server", "rss_after_bytes"]),
-                num(r, &["bytes_per_session"], 0),
-                failures(r),
-            ]
-        })
-        .collect();
-    table(
+    idle_table(
         &mut md,
         "Idle sessions and connect storm (every run)",
-        &[
-            "system",
-            "run",
-            "sessions",
-            "connected",
-            "connect/s",
-            "server CPU connecting %",
-            "generator CPU %",
-            "RSS before MiB",
-            "RSS after MiB",
-            "bytes/session",
-            "failed connects",
-        ],
-        &idle,
+        results,
+        "idle",
+    );
+    idle_table(
+        &mut md,
+        "Idle sessions over several server and generator processes (idle-cluster, every run)",
+        results,
+        "idle-cluster",
     );
     let mut steps = Vec::new();
     for r in results.iter().filter(|r| r["steps"].is_array()) {
@@ -484,6 +479,73 @@ fn markdown(meta: &Value, results: &[Value], plots: &[(String, String)]) -> Stri
         &steps,
     );
     md
+}
+
+/// The rows of an idle scenario (`idle`, or `idle-cluster` with its process counts and
+/// kernel memory).
+fn idle_table(md: &mut String, title: &str, results: &[Value], scenario: &str) {
+    let cluster = scenario == "idle-cluster";
+    let rows: Vec<Vec<String>> = of(results, scenario)
+        .map(|r| {
+            let mut row = vec![
+                r["system"].as_str().unwrap_or("herald").to_owned(),
+                num(r, &["run"], 0),
+            ];
+            if cluster {
+                row.push(num(r, &["nodes"], 0));
+                row.push(num(r, &["generators"], 0));
+            }
+            row.extend([
+                num(r, &["sessions_requested"], 0),
+                num(r, &["sessions_connected"], 0),
+                num(r, &["connect_rate_per_sec"], 0),
+                num(r, &["server_cpu_percent_connecting"], 0),
+            ]);
+            if cluster {
+                row.push(num(r, &["bus_cpu_percent_connecting"], 0));
+            }
+            row.extend([
+                num(r, &["generator_cpu_percent_connecting"], 0),
+                mib(r, &["server", "rss_before_bytes"]),
+                mib(r, &["server", "rss_after_bytes"]),
+                num(r, &["bytes_per_session"], 0),
+            ]);
+            if cluster {
+                let slab = at(r, &["kernel_slab_after_bytes"])
+                    .as_f64()
+                    .zip(at(r, &["kernel_slab_before_bytes"]).as_f64())
+                    .map(|(after, before)| (after - before) / (1024.0 * 1024.0));
+                row.push(fmt(slab, 1));
+                row.push(num(r, &["bytes_per_session_with_kernel"], 0));
+            }
+            row.push(failures(r));
+            row
+        })
+        .collect();
+    let mut headers = vec!["system", "run"];
+    if cluster {
+        headers.extend(["server processes", "generators"]);
+    }
+    headers.extend([
+        "sessions",
+        "connected",
+        "connect/s",
+        "server CPU connecting %",
+    ]);
+    if cluster {
+        headers.push("bus CPU connecting %");
+    }
+    headers.extend([
+        "generator CPU %",
+        "RSS before MiB",
+        "RSS after MiB",
+        "bytes/session",
+    ]);
+    if cluster {
+        headers.extend(["Δ Slab MiB", "bytes/session + Slab"]);
+    }
+    headers.push("failed connects");
+    table(md, title, &headers, &rows);
 }
 
 /// Draws the plots; returns `(file, title)` of each one written.
@@ -607,20 +669,23 @@ fn write_plots(out: &Path, results: &[Value]) -> anyhow::Result<Vec<(String, Str
         )?;
         written.push(("throughput.svg".into(), title));
     }
-    // Server RSS vs idle sessions (run 1).
-    let series: Vec<plots::Series> = systems
-        .iter()
-        .filter_map(|s| {
-            let r = of(results, "idle").find(|r| r["system"].as_str().unwrap_or("herald") == s)?;
+    // Server RSS vs idle sessions (run 1); idle-cluster: the sum over its processes.
+    let series: Vec<plots::Series> = ["idle", "idle-cluster"]
+        .into_iter()
+        .flat_map(|scenario| systems.iter().map(move |s| (scenario, s)))
+        .filter_map(|(scenario, s)| {
+            let r =
+                of(results, scenario).find(|r| r["system"].as_str().unwrap_or("herald") == s)?;
             let points: Vec<(f64, f64)> = r["rss_curve"]
                 .as_array()?
                 .iter()
                 .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()? / (1024.0 * 1024.0))))
                 .collect();
-            (!points.is_empty()).then(|| plots::Series {
-                name: s.clone(),
-                points,
-            })
+            let name = match scenario {
+                "idle" => s.clone(),
+                _ => format!("{s}, {} processes (Σ)", num(r, &["nodes"], 0)),
+            };
+            (!points.is_empty()).then_some(plots::Series { name, points })
         })
         .collect();
     if !series.is_empty() {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use base64::Engine;
 use futures_util::{stream, SinkExt, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -26,7 +26,19 @@ use crate::probe::{self, Receipt};
 use crate::spread::{place, Placement};
 
 /// The system a session talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum System {
     /// herald's `/v1/ws`.
@@ -361,7 +373,7 @@ async fn nats_handshake(
 }
 
 /// Failed connects by class, with one example message per class.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Failures {
     /// Count per class (`http 429`, `timeout`, …).
     pub counts: BTreeMap<String, u64>,
@@ -377,6 +389,16 @@ impl Failures {
         self.examples
             .entry(class)
             .or_insert_with(|| error.to_string());
+    }
+
+    /// Adds the failures of another run (e.g. another generator process).
+    pub fn merge(&mut self, other: Failures) {
+        for (class, n) in other.counts {
+            *self.counts.entry(class).or_default() += n;
+        }
+        for (class, example) in other.examples {
+            self.examples.entry(class).or_insert(example);
+        }
     }
 
     /// All failures.

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use herald_loadtest::bench::{self, BenchOptions, Sizes, Tools};
+use herald_loadtest::bench::{self, BenchOptions, Scenario, Sizes, Tools};
 use herald_loadtest::session::System;
 
 fn workspace_root() -> PathBuf {
@@ -61,6 +61,10 @@ async fn quick_benchmark_of_herald_and_raw_nats_is_clean_and_reported() {
         big_eml_bytes: 100 * 1024,
         big_rate: 10.0,
         two_nodes_rate: 100.0,
+        // 3 server processes (herald nodes on one NATS, a NATS cluster), 3 generator
+        // processes (this crate's binary, `idle --hold`).
+        cluster_idle_sessions: 90,
+        cluster_nodes: 3,
         eml_bytes: 256,
         drain_timeout: Duration::from_secs(10),
         settle: Duration::from_millis(300),
@@ -70,10 +74,12 @@ async fn quick_benchmark_of_herald_and_raw_nats_is_clean_and_reported() {
         tools: Tools {
             herald,
             nats_server,
+            generator: Some(PathBuf::from(env!("CARGO_BIN_EXE_herald-loadtest"))),
             forwardemail: None,
         },
         sizes,
         systems: vec![System::Herald, System::NatsWs],
+        scenarios: Scenario::ALL.to_vec(),
         out: dir.path().to_path_buf(),
         pin: None,
         meta: serde_json::Map::new(),
@@ -85,6 +91,7 @@ async fn quick_benchmark_of_herald_and_raw_nats_is_clean_and_reported() {
     let md = std::fs::read_to_string(dir.path().join("report.md")).expect("report.md");
     assert!(md.contains("## Summary"), "{md}");
     assert!(md.contains("herald ÷ nats-ws"), "{md}");
+    assert!(md.contains("(idle-cluster, every run)"), "{md}");
     for plot in ["latency-cdf.svg", "throughput.svg", "rss.svg"] {
         assert!(
             dir.path().join(plot).is_file(),
@@ -105,13 +112,23 @@ async fn quick_benchmark_of_herald_and_raw_nats_is_clean_and_reported() {
     };
     assert_eq!(
         scenarios("herald"),
-        ["idle", "fanout", "big-payload", "two-nodes"]
+        ["idle", "fanout", "big-payload", "two-nodes", "idle-cluster"]
     );
-    assert_eq!(scenarios("nats-ws"), ["idle", "fanout", "big-payload"]);
+    assert_eq!(
+        scenarios("nats-ws"),
+        ["idle", "fanout", "big-payload", "idle-cluster"]
+    );
     for result in results {
         let what = format!("{} {}", result["system"], result["scenario"]);
         if result["scenario"] == "idle" {
             assert_eq!(result["sessions_connected"], 50, "{what}");
+            continue;
+        }
+        if result["scenario"] == "idle-cluster" {
+            assert_eq!(result["sessions_connected"], 90, "{what}");
+            assert_eq!(result["sessions_alive_at_measure"], 90, "{what}");
+            assert_eq!(result["nodes"], 3, "{what}");
+            assert_eq!(result["parts"].as_array().map(Vec::len), Some(3), "{what}");
             continue;
         }
         for key in [

@@ -194,7 +194,7 @@ impl ClusterLimits {
     async fn count(&self, stream: &str, filter: &str) -> Result<(usize, usize), String> {
         let stream = self
             .jetstream
-            .get_stream(stream)
+            .get_stream_no_info(stream)
             .await
             .map_err(|e| e.to_string())?;
         let subjects: Vec<(String, usize)> = stream
@@ -313,7 +313,7 @@ impl ClusterLimits {
             .checked("live_nodes", || async {
                 let stream = self
                     .jetstream
-                    .get_stream(SESSIONS_STREAM)
+                    .get_stream_no_info(SESSIONS_STREAM)
                     .await
                     .map_err(|e| e.to_string())?;
                 stream
@@ -345,7 +345,7 @@ impl ClusterLimits {
             .checked("user_leases", || async {
                 let stream = self
                     .jetstream
-                    .get_stream(SESSIONS_STREAM)
+                    .get_stream_no_info(SESSIONS_STREAM)
                     .await
                     .map_err(|e| e.to_string())?;
                 stream
@@ -413,7 +413,7 @@ impl ClusterLimits {
 
     /// Removes a lease from the stream (best effort: it expires anyway).
     async fn forget(&self, subject: &str) {
-        if let Ok(stream) = self.jetstream.get_stream(SESSIONS_STREAM).await {
+        if let Ok(stream) = self.jetstream.get_stream_no_info(SESSIONS_STREAM).await {
             let _ = stream.purge().filter(subject).await;
         }
     }

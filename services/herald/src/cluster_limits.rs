@@ -190,20 +190,23 @@ impl ClusterLimits {
             .map_err(|e| e.to_string())
     }
 
-    /// `(subjects, messages)` under `filter` in `stream`.
-    async fn count(&self, stream: &str, filter: &str) -> Result<(usize, usize), String> {
-        let stream = self
-            .jetstream
+    /// The subjects under `filter` in `stream`, each with its message count.
+    async fn subjects(&self, stream: &str, filter: &str) -> Result<Vec<(String, usize)>, String> {
+        self.jetstream
             .get_stream_no_info(stream)
             .await
-            .map_err(|e| e.to_string())?;
-        let subjects: Vec<(String, usize)> = stream
+            .map_err(|e| e.to_string())?
             .info_with_subjects(filter)
             .await
             .map_err(|e| e.to_string())?
             .try_collect()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+    }
+
+    /// `(subjects, messages)` under `filter` in `stream`.
+    async fn count(&self, stream: &str, filter: &str) -> Result<(usize, usize), String> {
+        let subjects = self.subjects(stream, filter).await?;
         Ok((subjects.len(), subjects.iter().map(|(_, n)| n).sum()))
     }
 
@@ -310,20 +313,7 @@ impl ClusterLimits {
     pub async fn live_nodes(&self) -> Option<HashSet<String>> {
         let filter = format!("{NODE_PREFIX}.>");
         let subjects = self
-            .checked("live_nodes", || async {
-                let stream = self
-                    .jetstream
-                    .get_stream_no_info(SESSIONS_STREAM)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                stream
-                    .info_with_subjects(filter.as_str())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .try_collect::<Vec<(String, usize)>>()
-                    .await
-                    .map_err(|e| e.to_string())
-            })
+            .checked("live_nodes", || self.subjects(SESSIONS_STREAM, &filter))
             .await?;
         Some(
             subjects
@@ -342,20 +332,7 @@ impl ClusterLimits {
     pub async fn user_leases(&self) -> Option<std::collections::HashMap<String, Vec<String>>> {
         let filter = format!("{USER_PREFIX}.>");
         let subjects = self
-            .checked("user_leases", || async {
-                let stream = self
-                    .jetstream
-                    .get_stream_no_info(SESSIONS_STREAM)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                stream
-                    .info_with_subjects(filter.as_str())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .try_collect::<Vec<(String, usize)>>()
-                    .await
-                    .map_err(|e| e.to_string())
-            })
+            .checked("user_leases", || self.subjects(SESSIONS_STREAM, &filter))
             .await?;
         let mut users: std::collections::HashMap<String, Vec<String>> = Default::default();
         for (subject, _) in subjects {

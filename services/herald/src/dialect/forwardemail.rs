@@ -206,14 +206,6 @@ struct AuthFrame {
     alias_id: Option<String>,
 }
 
-/// Closes a session from outside (slow consumer now; revocation and drain later).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Evict {
-    code: u16,
-    reason: &'static str,
-}
-
 /// One `/v1/ws` session.
 pub struct FeSession {
     id: SessionId,
@@ -246,15 +238,10 @@ impl FeSession {
     ) -> Addr<FeSession> {
         FeSession::create(|ctx| {
             ctx.add_stream(stream);
-            let addr = ctx.address();
-            let (outbox, receiver) = Outbox::new(
-                state.limits.settings.max_buffered_bytes,
-                Box::new(move || {
-                    addr.do_send(Evict {
-                        code: 1013,
-                        reason: "slow consumer: reconnect with since=<last seq>",
-                    })
-                }),
+            let (outbox, receiver) = lifecycle::slow_consumer_outbox(
+                &state,
+                ctx.address(),
+                "slow consumer: reconnect with since=<last seq>",
             );
             FeSession {
                 id: crate::state::next_session_id(),
@@ -459,15 +446,4 @@ impl StreamHandler<Result<Message, ProtocolError>> for FeSession {
     }
 }
 
-lifecycle::closes_on_drain_and_revocation!(FeSession);
-
-impl Handler<Evict> for FeSession {
-    type Result = ();
-
-    fn handle(&mut self, evict: Evict, ctx: &mut Self::Context) {
-        if evict.code == 1013 {
-            metrics::slow_consumer();
-        }
-        self.close(evict.code, evict.reason, ctx);
-    }
-}
+lifecycle::session_closes!(FeSession);

@@ -8,11 +8,38 @@ use futures_util::{Stream, StreamExt};
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 
 use crate::auth::Principal;
+use crate::outbox::{Outbox, OutboxReceiver};
 use crate::state::AppState;
 
 /// The session's token or user was revoked (`herald.v1.control.revoke`): close with 4001.
 #[derive(Debug, Clone, Copy)]
 pub struct Revoked;
+
+/// Closes a session from outside: a slow consumer (1013, counted), an expired token, ...
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Evict {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason sent to the client.
+    pub reason: &'static str,
+}
+
+/// A session's outbound queue, bounded by `limits.max_buffered_bytes`; overflowing it
+/// evicts the session with 1013 and `reason` (how the client resumes).
+pub fn slow_consumer_outbox<A>(
+    state: &AppState,
+    session: actix::Addr<A>,
+    reason: &'static str,
+) -> (Outbox, OutboxReceiver)
+where
+    A: actix::Actor<Context = actix::Context<A>> + actix::Handler<Evict>,
+{
+    Outbox::new(
+        state.limits.settings.max_buffered_bytes,
+        Box::new(move || session.do_send(Evict { code: 1013, reason })),
+    )
+}
 
 /// Fires once the credentials of `principal` are revoked on any node.
 pub fn revocations(state: &AppState, principal: &Principal) -> impl Stream<Item = Revoked> {
@@ -40,10 +67,11 @@ pub fn drain_delay(state: &AppState) -> Duration {
     Duration::from_millis(rand::random_range(0..window))
 }
 
-/// Implements what every session actor does with [`draining`] and [`revocations`]:
-/// close with 1001 at [`drain_delay`], and with 4001 when revoked. The actor needs a
-/// `state: Arc<AppState>` field and a `close(&mut self, code, reason, ctx)` method.
-macro_rules! closes_on_drain_and_revocation {
+/// Implements how every session actor closes from outside: with 1001 at [`drain_delay`]
+/// once [`draining`], with 4001 when [`revocations`] fires, and as an [`Evict`] says. The
+/// actor needs a `state: Arc<AppState>` field and a `close(&mut self, code, reason, ctx)`
+/// method.
+macro_rules! session_closes {
     ($session:ty) => {
         /// Node shutdown: close with 1001 within the drain window.
         impl actix::StreamHandler<bool> for $session {
@@ -67,7 +95,22 @@ macro_rules! closes_on_drain_and_revocation {
 
             fn finished(&mut self, _: &mut Self::Context) {}
         }
+
+        impl actix::Handler<$crate::dialect::lifecycle::Evict> for $session {
+            type Result = ();
+
+            fn handle(
+                &mut self,
+                evict: $crate::dialect::lifecycle::Evict,
+                ctx: &mut Self::Context,
+            ) {
+                if evict.code == 1013 {
+                    $crate::metrics::slow_consumer();
+                }
+                self.close(evict.code, evict.reason, ctx);
+            }
+        }
     };
 }
 
-pub(crate) use closes_on_drain_and_revocation;
+pub(crate) use session_closes;

@@ -26,7 +26,7 @@ use crate::dialect::lifecycle;
 use crate::dialect::Refusal;
 use crate::limits::Slot;
 use crate::metrics;
-use crate::outbox::{Frame, Outbox, OutboxReceiver};
+use crate::outbox::{Frame, Outbox};
 use crate::registry::{Join, Member, Relayed, RoutingKey, SessionId};
 use crate::state::AppState;
 
@@ -75,11 +75,6 @@ pub async fn upgrade(
     Ok(response)
 }
 
-/// Closes a session from outside (slow consumer).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Evict;
-
 /// One `/jmap/ws` session.
 pub struct JmapSession {
     id: SessionId,
@@ -116,10 +111,10 @@ impl JmapSession {
     ) -> Addr<JmapSession> {
         JmapSession::create(|ctx| {
             ctx.add_stream(stream);
-            let addr = ctx.address();
-            let (outbox, receiver): (Outbox, OutboxReceiver) = Outbox::new(
-                state.limits.settings.max_buffered_bytes,
-                Box::new(move || addr.do_send(Evict)),
+            let (outbox, receiver) = lifecycle::slow_consumer_outbox(
+                &state,
+                ctx.address(),
+                "slow consumer: reconnect and enable push with your pushState",
             );
             JmapSession {
                 id: crate::state::next_session_id(),
@@ -356,17 +351,4 @@ impl StreamHandler<Result<Message, ProtocolError>> for JmapSession {
     }
 }
 
-lifecycle::closes_on_drain_and_revocation!(JmapSession);
-
-impl Handler<Evict> for JmapSession {
-    type Result = ();
-
-    fn handle(&mut self, _: Evict, ctx: &mut Self::Context) {
-        metrics::slow_consumer();
-        self.close(
-            1013,
-            "slow consumer: reconnect and enable push with your pushState",
-            ctx,
-        );
-    }
-}
+lifecycle::session_closes!(JmapSession);

@@ -163,14 +163,6 @@ fn error(code: u16, message: impl Into<String>, details: Value, id: Option<&Valu
     )
 }
 
-/// Closes a session from outside (slow consumer, expiry).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Evict {
-    code: u16,
-    reason: &'static str,
-}
-
 /// One `/ws` session.
 pub struct RtSession {
     id: SessionId,
@@ -208,15 +200,10 @@ impl RtSession {
     ) -> Addr<RtSession> {
         RtSession::create(|ctx| {
             ctx.add_stream(stream);
-            let addr = ctx.address();
-            let (outbox, receiver) = Outbox::new(
-                state.limits.settings.max_buffered_bytes,
-                Box::new(move || {
-                    addr.do_send(Evict {
-                        code: 1013,
-                        reason: "slow consumer: reconnect and Subscribe with since=<last seq>",
-                    })
-                }),
+            let (outbox, receiver) = lifecycle::slow_consumer_outbox(
+                &state,
+                ctx.address(),
+                "slow consumer: reconnect and Subscribe with since=<last seq>",
             );
             let rt = &state.settings.realtime;
             let quota = Quota::per_second(
@@ -1023,18 +1010,7 @@ impl StreamHandler<Result<Message, ProtocolError>> for RtSession {
     }
 }
 
-lifecycle::closes_on_drain_and_revocation!(RtSession);
-
-impl Handler<Evict> for RtSession {
-    type Result = ();
-
-    fn handle(&mut self, evict: Evict, ctx: &mut Self::Context) {
-        if evict.code == 1013 {
-            metrics::slow_consumer();
-        }
-        self.close(evict.code, evict.reason, ctx);
-    }
-}
+lifecycle::session_closes!(RtSession);
 
 #[cfg(test)]
 mod tests {

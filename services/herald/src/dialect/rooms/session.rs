@@ -106,14 +106,6 @@ struct User {
     _place: UserPlace,
 }
 
-/// Closes a session from outside (slow consumer).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Evict {
-    code: u16,
-    reason: &'static str,
-}
-
 /// One rooms session.
 pub struct RoomsSession {
     id: SessionId,
@@ -145,16 +137,8 @@ impl RoomsSession {
     ) -> Addr<RoomsSession> {
         RoomsSession::create(|ctx| {
             ctx.add_stream(stream);
-            let addr = ctx.address();
-            let (outbox, receiver) = Outbox::new(
-                state.limits.settings.max_buffered_bytes,
-                Box::new(move || {
-                    addr.do_send(Evict {
-                        code: 1013,
-                        reason: "slow consumer: reconnect",
-                    })
-                }),
-            );
+            let (outbox, receiver) =
+                lifecycle::slow_consumer_outbox(&state, ctx.address(), "slow consumer: reconnect");
             RoomsSession {
                 id: crate::state::next_session_id(),
                 state,
@@ -553,15 +537,4 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for RoomsSession {
     }
 }
 
-lifecycle::closes_on_drain_and_revocation!(RoomsSession);
-
-impl Handler<Evict> for RoomsSession {
-    type Result = ();
-
-    fn handle(&mut self, evict: Evict, ctx: &mut Self::Context) {
-        if evict.code == 1013 {
-            metrics::slow_consumer();
-        }
-        self.close(evict.code, evict.reason, ctx);
-    }
-}
+lifecycle::session_closes!(RoomsSession);

@@ -24,3 +24,4 @@ pub mod outbox;
 pub mod registry;
 pub mod startup;
 pub mod state;
+pub mod websocket;

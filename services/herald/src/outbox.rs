@@ -1,22 +1,22 @@
-//! A session's outbound queue: bounded by bytes, not by count, and drained by one writer
-//! task per socket so a slow client never delays the registry that fans out to it.
+//! A session's outbound queue: bounded by bytes, not by count, and drained by the
+//! connection itself ([`crate::websocket`]'s response body), so a slow client never delays
+//! the registry that fans out to it.
 //!
-//! The queue is a `VecDeque` behind a mutex with a `Notify`, not a tokio channel: an idle
-//! session then holds no queue memory at all (a tokio unbounded channel allocates a
-//! 32-slot block up front, about 2.5 KiB a session — the loadtest's idle scenario).
+//! The queue is a `VecDeque` behind a mutex holding the reader's waker, not a tokio
+//! channel: an idle session then holds no queue memory at all (a tokio channel allocates a
+//! 32-slot block up front, about 2.5 KiB a session — the loadtest's idle scenario), and a
+//! push wakes the connection's dispatcher directly, with no task in between.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
-use actix_ws::CloseReason;
+use crate::websocket::CloseReason;
 use bytes::Bytes;
 use bytestring::ByteString;
 use herald_protocol::WireFormat;
 use herald_telemetry::TraceContext;
-use tokio::sync::Notify;
-
-use crate::metrics;
 
 /// One encoded frame, shared by every session that receives it.
 #[derive(Debug, Clone)]
@@ -61,10 +61,15 @@ pub struct Delivery {
     pub trace: Option<TraceContext>,
 }
 
-enum Outbound {
+/// One item of the queue, in the order the connection writes them.
+pub enum Outbound {
+    /// A data frame (counted against the byte budget until written).
     Frame(Frame, Delivery),
+    /// A protocol ping.
     Ping,
+    /// The answer to a client's ping.
     Pong(Bytes),
+    /// A close frame: nothing is written after it.
     Close(Option<CloseReason>),
 }
 
@@ -83,23 +88,27 @@ pub type OnOverflow = Box<dyn Fn() + Send + Sync>;
 /// Queue capacity kept after a burst drains; more is given back.
 const KEPT_CAPACITY: usize = 16;
 
-/// The queue proper and whether either end is gone.
+/// The queue proper, whether either end is gone, and who to wake.
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Outbound>,
-    /// Every [`Outbox`] was dropped: the writer ends once the queue is empty.
+    /// Whether the reader may take items yet (see [`Outbox::open`]).
+    open: bool,
+    /// Every [`Outbox`] was dropped: the reader ends once the queue is empty.
     senders_gone: bool,
     /// The [`OutboxReceiver`] was dropped: pushes fail with [`PushError::Closed`].
     receiver_gone: bool,
+    /// The reader's task, waiting for an item.
+    waker: Option<Waker>,
 }
 
 struct State {
     queue: Mutex<Queue>,
-    /// Wakes the writer; `notify_one` keeps a permit when the writer is not waiting yet.
-    wake: Notify,
     buffered: AtomicUsize,
     limit: usize,
     overflowed: AtomicBool,
+    /// The close reason sent (with 1013) when the budget overflows.
+    overflow_reason: &'static str,
     on_overflow: OnOverflow,
 }
 
@@ -109,15 +118,26 @@ impl State {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn send(&self, out: Outbound) -> Result<(), PushError> {
+    /// Changes the queue, then wakes the reader (outside the lock).
+    fn update<T>(&self, change: impl FnOnce(&mut Queue) -> T) -> T {
         let mut queue = self.queue();
-        if queue.receiver_gone {
-            return Err(PushError::Closed);
-        }
-        queue.items.push_back(out);
+        let result = change(&mut queue);
+        let waker = queue.waker.take();
         drop(queue);
-        self.wake.notify_one();
-        Ok(())
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        result
+    }
+
+    fn send(&self, out: Outbound) -> Result<(), PushError> {
+        self.update(|queue| {
+            if queue.receiver_gone {
+                return Err(PushError::Closed);
+            }
+            queue.items.push_back(out);
+            Ok(())
+        })
     }
 }
 
@@ -126,8 +146,7 @@ struct Senders(Arc<State>);
 
 impl Drop for Senders {
     fn drop(&mut self) {
-        self.0.queue().senders_gone = true;
-        self.0.wake.notify_one();
+        self.0.update(|queue| queue.senders_gone = true);
     }
 }
 
@@ -138,7 +157,8 @@ pub struct Outbox {
     _senders: Arc<Senders>,
 }
 
-/// The receiving half, consumed by [`Outbox::run_writer`].
+/// The receiving half: the connection's response body reads it
+/// ([`crate::websocket::Handshake::respond`]).
 pub struct OutboxReceiver {
     state: Arc<State>,
 }
@@ -152,35 +172,59 @@ impl Drop for OutboxReceiver {
 }
 
 impl OutboxReceiver {
-    /// The next queued item; `None` once every sender is gone and the queue is empty.
-    async fn recv(&self) -> Option<Outbound> {
-        loop {
-            {
-                let mut queue = self.state.queue();
-                if let Some(out) = queue.items.pop_front() {
-                    if queue.items.is_empty() && queue.items.capacity() > KEPT_CAPACITY {
-                        queue.items.shrink_to(KEPT_CAPACITY);
-                    }
-                    return Some(out);
+    /// The next queued item once the queue is open; `Ready(None)` once every sender is gone
+    /// and the queue is empty (what is queued then is written even if it was never opened).
+    pub fn poll_item(&self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        let mut queue = self.state.queue();
+        if queue.open || queue.senders_gone {
+            if let Some(out) = queue.items.pop_front() {
+                if queue.items.is_empty() && queue.items.capacity() > KEPT_CAPACITY {
+                    queue.items.shrink_to(KEPT_CAPACITY);
                 }
-                if queue.senders_gone {
-                    return None;
-                }
+                return Poll::Ready(Some(out));
             }
-            self.state.wake.notified().await;
+            if queue.senders_gone {
+                return Poll::Ready(None);
+            }
         }
+        if !queue
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            queue.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Gives a written frame's bytes back to the budget.
+    pub fn written(&self, len: usize) {
+        self.state.buffered.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// The close reason for an overflowed session, if it overflowed: queued frames are then
+    /// abandoned, the session closes with 1013 and the client resumes where it left off.
+    pub fn overflow_reason(&self) -> Option<&'static str> {
+        self.state
+            .overflowed
+            .load(Ordering::Relaxed)
+            .then_some(self.state.overflow_reason)
     }
 }
 
 impl Outbox {
-    /// A new queue that overflows past `limit` bytes.
-    pub fn new(limit: usize, on_overflow: OnOverflow) -> (Outbox, OutboxReceiver) {
+    /// A new queue that overflows past `limit` bytes, closing with `overflow_reason`.
+    pub fn new(
+        limit: usize,
+        overflow_reason: &'static str,
+        on_overflow: OnOverflow,
+    ) -> (Outbox, OutboxReceiver) {
         let state = Arc::new(State {
             queue: Mutex::new(Queue::default()),
-            wake: Notify::new(),
             buffered: AtomicUsize::new(0),
             limit,
             overflowed: AtomicBool::new(false),
+            overflow_reason,
             on_overflow,
         });
         (
@@ -190,6 +234,12 @@ impl Outbox {
             },
             OutboxReceiver { state },
         )
+    }
+
+    /// Lets the connection write what is queued: a session queues its greeting and joins
+    /// its registries first, so what they replay waits behind the greeting.
+    pub fn open(&self) {
+        self.state.update(|queue| queue.open = true);
     }
 
     /// Queues a data frame; past the byte budget the session is marked a slow consumer.
@@ -207,9 +257,7 @@ impl Outbox {
         let queued = self.state.buffered.fetch_add(len, Ordering::Relaxed) + len;
         if queued > self.state.limit {
             self.state.buffered.fetch_sub(len, Ordering::Relaxed);
-            if !self.state.overflowed.swap(true, Ordering::Relaxed) {
-                (self.state.on_overflow)();
-            }
+            self.mark_slow();
             return Err(PushError::SlowConsumer);
         }
         self.state
@@ -224,6 +272,8 @@ impl Outbox {
     pub fn mark_slow(&self) {
         if !self.state.overflowed.swap(true, Ordering::Relaxed) {
             (self.state.on_overflow)();
+            // Wake the connection: it abandons the queue and closes.
+            self.state.update(|_| ());
         }
     }
 
@@ -242,69 +292,15 @@ impl Outbox {
         let _ = self.state.send(Outbound::Pong(data));
     }
 
-    /// Queues a close after what is already queued; the writer stops after it.
+    /// Queues a close after what is already queued and opens the queue: the connection
+    /// ends after writing it.
     pub fn close(&self, reason: Option<CloseReason>) {
-        let _ = self.state.send(Outbound::Close(reason));
-    }
-}
-
-impl OutboxReceiver {
-    /// Writes queued frames to the socket until a close, an error, or every sender is gone.
-    /// An overflowed queue is abandoned: the session closes with 1013 and the client resumes
-    /// with `since`.
-    pub async fn run_writer(self, mut socket: actix_ws::Session) {
-        while let Some(out) = self.recv().await {
-            if self.state.overflowed.load(Ordering::Relaxed) {
-                let _ = socket
-                    .close(Some(CloseReason {
-                        code: actix_ws::CloseCode::Again,
-                        description: Some("slow consumer: reconnect with since=<last seq>".into()),
-                    }))
-                    .await;
-                return;
+        self.state.update(|queue| {
+            queue.open = true;
+            if !queue.receiver_gone {
+                queue.items.push_back(Outbound::Close(reason));
             }
-            let result = match out {
-                Outbound::Frame(frame, delivery) => {
-                    let len = frame.len();
-                    let span = delivery.trace.map(|parent| {
-                        let format = match frame {
-                            Frame::Text(_) => "json",
-                            Frame::Binary(_) => "msgpack",
-                        };
-                        let span = tracing::debug_span!(
-                            "herald.write",
-                            format,
-                            bytes = len,
-                            outcome = tracing::field::Empty
-                        );
-                        herald_telemetry::propagation::set_parent(&span, parent);
-                        span
-                    });
-                    let r = match frame {
-                        Frame::Text(text) => socket.text(text).await,
-                        Frame::Binary(bin) => socket.binary(bin).await,
-                    };
-                    self.state.buffered.fetch_sub(len, Ordering::Relaxed);
-                    if let (Ok(()), Some(ms)) = (&r, delivery.published_ms) {
-                        let now = crate::registry::now_ms();
-                        metrics::delivery_latency(now.saturating_sub(ms) as f64 / 1000.0);
-                    }
-                    if let Some(span) = span {
-                        span.record("outcome", if r.is_ok() { "written" } else { "closed" });
-                    }
-                    r
-                }
-                Outbound::Ping => socket.ping(b"").await,
-                Outbound::Pong(data) => socket.pong(&data).await,
-                Outbound::Close(reason) => {
-                    let _ = socket.close(reason).await;
-                    return;
-                }
-            };
-            if result.is_err() {
-                return;
-            }
-        }
+        });
     }
 }
 
@@ -318,6 +314,7 @@ mod tests {
         let counter = Arc::clone(&calls);
         let (outbox, _rx) = Outbox::new(
             10,
+            "slow",
             Box::new(move || {
                 counter.fetch_add(1, Ordering::Relaxed);
             }),
@@ -334,9 +331,14 @@ mod tests {
         assert_eq!(calls.load(Ordering::Relaxed), 1, "the session is told once");
     }
 
+    async fn recv(rx: &OutboxReceiver) -> Option<Outbound> {
+        std::future::poll_fn(|cx| rx.poll_item(cx)).await
+    }
+
     #[tokio::test]
     async fn the_writer_side_gets_items_in_order_then_ends_when_senders_are_gone() {
-        let (outbox, rx) = Outbox::new(1 << 20, Box::new(|| {}));
+        let (outbox, rx) = Outbox::new(1 << 20, "slow", Box::new(|| {}));
+        outbox.open();
         assert_eq!(
             rx.state.queue().items.capacity(),
             0,
@@ -345,7 +347,7 @@ mod tests {
         let second = outbox.clone();
         let reader = tokio::spawn(async move {
             let mut seen = Vec::new();
-            while let Some(out) = rx.recv().await {
+            while let Some(out) = recv(&rx).await {
                 if let Outbound::Frame(Frame::Binary(b), _) = out {
                     seen.push(b[0]);
                 }
@@ -367,9 +369,51 @@ mod tests {
         assert_eq!(seen, (0..100).collect::<Vec<u8>>());
     }
 
+    #[tokio::test]
+    async fn nothing_is_read_before_open_except_once_the_senders_are_gone() {
+        let (outbox, rx) = Outbox::new(1 << 20, "slow", Box::new(|| {}));
+        outbox
+            .push(Frame::Binary(Bytes::from_static(b"a")))
+            .unwrap();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(rx.poll_item(&mut cx).is_pending(), "closed gate");
+        outbox.open();
+        assert!(matches!(
+            rx.poll_item(&mut cx),
+            Poll::Ready(Some(Outbound::Frame(..)))
+        ));
+
+        let (outbox, rx) = Outbox::new(1 << 20, "slow", Box::new(|| {}));
+        outbox
+            .push(Frame::Binary(Bytes::from_static(b"b")))
+            .unwrap();
+        drop(outbox);
+        assert!(matches!(recv(&rx).await, Some(Outbound::Frame(..))));
+        assert!(recv(&rx).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn overflow_wakes_the_reader_with_the_reason() {
+        let (outbox, rx) = Outbox::new(4, "too slow", Box::new(|| {}));
+        outbox.open();
+        let reader = tokio::spawn(async move {
+            std::future::poll_fn(|cx| match rx.overflow_reason() {
+                Some(reason) => Poll::Ready(reason),
+                None => rx.poll_item(cx).map(|_| "read an item"),
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        assert!(outbox
+            .push(Frame::Binary(Bytes::from_static(b"12345")))
+            .is_err());
+        assert_eq!(reader.await.unwrap(), "too slow");
+    }
+
     #[test]
     fn a_dropped_receiver_reports_closed() {
-        let (outbox, rx) = Outbox::new(10, Box::new(|| {}));
+        let (outbox, rx) = Outbox::new(10, "slow", Box::new(|| {}));
         drop(rx);
         assert_eq!(
             outbox.push(Frame::Binary(Bytes::from_static(b"x"))),

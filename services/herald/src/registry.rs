@@ -662,10 +662,13 @@ impl Handler<CloseAll> for Registry {
 
     fn handle(&mut self, close: CloseAll, _: &mut Self::Context) {
         for state in self.members.values() {
-            state.member.outbox.close(Some(actix_ws::CloseReason {
-                code: actix_ws::CloseCode::from(close.code),
-                description: Some(close.reason.to_owned()),
-            }));
+            state
+                .member
+                .outbox
+                .close(Some(crate::websocket::CloseReason {
+                    code: crate::websocket::CloseCode::from(close.code),
+                    description: Some(close.reason.to_owned()),
+                }));
         }
     }
 }
@@ -703,7 +706,7 @@ mod bench {
         let mut registry = Registry::new(RoutingKey::Alias("a1".into()), bus, settings);
         let mut receivers = Vec::with_capacity(members);
         for id in 0..members as SessionId {
-            let (outbox, rx) = Outbox::new(usize::MAX, Box::new(|| {}));
+            let (outbox, rx) = Outbox::new(usize::MAX, "slow", Box::new(|| {}));
             let member = Member {
                 id,
                 outbox,
@@ -821,6 +824,7 @@ mod tests {
         let counter = Arc::clone(&evicted);
         let (outbox, _rx) = Outbox::new(
             1 << 20,
+            "slow",
             Box::new(move || {
                 counter.fetch_add(1, Ordering::Relaxed);
             }),

@@ -80,6 +80,51 @@ async fn api_token_connects_only_with_a_valid_alias_id() {
 }
 
 #[tokio::test]
+async fn a_fragmented_auth_frame_is_put_together() {
+    use herald_tests::raw::{opcode, RawFrame};
+    use herald_tests::{RawWs, PROMPT};
+
+    let node = Node::start(NodeConfig::memory()).await;
+    let mut ws = RawWs::connect(node.addr(), "/v1/ws?auth=message", &[])
+        .await
+        .unwrap_or_else(|status| panic!("upgrade refused with {status}"));
+    let auth =
+        json!({"event": "auth", "username": DEMO.address, "password": DEMO.password}).to_string();
+    let (first, rest) = auth.as_bytes().split_at(10);
+    let (middle, last) = rest.split_at(10);
+    ws.send_fragment(opcode::TEXT, first, false).await;
+    ws.send_fragment(opcode::CONTINUATION, middle, false).await;
+    // A control frame may come between fragments (RFC 6455 §5.4).
+    ws.send_frame(opcode::PING, b"p").await;
+    ws.send_fragment(opcode::CONTINUATION, last, true).await;
+    let mut frames = Vec::new();
+    for _ in 0..2 {
+        frames.push(ws.read_frame(PROMPT).await);
+    }
+    assert!(
+        frames.contains(&RawFrame::Frame {
+            opcode: opcode::PONG,
+            payload: b"p".to_vec()
+        }),
+        "{frames:?}"
+    );
+    let hello = frames
+        .iter()
+        .find_map(|frame| match frame {
+            RawFrame::Frame {
+                opcode: opcode::TEXT,
+                payload,
+            } => serde_json::from_slice::<serde_json::Value>(payload).ok(),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no text frame in {frames:?}"));
+    assert_eq!(
+        (hello["event"].as_str(), &hello["aliasId"]),
+        (Some("connected"), &json!(DEMO.id))
+    );
+}
+
+#[tokio::test]
 async fn auth_frame_with_good_credentials_connects() {
     let (node, publisher) = crate::memory_setup(|c| c).await;
     let mut client = Connect::v1(&node)

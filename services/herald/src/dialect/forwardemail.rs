@@ -5,9 +5,9 @@
 
 use std::net::IpAddr;
 
+use crate::websocket::{self, CloseCode, CloseReason, Inbound, Message, ProtocolError};
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use futures_util::future::join_all;
 use herald_protocol::WireFormat;
 use serde::Deserialize;
@@ -158,18 +158,17 @@ pub async fn upgrade(
             Phase::Live(Identity::Anonymous { _slot: slot })
         }
     };
-    let (response, socket, stream) = actix_ws::handle(&req, body)?;
-    let stream = stream.max_frame_size(state.limits.settings.max_client_frame_bytes);
-    FeSession::start_with(
+    let max_frame = state.limits.settings.max_client_frame_bytes;
+    let (handshake, inbound) = websocket::accept(&req, body, &[], max_frame)?;
+    let outbox = FeSession::start_with(
         state.into_inner(),
         ip,
         (request.format, request.since),
         phase,
         node_slot,
-        socket,
-        stream,
+        inbound,
     );
-    Ok(response)
+    handshake.respond(outbox)
 }
 
 /// Who a live session is.
@@ -215,10 +214,8 @@ pub struct FeSession {
     /// `?since=`: what the registries replay before going live.
     since: Option<u64>,
     phase: Phase,
+    /// Opened once the session is live (frames queue until then).
     outbox: Outbox,
-    /// Taken by the writer task once the session is live (frames queue until then).
-    writer: Option<(OutboxReceiver, actix_ws::Session)>,
-    writer_task: Option<tokio::task::JoinHandle<()>>,
     joined: Vec<RoutingKey>,
     /// Whether the client showed life since the last keepalive round.
     alive: bool,
@@ -226,24 +223,20 @@ pub struct FeSession {
 }
 
 impl FeSession {
-    #[allow(clippy::too_many_arguments)]
+    /// Starts the session; the connection writes the returned outbox.
     fn start_with(
         state: std::sync::Arc<AppState>,
         ip: IpAddr,
         (format, since): (WireFormat, Option<u64>),
         phase: Phase,
         node_slot: Slot<()>,
-        socket: actix_ws::Session,
-        stream: actix_ws::MessageStream,
-    ) -> Addr<FeSession> {
-        FeSession::create(|ctx| {
-            ctx.add_stream(stream);
-            let (outbox, receiver) = lifecycle::slow_consumer_outbox(
-                &state,
-                ctx.address(),
-                "slow consumer: reconnect with since=<last seq>",
-            );
-            FeSession {
+        inbound: Inbound,
+    ) -> OutboxReceiver {
+        lifecycle::start_session(
+            &state.clone(),
+            inbound,
+            "slow consumer: reconnect with since=<last seq>",
+            |_, outbox| FeSession {
                 id: crate::state::next_session_id(),
                 state,
                 ip,
@@ -251,13 +244,11 @@ impl FeSession {
                 since,
                 phase,
                 outbox,
-                writer: Some((receiver, socket)),
-                writer_task: None,
                 joined: Vec::new(),
                 alive: true,
                 _node_slot: node_slot,
-            }
-        })
+            },
+        )
     }
 
     /// Sends `connected`, joins the registries, then starts writing: frames the registries
@@ -299,13 +290,7 @@ impl FeSession {
             .collect::<Vec<_>>();
         let joins = async move { join_all(joins.into_iter().map(|j| directory.join(j))).await };
         self.joined = keys;
-        ctx.wait(joins.into_actor(self).map(|_, act, _| act.start_writer()));
-    }
-
-    fn start_writer(&mut self) {
-        if let Some((receiver, socket)) = self.writer.take() {
-            self.writer_task = Some(actix_web::rt::spawn(receiver.run_writer(socket)));
-        }
+        ctx.wait(joins.into_actor(self).map(|_, act, _| act.outbox.open()));
     }
 
     /// Queues a close frame and stops the actor.
@@ -314,7 +299,6 @@ impl FeSession {
             code: CloseCode::from(code),
             description: Some(reason.to_owned()),
         }));
-        self.start_writer();
         ctx.stop();
     }
 
@@ -401,12 +385,6 @@ impl Actor for FeSession {
         for key in self.joined.drain(..) {
             self.state.directory.leave(key, self.id);
         }
-        if self.outbox.is_overflowed() {
-            // The client stopped reading: don't wait for its socket, drop it.
-            if let Some(task) = self.writer_task.take() {
-                task.abort();
-            }
-        }
     }
 }
 
@@ -427,7 +405,6 @@ impl StreamHandler<Result<Message, ProtocolError>> for FeSession {
             Ok(Message::Ping(data)) => self.outbox.pong(data),
             Ok(Message::Close(_)) => {
                 self.outbox.close(None);
-                self.start_writer();
                 ctx.stop();
             }
             Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop) => {}

@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
+use actix::AsyncContext;
 use futures_util::{Stream, StreamExt};
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 
 use crate::auth::Principal;
 use crate::outbox::{Outbox, OutboxReceiver};
 use crate::state::AppState;
+use crate::websocket::{Inbound, Message, ProtocolError};
 
 /// The session's token or user was revoked (`herald.v1.control.revoke`): close with 4001.
 #[derive(Debug, Clone, Copy)]
@@ -25,20 +27,39 @@ pub struct Evict {
     pub reason: &'static str,
 }
 
-/// A session's outbound queue, bounded by `limits.max_buffered_bytes`; overflowing it
-/// evicts the session with 1013 and `reason` (how the client resumes).
-pub fn slow_consumer_outbox<A>(
+/// Starts a session actor reading `inbound`, with an outbound queue bounded by
+/// `limits.max_buffered_bytes` (overflowing it evicts the session with 1013 and
+/// `slow_reason`, how the client resumes). `make` builds the actor around its queue; the
+/// connection writes the returned receiving half ([`crate::websocket::Handshake::respond`]).
+pub fn start_session<A>(
     state: &AppState,
-    session: actix::Addr<A>,
-    reason: &'static str,
-) -> (Outbox, OutboxReceiver)
+    inbound: Inbound,
+    slow_reason: &'static str,
+    make: impl FnOnce(&mut actix::Context<A>, Outbox) -> A,
+) -> OutboxReceiver
 where
-    A: actix::Actor<Context = actix::Context<A>> + actix::Handler<Evict>,
+    A: actix::Actor<Context = actix::Context<A>>
+        + actix::Handler<Evict>
+        + actix::StreamHandler<Result<Message, ProtocolError>>,
 {
-    Outbox::new(
-        state.limits.settings.max_buffered_bytes,
-        Box::new(move || session.do_send(Evict { code: 1013, reason })),
-    )
+    let mut receiver = None;
+    A::create(|ctx| {
+        ctx.add_stream(inbound);
+        let session = ctx.address();
+        let (outbox, rx) = Outbox::new(
+            state.limits.settings.max_buffered_bytes,
+            slow_reason,
+            Box::new(move || {
+                session.do_send(Evict {
+                    code: 1013,
+                    reason: slow_reason,
+                })
+            }),
+        );
+        receiver = Some(rx);
+        make(ctx, outbox)
+    });
+    receiver.expect("Actor::create runs its closure before returning")
 }
 
 /// Fires once the credentials of `principal` are revoked on any node.

@@ -11,10 +11,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::websocket::{self, CloseCode, CloseReason, Inbound, Message, ProtocolError};
 use actix::prelude::*;
-use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use actix_web::http::header::SEC_WEBSOCKET_PROTOCOL;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use bytestring::ByteString;
 use serde_json::{json, Map, Value};
 
@@ -26,7 +26,7 @@ use crate::dialect::lifecycle;
 use crate::dialect::Refusal;
 use crate::limits::Slot;
 use crate::metrics;
-use crate::outbox::{Frame, Outbox};
+use crate::outbox::{Frame, Outbox, OutboxReceiver};
 use crate::registry::{Join, Member, Relayed, RoutingKey, SessionId};
 use crate::state::AppState;
 
@@ -66,13 +66,10 @@ pub async fn upgrade(
         )
     })?;
     let login = login_alias(&state, DIALECT, &credentials, ip).await?;
-    let (mut response, socket, stream) = actix_ws::handle(&req, body)?;
-    response
-        .headers_mut()
-        .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("jmap"));
-    let stream = stream.max_frame_size(state.settings.jmap.max_frame_bytes);
-    JmapSession::start_with(state.into_inner(), login, node_slot, socket, stream);
-    Ok(response)
+    let max_frame = state.settings.jmap.max_frame_bytes;
+    let (handshake, inbound) = websocket::accept(&req, body, &["jmap"], max_frame)?;
+    let outbox = JmapSession::start_with(state.into_inner(), login, node_slot, inbound);
+    handshake.respond(outbox)
 }
 
 /// One `/jmap/ws` session.
@@ -81,7 +78,6 @@ pub struct JmapSession {
     state: Arc<AppState>,
     login: AliasLogin,
     outbox: Outbox,
-    writer_task: Option<tokio::task::JoinHandle<()>>,
     /// Whether the session is a member of its alias's registry.
     joined: bool,
     /// While push is enabled: the types pushed (`None`: every type).
@@ -102,37 +98,36 @@ pub struct JmapSession {
 }
 
 impl JmapSession {
+    /// Starts the session; the connection writes the returned outbox.
     fn start_with(
         state: Arc<AppState>,
         login: AliasLogin,
         node_slot: Slot<()>,
-        socket: actix_ws::Session,
-        stream: actix_ws::MessageStream,
-    ) -> Addr<JmapSession> {
-        JmapSession::create(|ctx| {
-            ctx.add_stream(stream);
-            let (outbox, receiver) = lifecycle::slow_consumer_outbox(
-                &state,
-                ctx.address(),
-                "slow consumer: reconnect and enable push with your pushState",
-            );
-            JmapSession {
-                id: crate::state::next_session_id(),
-                state,
-                login,
-                outbox,
-                writer_task: Some(actix_web::rt::spawn(receiver.run_writer(socket))),
-                joined: false,
-                push: None,
-                states: BTreeMap::new(),
-                pending: BTreeSet::new(),
-                flush_scheduled: false,
-                seen: 0,
-                floor: 0,
-                alive: true,
-                _node_slot: node_slot,
-            }
-        })
+        inbound: Inbound,
+    ) -> OutboxReceiver {
+        lifecycle::start_session(
+            &state.clone(),
+            inbound,
+            "slow consumer: reconnect and enable push with your pushState",
+            |_, outbox| {
+                outbox.open();
+                JmapSession {
+                    id: crate::state::next_session_id(),
+                    state,
+                    login,
+                    outbox,
+                    joined: false,
+                    push: None,
+                    states: BTreeMap::new(),
+                    pending: BTreeSet::new(),
+                    flush_scheduled: false,
+                    seen: 0,
+                    floor: 0,
+                    alive: true,
+                    _node_slot: node_slot,
+                }
+            },
+        )
     }
 
     fn key(&self) -> RoutingKey {
@@ -282,12 +277,6 @@ impl Actor for JmapSession {
         metrics::session_delta(DIALECT, -1.0);
         if self.joined {
             self.state.directory.leave(self.key(), self.id);
-        }
-        if self.outbox.is_overflowed() {
-            // The client stopped reading: don't wait for its socket, drop it.
-            if let Some(task) = self.writer_task.take() {
-                task.abort();
-            }
         }
     }
 }

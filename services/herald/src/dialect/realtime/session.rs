@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::websocket::{self, CloseCode, CloseReason, Inbound, Message, ProtocolError};
 use actix::prelude::*;
 use actix_web::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::future::join_all;
@@ -118,17 +118,15 @@ pub async fn upgrade(
             )
         })?;
     let protocols: Vec<&str> = echo.as_deref().into_iter().collect();
-    let (response, socket, stream) = actix_ws::handle_with_protocols(&req, body, &protocols)?;
     let frame_cap = state.settings.realtime.max_message_bytes.saturating_mul(4);
-    let stream = stream.max_frame_size(frame_cap);
-    RtSession::start_with(
+    let (handshake, inbound) = websocket::accept(&req, body, &protocols, frame_cap)?;
+    let outbox = RtSession::start_with(
         state.into_inner(),
         (ip, user_id, principal),
         node_slot,
-        socket,
-        stream,
+        inbound,
     );
-    Ok(response)
+    handshake.respond(outbox)
 }
 
 /// A client frame `{type, data, id?}`.
@@ -176,8 +174,6 @@ pub struct RtSession {
     may_subscribe: Vec<String>,
     may_publish: Vec<String>,
     outbox: Outbox,
-    writer: Option<(OutboxReceiver, actix_ws::Session)>,
-    writer_task: Option<tokio::task::JoinHandle<()>>,
     /// Topic patterns joined.
     topics: BTreeSet<String>,
     /// Whether the user registry was joined (left once on stop).
@@ -195,43 +191,41 @@ impl RtSession {
         state: Arc<AppState>,
         (ip, user_id, principal): (IpAddr, String, Principal),
         node_slot: Slot<()>,
-        socket: actix_ws::Session,
-        stream: actix_ws::MessageStream,
-    ) -> Addr<RtSession> {
-        RtSession::create(|ctx| {
-            ctx.add_stream(stream);
-            let (outbox, receiver) = lifecycle::slow_consumer_outbox(
-                &state,
-                ctx.address(),
-                "slow consumer: reconnect and Subscribe with since=<last seq>",
-            );
-            let rt = &state.settings.realtime;
-            let quota = Quota::per_second(
-                std::num::NonZeroU32::new(rt.messages_per_second)
-                    .unwrap_or(std::num::NonZeroU32::MIN),
-            )
-            .allow_burst(std::num::NonZeroU32::new(rt.burst).unwrap_or(std::num::NonZeroU32::MIN));
-            let id = crate::state::next_session_id();
-            RtSession {
-                id,
-                connection_id: state.realtime.connection_id(id),
-                may_subscribe: permissions(&principal, "subscribe", &rt.default_subscribe),
-                may_publish: permissions(&principal, "publish", &rt.default_publish),
-                limiter: RateLimiter::direct(quota),
-                state,
-                ip,
-                user_id,
-                principal,
-                outbox,
-                writer: Some((receiver, socket)),
-                writer_task: None,
-                topics: BTreeSet::new(),
-                joined_user: false,
-                presence: None,
-                alive: true,
-                _node_slot: node_slot,
-            }
-        })
+        inbound: Inbound,
+    ) -> OutboxReceiver {
+        lifecycle::start_session(
+            &state.clone(),
+            inbound,
+            "slow consumer: reconnect and Subscribe with since=<last seq>",
+            |_, outbox| {
+                let rt = &state.settings.realtime;
+                let quota = Quota::per_second(
+                    std::num::NonZeroU32::new(rt.messages_per_second)
+                        .unwrap_or(std::num::NonZeroU32::MIN),
+                )
+                .allow_burst(
+                    std::num::NonZeroU32::new(rt.burst).unwrap_or(std::num::NonZeroU32::MIN),
+                );
+                let id = crate::state::next_session_id();
+                RtSession {
+                    id,
+                    connection_id: state.realtime.connection_id(id),
+                    may_subscribe: permissions(&principal, "subscribe", &rt.default_subscribe),
+                    may_publish: permissions(&principal, "publish", &rt.default_publish),
+                    limiter: RateLimiter::direct(quota),
+                    state,
+                    ip,
+                    user_id,
+                    principal,
+                    outbox,
+                    topics: BTreeSet::new(),
+                    joined_user: false,
+                    presence: None,
+                    alive: true,
+                    _node_slot: node_slot,
+                }
+            },
+        )
     }
 
     fn member(&self) -> Member {
@@ -247,19 +241,12 @@ impl RtSession {
         let _ = self.outbox.push(frame);
     }
 
-    fn start_writer(&mut self) {
-        if let Some((receiver, socket)) = self.writer.take() {
-            self.writer_task = Some(actix_web::rt::spawn(receiver.run_writer(socket)));
-        }
-    }
-
     /// Queues a close frame and stops the actor.
     fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
         self.outbox.close(Some(CloseReason {
             code: CloseCode::from(code),
             description: Some(reason.to_owned()),
         }));
-        self.start_writer();
         ctx.stop();
     }
 
@@ -302,7 +289,7 @@ impl RtSession {
         self.joined_user = true;
         ctx.wait(setup.into_actor(self).map(|lease, act, _| {
             act.presence = Some(lease);
-            act.start_writer();
+            act.outbox.open();
         }));
     }
 
@@ -958,11 +945,6 @@ impl Actor for RtSession {
                 }
             });
         }
-        if self.outbox.is_overflowed() {
-            if let Some(task) = self.writer_task.take() {
-                task.abort();
-            }
-        }
         tracing::debug!(session = self.id, ip = %self.ip, "/ws session closed");
     }
 }
@@ -989,7 +971,6 @@ impl StreamHandler<Result<Message, ProtocolError>> for RtSession {
             Ok(Message::Ping(data)) => self.outbox.pong(data),
             Ok(Message::Close(_)) => {
                 self.outbox.close(None);
-                self.start_writer();
                 ctx.stop();
             }
             Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop) => {}

@@ -9,9 +9,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::websocket::{self, CloseCode, CloseReason, Inbound, Message, ProtocolError};
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -60,14 +60,10 @@ pub async fn upgrade(
 ) -> Result<HttpResponse, actix_web::Error> {
     let Admitted { ip, node_slot } = admit(&req, &state).await?;
     let token = token_of(&req);
-    let (response, socket, stream) = actix_ws::handle(&req, body)?;
     let max_frame = state.settings.rooms.max_frame_bytes;
-    let stream = stream
-        .max_frame_size(max_frame)
-        .aggregate_continuations()
-        .max_continuation_size(max_frame);
-    RoomsSession::start_with(state.into_inner(), ip, token, node_slot, socket, stream);
-    Ok(response)
+    let (handshake, inbound) = websocket::accept(&req, body, &[], max_frame)?;
+    let outbox = RoomsSession::start_with(state.into_inner(), ip, token, node_slot, inbound);
+    handshake.respond(outbox)
 }
 
 /// The JWT: `?token=`, else (for non-browser clients) `Authorization: Bearer`.
@@ -116,9 +112,6 @@ pub struct RoomsSession {
     /// `Some` once the token is checked.
     user: Option<User>,
     outbox: Outbox,
-    /// Taken by the writer task when the session starts.
-    writer: Option<(OutboxReceiver, actix_ws::Session)>,
-    writer_task: Option<tokio::task::JoinHandle<()>>,
     /// Rooms joined: each is one registry membership, left exactly once.
     rooms: HashSet<Room>,
     /// Whether the client showed life since the last keepalive round.
@@ -127,38 +120,34 @@ pub struct RoomsSession {
 }
 
 impl RoomsSession {
+    /// Starts the session; the connection writes the returned outbox, at once (rooms
+    /// answer before authentication).
     fn start_with(
         state: Arc<AppState>,
         ip: IpAddr,
         token: Option<String>,
         node_slot: Slot<()>,
-        socket: actix_ws::Session,
-        stream: actix_ws::AggregatedMessageStream,
-    ) -> Addr<RoomsSession> {
-        RoomsSession::create(|ctx| {
-            ctx.add_stream(stream);
-            let (outbox, receiver) =
-                lifecycle::slow_consumer_outbox(&state, ctx.address(), "slow consumer: reconnect");
-            RoomsSession {
-                id: crate::state::next_session_id(),
-                state,
-                ip,
-                token,
-                user: None,
-                outbox,
-                writer: Some((receiver, socket)),
-                writer_task: None,
-                rooms: HashSet::new(),
-                alive: true,
-                _node_slot: node_slot,
-            }
-        })
-    }
-
-    fn start_writer(&mut self) {
-        if let Some((receiver, socket)) = self.writer.take() {
-            self.writer_task = Some(actix_web::rt::spawn(receiver.run_writer(socket)));
-        }
+        inbound: Inbound,
+    ) -> OutboxReceiver {
+        lifecycle::start_session(
+            &state.clone(),
+            inbound,
+            "slow consumer: reconnect",
+            |_, outbox| {
+                outbox.open();
+                RoomsSession {
+                    id: crate::state::next_session_id(),
+                    state,
+                    ip,
+                    token,
+                    user: None,
+                    outbox,
+                    rooms: HashSet::new(),
+                    alive: true,
+                    _node_slot: node_slot,
+                }
+            },
+        )
     }
 
     /// Queues a close frame after what is queued and stops the actor.
@@ -462,7 +451,6 @@ impl Actor for RoomsSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::session_delta(DIALECT, 1.0);
-        self.start_writer();
         ctx.run_interval(self.state.settings.rooms.ping_interval, |act, ctx| {
             act.keepalive(ctx)
         });
@@ -489,41 +477,28 @@ impl Actor for RoomsSession {
                 }
             });
         }
-        if self.outbox.is_overflowed() {
-            // The client stopped reading: don't wait for its socket, drop it.
-            if let Some(task) = self.writer_task.take() {
-                task.abort();
-            }
-        }
     }
 }
 
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for RoomsSession {
-    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Message, ProtocolError>> for RoomsSession {
+    fn handle(&mut self, item: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
         self.alive = true;
         match item {
-            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
-            Ok(AggregatedMessage::Binary(_)) => self.push(error_frame(
+            Ok(Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(Message::Binary(_)) => self.push(error_frame(
                 None,
                 "bad_frame",
                 "frames are JSON text, not binary",
             )),
-            Ok(AggregatedMessage::Ping(data)) => self.outbox.pong(data),
-            Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(_)) => {
+            Ok(Message::Ping(data)) => self.outbox.pong(data),
+            Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop) => {}
+            Ok(Message::Close(_)) => {
                 self.outbox.close(None);
                 ctx.stop();
             }
             // A single frame over the limit, or fragments adding up to more than it.
             Err(ProtocolError::Overflow) => {
                 self.close(close::TOO_BIG, "frame too big (rooms.max_frame_bytes)", ctx)
-            }
-            Err(ProtocolError::Io(error)) if error.to_string().contains("continuation size") => {
-                self.close(
-                    close::TOO_BIG,
-                    "message too big (rooms.max_frame_bytes)",
-                    ctx,
-                )
             }
             Err(error) => {
                 tracing::debug!(session = self.id, %error, "protocol error; closing");

@@ -1,0 +1,313 @@
+//! The WebSocket connection after the upgrade, shared by every dialect: the handshake
+//! response whose body is the session's outbox, and the stream of the client's messages.
+//!
+//! actix-ws would put a 32-slot channel and a writer task between the outbox and the
+//! connection: 1.3 KiB more per session, and two more task wake-ups per frame. Here a
+//! registry's push wakes the connection's dispatcher, which encodes what is queued and
+//! writes it, several frames per write when they pile up.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_codec::{Decoder, Encoder};
+use actix_http::ws::{self, Codec, Item};
+use actix_web::body::{BodyStream, BoxBody};
+use actix_web::http::header::SEC_WEBSOCKET_PROTOCOL;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use futures_util::Stream;
+
+pub use actix_http::ws::{CloseCode, CloseReason, Message, ProtocolError};
+
+use crate::metrics;
+use crate::outbox::{Delivery, Frame, Outbound, OutboxReceiver};
+
+/// At most this many bytes of queued frames go into one write.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// A close reason's longest text: a control frame carries at most 125 bytes, two of them
+/// the code. Longer reasons are cut (browsers drop the connection over an oversized one).
+const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// A checked upgrade request, waiting for the session's outbox to become the response body.
+pub struct Handshake(actix_http::ResponseBuilder);
+
+/// Checks the upgrade request and echoes the first of the client's subprotocols that is in
+/// `protocols`; the client's messages come from the returned [`Inbound`], each at most
+/// `max_message_bytes` (fragments included).
+pub fn accept(
+    req: &HttpRequest,
+    payload: web::Payload,
+    protocols: &[&str],
+    max_message_bytes: usize,
+) -> Result<(Handshake, Inbound), actix_web::Error> {
+    let mut response = ws::handshake(req.head())?;
+    if let Some(protocol) = select_protocol(req, protocols) {
+        response.insert_header((SEC_WEBSOCKET_PROTOCOL, protocol));
+    }
+    Ok((
+        Handshake(response),
+        Inbound::new(payload, max_message_bytes),
+    ))
+}
+
+/// The first subprotocol the client offers that the server speaks.
+fn select_protocol<'a>(req: &'a HttpRequest, protocols: &[&str]) -> Option<&'a str> {
+    req.headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .find(|offered| !offered.is_empty() && protocols.contains(offered))
+}
+
+impl Handshake {
+    /// The `101 Switching Protocols` response, writing `outbox` to the connection.
+    pub fn respond(mut self, outbox: OutboxReceiver) -> Result<HttpResponse, actix_web::Error> {
+        let body = BoxBody::new(BodyStream::new(Body {
+            outbox,
+            buf: BytesMut::new(),
+            codec: Codec::new(),
+            done: false,
+        }));
+        Ok(self.0.message_body(body)?.into())
+    }
+}
+
+/// The response body: the session's outbox, encoded as WebSocket frames.
+struct Body {
+    outbox: OutboxReceiver,
+    buf: BytesMut,
+    codec: Codec,
+    /// A close frame was written, or every sender is gone: the body ends.
+    done: bool,
+}
+
+impl Body {
+    fn encode(&mut self, message: Message) -> Result<(), ProtocolError> {
+        self.codec.encode(message, &mut self.buf)
+    }
+
+    fn close(&mut self, reason: Option<CloseReason>) -> Result<(), ProtocolError> {
+        self.done = true;
+        let reason = reason.map(|mut reason| {
+            if let Some(text) = reason.description.as_mut() {
+                let mut end = text.len().min(MAX_CLOSE_REASON_BYTES);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+            }
+            reason
+        });
+        self.encode(Message::Close(reason))
+    }
+
+    fn frame(&mut self, frame: Frame, delivery: Delivery) -> Result<(), ProtocolError> {
+        let len = frame.len();
+        let span = delivery.trace.map(|parent| {
+            let format = match frame {
+                Frame::Text(_) => "json",
+                Frame::Binary(_) => "msgpack",
+            };
+            let span = tracing::debug_span!(
+                "herald.write",
+                format,
+                bytes = len,
+                outcome = tracing::field::Empty
+            );
+            herald_telemetry::propagation::set_parent(&span, parent);
+            span
+        });
+        let result = self.encode(match frame {
+            Frame::Text(text) => Message::Text(text),
+            Frame::Binary(bin) => Message::Binary(bin),
+        });
+        self.outbox.written(len);
+        if let Some(ms) = delivery.published_ms {
+            let now = crate::registry::now_ms();
+            metrics::delivery_latency(now.saturating_sub(ms) as f64 / 1000.0);
+        }
+        if let Some(span) = span {
+            span.record("outcome", if result.is_ok() { "written" } else { "failed" });
+        }
+        result
+    }
+
+    /// Encodes what is queued, up to [`BATCH_BYTES`]; `Pending` only when nothing is.
+    fn fill(&mut self, cx: &mut Context<'_>) -> Result<(), ProtocolError> {
+        while !self.done && self.buf.len() < BATCH_BYTES {
+            if let Some(reason) = self.outbox.overflow_reason() {
+                // What is still queued is abandoned: the client resumes from its last seq.
+                self.buf.clear();
+                return self.close(Some(CloseReason {
+                    code: CloseCode::Again,
+                    description: Some(reason.into()),
+                }));
+            }
+            match self.outbox.poll_item(cx) {
+                Poll::Ready(Some(Outbound::Frame(frame, delivery))) => {
+                    self.frame(frame, delivery)?
+                }
+                Poll::Ready(Some(Outbound::Ping)) => self.encode(Message::Ping(Bytes::new()))?,
+                Poll::Ready(Some(Outbound::Pong(data))) => self.encode(Message::Pong(data))?,
+                Poll::Ready(Some(Outbound::Close(reason))) => self.close(reason)?,
+                Poll::Ready(None) => self.done = true,
+                Poll::Pending => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Stream for Body {
+    type Item = Result<Bytes, ProtocolError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Err(error) = this.fill(cx) {
+            this.done = true;
+            return Poll::Ready(Some(Err(error)));
+        }
+        if !this.buf.is_empty() {
+            // Taken whole, so an idle connection keeps no buffer.
+            return Poll::Ready(Some(Ok(std::mem::take(&mut this.buf).freeze())));
+        }
+        if this.done {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// What a fragmented message is being assembled into.
+enum Partial {
+    Text(BytesMut),
+    Binary(BytesMut),
+}
+
+/// The client's messages, fragmented ones assembled (RFC 6455 §5.4).
+pub struct Inbound {
+    payload: web::Payload,
+    buf: BytesMut,
+    codec: Codec,
+    max_message_bytes: usize,
+    partial: Option<Partial>,
+    /// The connection's read side ended, or a protocol error ended the stream.
+    ended: bool,
+}
+
+impl Inbound {
+    fn new(payload: web::Payload, max_message_bytes: usize) -> Inbound {
+        Inbound {
+            payload,
+            buf: BytesMut::new(),
+            codec: Codec::new().max_size(max_message_bytes),
+            max_message_bytes,
+            partial: None,
+            ended: false,
+        }
+    }
+
+    /// The next complete message in the buffer, if one is.
+    fn next_message(&mut self) -> Result<Option<Message>, ProtocolError> {
+        while let Some(frame) = self.codec.decode(&mut self.buf)? {
+            let message = match frame {
+                ws::Frame::Text(bytes) => Message::Text(text(bytes)?),
+                ws::Frame::Binary(bytes) => Message::Binary(bytes),
+                ws::Frame::Ping(bytes) => Message::Ping(bytes),
+                ws::Frame::Pong(bytes) => Message::Pong(bytes),
+                ws::Frame::Close(reason) => Message::Close(reason),
+                ws::Frame::Continuation(item) => match self.assemble(item)? {
+                    Some(message) => message,
+                    None => continue,
+                },
+            };
+            return Ok(Some(message));
+        }
+        Ok(None)
+    }
+
+    /// Adds a fragment; the whole message once its last fragment is in.
+    fn assemble(&mut self, item: Item) -> Result<Option<Message>, ProtocolError> {
+        let (fragment, last) = match item {
+            Item::FirstText(bytes) => {
+                self.partial = Some(Partial::Text(BytesMut::new()));
+                (bytes, false)
+            }
+            Item::FirstBinary(bytes) => {
+                self.partial = Some(Partial::Binary(BytesMut::new()));
+                (bytes, false)
+            }
+            Item::Continue(bytes) => (bytes, false),
+            Item::Last(bytes) => (bytes, true),
+        };
+        let (Some(Partial::Text(buf)) | Some(Partial::Binary(buf))) = self.partial.as_mut() else {
+            return Err(ProtocolError::ContinuationNotStarted);
+        };
+        if buf.len() + fragment.len() > self.max_message_bytes {
+            return Err(ProtocolError::Overflow);
+        }
+        buf.extend_from_slice(&fragment);
+        if !last {
+            return Ok(None);
+        }
+        Ok(match self.partial.take() {
+            Some(Partial::Text(buf)) => Some(Message::Text(text(buf.freeze())?)),
+            Some(Partial::Binary(buf)) => Some(Message::Binary(buf.freeze())),
+            None => None,
+        })
+    }
+}
+
+/// A text message's payload, which must be UTF-8.
+fn text(bytes: Bytes) -> Result<ByteString, ProtocolError> {
+    ByteString::try_from(bytes)
+        .map_err(|error| ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, error)))
+}
+
+impl Stream for Inbound {
+    type Item = Result<Message, ProtocolError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.ended && this.buf.is_empty() {
+                return Poll::Ready(None);
+            }
+            match this.next_message() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Ok(None) if this.ended => {
+                    // A truncated frame at the end of the connection: nothing more comes.
+                    this.buf.clear();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    this.ended = true;
+                    this.buf.clear();
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+            match Pin::new(&mut this.payload).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => {
+                    if this.buf.is_empty() {
+                        this.buf = BytesMut::from(bytes);
+                    } else {
+                        this.buf.extend_from_slice(&bytes);
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    this.ended = true;
+                    this.buf.clear();
+                    return Poll::Ready(Some(Err(ProtocolError::Io(io::Error::other(error)))));
+                }
+                Poll::Ready(None) => this.ended = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

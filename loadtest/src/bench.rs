@@ -143,8 +143,10 @@ impl Sizes {
             concurrency: 256,
             fanout_aliases: 1000,
             fanout_sessions_per_alias: 10,
+            // Steps of 1.25x past 1,000 events/s: the maximum is known to within 25 %.
             ramp_rates: vec![
-                250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0, 32000.0,
+                250.0, 500.0, 1000.0, 1250.0, 1600.0, 2000.0, 2500.0, 3200.0, 4000.0, 5000.0,
+                6400.0, 8000.0, 10000.0, 12800.0, 16000.0, 20000.0, 25600.0, 32000.0,
             ],
             step_secs: 4.0,
             max_step_events: 200_000,

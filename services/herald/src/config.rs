@@ -1243,9 +1243,8 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_its_key() {
-        let dir = std::env::temp_dir().join(format!("herald-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("bad.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
         std::fs::write(
             &file,
             "[bus]\nkind = \"nats\"\n[bus.nats]\nurls = [\"http://x\"]\n",

@@ -49,6 +49,20 @@ async fn sixth_session_of_an_alias_across_two_nodes_is_refused_when_the_cap_is_f
 }
 
 #[tokio::test]
+async fn a_live_node_keeps_its_places_past_the_lease_ttl() {
+    let nats = NatsServer::start();
+    let (a, b) = two_nodes(&nats, |c| {
+        c.max_sessions_per_alias(1).set("limits.lease_ttl", "2s")
+    })
+    .await;
+    let _held = Connect::v1(&a).alias(&DEMO).connect().await;
+    // Three TTLs: the lease lives only because node A keeps refreshing it.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let refusal = Connect::v1(&b).alias(&DEMO).refused().await;
+    assert_eq!(refusal.status, 429, "the place is still held: {refusal:?}");
+}
+
+#[tokio::test]
 async fn connection_rate_per_address_holds_across_nodes() {
     let nats = NatsServer::start();
     let (a, b) = two_nodes(&nats, |c| c.connections_per_ip_per_minute(4)).await;

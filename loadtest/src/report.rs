@@ -217,19 +217,51 @@ struct Metric {
     get: fn(&Value) -> Option<f64>,
 }
 
+const IDLE_BYTES: Metric = Metric {
+    name: "memory per idle session (ΔRSS / sessions, bytes)",
+    scenario: "idle",
+    decimals: 0,
+    get: |r| r["bytes_per_session"].as_f64(),
+};
+
+const CONNECT_RATE: Metric = Metric {
+    name: "connect storm: sessions/s accepted (with auth)",
+    scenario: "idle",
+    decimals: 0,
+    get: |r| r["connect_rate_per_sec"].as_f64(),
+};
+
+const HALF_P50: Metric = Metric {
+    name: "p50 at 50% of max (ms)",
+    scenario: "fanout",
+    decimals: 2,
+    get: |r| step_at(r, "half_step")?["latency_ms"]["p50"].as_f64(),
+};
+
+const HALF_P99: Metric = Metric {
+    name: "p99 at 50% of max (ms)",
+    scenario: "fanout",
+    decimals: 2,
+    get: |r| step_at(r, "half_step")?["latency_ms"]["p99"].as_f64(),
+};
+
+const HALF_P999: Metric = Metric {
+    name: "p99.9 at 50% of max (ms)",
+    scenario: "fanout",
+    decimals: 2,
+    get: |r| step_at(r, "half_step")?["latency_ms"]["p999"].as_f64(),
+};
+
+const PER_CPU: Metric = Metric {
+    name: "deliveries per server CPU-second (at max)",
+    scenario: "fanout",
+    decimals: 0,
+    get: |r| step_at(r, "max_sustainable_step")?["deliveries_per_server_cpu_sec"].as_f64(),
+};
+
 const METRICS: &[Metric] = &[
-    Metric {
-        name: "memory per idle session (ΔRSS / sessions, bytes)",
-        scenario: "idle",
-        decimals: 0,
-        get: |r| r["bytes_per_session"].as_f64(),
-    },
-    Metric {
-        name: "connect storm: sessions/s accepted (with auth)",
-        scenario: "idle",
-        decimals: 0,
-        get: |r| r["connect_rate_per_sec"].as_f64(),
-    },
+    IDLE_BYTES,
+    CONNECT_RATE,
     Metric {
         name: "idle-cluster (sizes above): memory per idle session (ΣΔRSS of the processes / sessions, bytes)",
         scenario: "idle-cluster",
@@ -265,24 +297,9 @@ const METRICS: &[Metric] = &[
         decimals: 2,
         get: |r| step_at(r, "max_sustainable_step")?["latency_ms"]["p99"].as_f64(),
     },
-    Metric {
-        name: "p99 at 50% of max (ms)",
-        scenario: "fanout",
-        decimals: 2,
-        get: |r| step_at(r, "half_step")?["latency_ms"]["p99"].as_f64(),
-    },
-    Metric {
-        name: "p50 at 50% of max (ms)",
-        scenario: "fanout",
-        decimals: 2,
-        get: |r| step_at(r, "half_step")?["latency_ms"]["p50"].as_f64(),
-    },
-    Metric {
-        name: "deliveries per server CPU-second (at max)",
-        scenario: "fanout",
-        decimals: 0,
-        get: |r| step_at(r, "max_sustainable_step")?["deliveries_per_server_cpu_sec"].as_f64(),
-    },
+    HALF_P99,
+    HALF_P50,
+    PER_CPU,
     Metric {
         name: "deliveries per server+bus CPU-second (at max)",
         scenario: "fanout",
@@ -378,6 +395,122 @@ fn summary(md: &mut String, results: &[Value]) {
     md.push('\n');
 }
 
+/// A goal of the benchmark issue, checked against herald's medians.
+struct Target {
+    goal: &'static str,
+    metric: &'static Metric,
+    /// Compare herald's median ÷ this peer's, not herald's median itself.
+    ratio_to: Option<&'static str>,
+    /// The measured value must be at most (`true`) or at least (`false`) `bound`.
+    at_most: bool,
+    bound: f64,
+}
+
+const TARGETS: &[Target] = &[
+    Target {
+        goal: "≤ 8 KiB RSS per idle session (bytes)",
+        metric: &IDLE_BYTES,
+        ratio_to: None,
+        at_most: true,
+        bound: 8192.0,
+    },
+    Target {
+        goal: "≥ 50,000 deliveries per server CPU-second",
+        metric: &PER_CPU,
+        ratio_to: None,
+        at_most: false,
+        bound: 50_000.0,
+    },
+    Target {
+        goal: "p50 ≤ 0.3 ms at 50% of max",
+        metric: &HALF_P50,
+        ratio_to: None,
+        at_most: true,
+        bound: 0.3,
+    },
+    Target {
+        goal: "p99 ≤ 2 ms at 50% of max",
+        metric: &HALF_P99,
+        ratio_to: None,
+        at_most: true,
+        bound: 2.0,
+    },
+    Target {
+        goal: "p99.9 ≤ 10 ms at 50% of max",
+        metric: &HALF_P999,
+        ratio_to: None,
+        at_most: true,
+        bound: 10.0,
+    },
+    Target {
+        goal: "≥ 5,000 authenticated upgrades/s (one server core)",
+        metric: &CONNECT_RATE,
+        ratio_to: None,
+        at_most: false,
+        bound: 5000.0,
+    },
+    Target {
+        goal: "≥ 3× the Node reference (deliveries per server CPU-second, ratio)",
+        metric: &PER_CPU,
+        ratio_to: Some("forwardemail-node"),
+        at_most: false,
+        bound: 3.0,
+    },
+    Target {
+        goal: "within 1.5× of raw NATS WebSocket (deliveries per server CPU-second, ratio ≥ 0.67)",
+        metric: &PER_CPU,
+        ratio_to: Some("nats-ws"),
+        at_most: false,
+        bound: 1.0 / 1.5,
+    },
+];
+
+/// herald's medians against the goals, and where to find out why a goal is missed.
+fn targets(md: &mut String, results: &[Value]) {
+    let mut rows = Vec::new();
+    for target in TARGETS {
+        let herald = metric_median(results, "herald", target.metric);
+        let measured = match target.ratio_to {
+            None => herald,
+            Some(peer) => herald
+                .zip(metric_median(results, peer, target.metric))
+                .and_then(|(h, p)| (p != 0.0).then(|| h / p)),
+        };
+        let Some(value) = measured else { continue };
+        let met = if target.at_most {
+            value <= target.bound
+        } else {
+            value >= target.bound
+        };
+        let decimals = if target.ratio_to.is_some() {
+            2
+        } else {
+            target.metric.decimals
+        };
+        rows.push(vec![
+            target.goal.to_owned(),
+            fmt(Some(value), decimals),
+            (if met { "met" } else { "**missed**" }).to_owned(),
+        ]);
+    }
+    if rows.is_empty() {
+        return;
+    }
+    table(
+        md,
+        "Against the targets",
+        &["target", "herald (median)", ""],
+        &rows,
+    );
+    let _ = writeln!(
+        md,
+        "Where a target is missed, `loadtest/profile cpu [RATE]` (perf) and \
+         `loadtest/profile memory [SESSIONS]` (heaptrack) show where herald's time and memory \
+         go; the README's Performance section (\"Where the memory and the CPU go\") keeps the \
+         latest breakdown.\n"
+    );
+}
+
 /// The Markdown report.
 fn markdown(meta: &Value, results: &[Value], plots: &[(String, String)]) -> String {
     let mut md = String::from("# herald load test\n\n");
@@ -391,6 +524,7 @@ fn markdown(meta: &Value, results: &[Value], plots: &[(String, String)]) -> Stri
         md.push('\n');
     }
     summary(&mut md, results);
+    targets(&mut md, results);
     for (file, title) in plots {
         let _ = writeln!(md, "### {title}\n\n![{title}]({file})\n");
     }
@@ -742,5 +876,49 @@ mod tests {
                 .unwrap();
         assert_eq!(json["results"][0]["scenario"], "idle");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn targets_compare_herald_with_the_goals_and_the_peers() {
+        let fanout = |system: &str, per_cpu: f64, p50: f64| {
+            serde_json::json!({
+                "scenario": "fanout", "system": system,
+                "max_sustainable_step": 0, "half_step": 1,
+                "steps": [
+                    {"deliveries_per_server_cpu_sec": per_cpu, "latency_ms": {"p50": 1.0, "p99": 3.0, "p999": 5.0}},
+                    {"latency_ms": {"p50": p50, "p99": 1.5, "p999": 12.0}},
+                ],
+            })
+        };
+        let idle = serde_json::json!({"scenario": "idle", "system": "herald", "bytes_per_session": 7000.0, "connect_rate_per_sec": 4000.0});
+        let results = [
+            fanout("herald", 60_000.0, 0.2),
+            fanout("forwardemail-node", 30_000.0, 0.5),
+            fanout("nats-ws", 100_000.0, 0.1),
+            idle,
+        ];
+        let mut md = String::new();
+        targets(&mut md, &results);
+        let verdict = |goal: &str| {
+            md.lines()
+                .find(|line| line.starts_with(&format!("| {goal}")))
+                .unwrap_or_else(|| panic!("no row for {goal} in {md}"))
+                .to_owned()
+        };
+        assert!(verdict("≤ 8 KiB").ends_with("| 7000 | met |"), "{md}");
+        assert!(verdict("≥ 50,000").ends_with("| 60000 | met |"), "{md}");
+        assert!(verdict("p50").ends_with("| 0.20 | met |"), "{md}");
+        assert!(verdict("p99 ≤").ends_with("| 1.50 | met |"), "{md}");
+        assert!(verdict("p99.9").ends_with("| 12.00 | **missed** |"), "{md}");
+        assert!(
+            verdict("≥ 5,000").ends_with("| 4000 | **missed** |"),
+            "{md}"
+        );
+        assert!(verdict("≥ 3×").ends_with("| 2.00 | **missed** |"), "{md}");
+        assert!(
+            verdict("within 1.5×").ends_with("| 0.60 | **missed** |"),
+            "{md}"
+        );
+        assert!(md.contains("loadtest/profile cpu"), "{md}");
     }
 }

@@ -203,6 +203,18 @@ impl RawWs {
         self.send_fragment(opcode, payload, true).await;
     }
 
+    /// Sends one frame without a mask, which only servers may do (RFC 6455 §5.1).
+    pub async fn send_unmasked(&mut self, opcode: u8, payload: &[u8]) {
+        let len = u8::try_from(payload.len()).expect("a short payload");
+        assert!(len < 126, "a short payload");
+        let mut frame = vec![0x80 | opcode, len];
+        frame.extend_from_slice(payload);
+        self.stream
+            .write_all(&frame)
+            .await
+            .expect("cannot send a frame");
+    }
+
     /// Sends one masked frame of a fragmented message: the first with the message's
     /// opcode, the rest with [`opcode::CONTINUATION`]; `fin` on the last.
     pub async fn send_fragment(&mut self, opcode: u8, payload: &[u8], fin: bool) {

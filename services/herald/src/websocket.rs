@@ -263,6 +263,18 @@ impl Inbound {
     }
 }
 
+/// The close code and reason for a client's protocol error other than an oversized
+/// message (whose reason names the dialect's limit): 1007 for a text message that is not
+/// UTF-8, 1002 for the rest (RFC 6455 §7.4.1).
+pub fn protocol_close(error: &ProtocolError) -> (u16, &'static str) {
+    match error {
+        ProtocolError::Io(io) if io.kind() == io::ErrorKind::InvalidData => {
+            (1007, "a text message must be UTF-8")
+        }
+        _ => (1002, "protocol error"),
+    }
+}
+
 /// A text message's payload, which must be UTF-8.
 fn text(bytes: Bytes) -> Result<ByteString, ProtocolError> {
     ByteString::try_from(bytes)

@@ -172,3 +172,35 @@ async fn sigterm_drains_sessions_with_1001_refuses_new_ones_and_exits_0() {
         "herald must exit 0 after the drain, got {status:?}"
     );
 }
+
+#[tokio::test]
+async fn malformed_frames_close_with_their_rfc_6455_codes() {
+    let node = Node::start(NodeConfig::memory()).await;
+    let auth = basic_auth(DEMO.address, DEMO.password);
+    let open = || async {
+        let mut ws = RawWs::connect(node.addr(), "/v1/ws", &[("Authorization", &auth)])
+            .await
+            .unwrap_or_else(|status| panic!("upgrade refused with {status}"));
+        let hello = match ws.read_frame(PROMPT).await {
+            RawFrame::Frame {
+                opcode: opcode::TEXT,
+                payload,
+            } => serde_json::from_slice::<serde_json::Value>(&payload).expect("JSON"),
+            other => panic!("expected the connected frame, got {other:?}"),
+        };
+        assert_eq!(hello["event"], "connected", "{hello}");
+        ws
+    };
+    let mut ws = open().await;
+    ws.send_frame(opcode::TEXT, b"\xff\xfe not UTF-8").await;
+    let close = ws.read_frame(PROMPT).await;
+    assert_eq!(close.close_code(), Some(1007), "{close:?}");
+
+    let mut ws = open().await;
+    ws.send_unmasked(opcode::TEXT, b"{}").await;
+    let close = ws.read_frame(PROMPT).await;
+    assert_eq!(close.close_code(), Some(1002), "{close:?}");
+
+    // The node is unharmed.
+    let _ws = open().await;
+}

@@ -330,7 +330,8 @@ impl StreamHandler<Result<Message, ProtocolError>> for JmapSession {
             }
             Err(error) => {
                 tracing::debug!(session = self.id, %error, "protocol error; closing");
-                self.close(1002, "protocol error", ctx);
+                let (code, reason) = websocket::protocol_close(&error);
+                self.close(code, reason, ctx);
             }
         }
     }

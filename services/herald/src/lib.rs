@@ -3,8 +3,10 @@
 //! - [`config`]: the typed, validated configuration tree.
 //! - [`bus`]: where events come from (in-process or NATS).
 //! - [`directory`] and [`registry`]: the actor core that fans events out per routing key.
-//! - [`outbox`]: each session's byte-bounded outbound queue and socket writer.
-//! - [`dialect`]: client protocols (`/v1/ws` so far) over that core.
+//! - [`outbox`]: each session's byte-bounded outbound queue.
+//! - [`websocket`]: the connection after the upgrade: the outbox as the response body, and
+//!   the client's messages.
+//! - [`dialect`]: client protocols (`/v1/ws`, `/jmap/ws`, `/ws`, rooms) over that core.
 //! - [`auth`], [`limits`], [`cluster_limits`]: who may connect, and how much.
 //! - [`http`]: health, readiness, metrics and publishing.
 //! - [`startup`]: building and running a node.

@@ -50,10 +50,10 @@ impl Frame {
     }
 }
 
-/// What the writer needs to know about a notification besides its bytes.
+/// What the connection needs to know about a notification besides its bytes.
 #[derive(Default)]
 pub struct Delivery {
-    /// Publish timestamp (ms since the epoch): the writer observes publish → socket write
+    /// Publish timestamp (ms since the epoch): the connection observes publish → socket write
     /// latency once the frame is written.
     pub published_ms: Option<u64>,
     /// Parent of a `herald.write` span around this socket write; set only for sampled,
@@ -336,7 +336,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_writer_side_gets_items_in_order_then_ends_when_senders_are_gone() {
+    async fn the_reading_side_gets_items_in_order_then_ends_when_senders_are_gone() {
         let (outbox, rx) = Outbox::new(1 << 20, "slow", Box::new(|| {}));
         outbox.open();
         assert_eq!(

@@ -169,7 +169,7 @@ pub struct RegistrySettings {
 /// What became of one fan-out's frames for the sessions of one codec.
 #[derive(Debug, Default, Clone, Copy)]
 struct DeliverCounts {
-    /// Queued to the session's writer.
+    /// Queued for the session's connection.
     queued: u64,
     /// Held for a session still catching up on its `since` replay.
     held: u64,

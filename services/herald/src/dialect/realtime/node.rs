@@ -163,7 +163,7 @@ impl RealtimeNode {
 
     /// Stores `message` (its payload plus this node's report subject for it), having
     /// registered for its reports first: the stored sequence and the reports to
-    /// [`Reports::collect`].
+    /// `Reports::collect`.
     pub async fn publish_counted(
         &self,
         mut message: BusMessage,

@@ -287,6 +287,19 @@ impl Node {
         self.child.id()
     }
 
+    /// The process's resident set size in bytes (`VmRSS` in `/proc/<pid>/status`), the
+    /// figure the abuse tests bound.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status of the node");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS line in /proc/<pid>/status");
+        kib * 1024
+    }
+
     /// Every stderr line so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().expect("log lock").clone()

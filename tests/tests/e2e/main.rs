@@ -4,6 +4,7 @@
 //! Run with `cargo build -p herald && cargo test -p herald-tests`. Needs `nats-server`
 //! (`$NATS_SERVER`, `.venv/bin/nats-server` or `PATH`); a missing one fails the run.
 
+mod abuse;
 mod auth;
 mod bus;
 mod cli;

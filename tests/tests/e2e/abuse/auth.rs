@@ -1,0 +1,1 @@
+//! Abuse of the auth layer (see the module doc of `abuse`).

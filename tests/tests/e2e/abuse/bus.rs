@@ -1,0 +1,1 @@
+//! Abuse of the bus layer (see the module doc of `abuse`).

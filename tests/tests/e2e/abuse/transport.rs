@@ -1,0 +1,1 @@
+//! Abuse of the transport layer (see the module doc of `abuse`).

@@ -4,6 +4,7 @@
 
 mod auth;
 mod bus;
+mod rooms;
 mod transport;
 
 /// Mebibytes, for stating RSS bounds.

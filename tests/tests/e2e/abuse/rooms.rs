@@ -1,0 +1,1 @@
+//! Abuse of the rooms dialect (see the module doc of `abuse`).

@@ -145,14 +145,22 @@ impl RtClient {
         }
     }
 
-    /// `Subscribe {topics, since?}` → the `Status subscribed` answer.
+    /// `Subscribe {topics, since?, id}` → the `Status subscribed` answer (the `Ack` that
+    /// follows it for the request's id is read and checked too).
     pub async fn subscribe(&mut self, topics: &[&str], since: Option<u64>) -> Value {
         let mut data = json!({"topics": topics});
         if let Some(since) = since {
             data["since"] = since.into();
         }
         let answer = self.request("Subscribe", data).await;
+        assert_eq!(answer["type"], "Status", "{answer}");
         assert_eq!(answer["data"]["status"], "subscribed", "{answer}");
+        let id = answer["id"].clone();
+        let ack = self
+            .take("the Subscribe Ack", |f| f["type"] == "Ack" && f["id"] == id)
+            .await;
+        assert_eq!(ack["data"]["message_id"], id, "{ack}");
+        assert_eq!(ack["data"]["details"], answer["data"]["details"], "{ack}");
         answer
     }
 

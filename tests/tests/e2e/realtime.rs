@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use herald_tests::realtime::{configure, connect_to, token, RtClient};
+use herald_tests::realtime::{configure, connect_to, now_secs, token, RtClient};
 use herald_tests::{NatsServer, Node, NodeConfig};
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -62,7 +62,11 @@ async fn ws_accepts_a_jwt_in_the_query_a_bearer_header_or_a_subprotocol_and_refu
         details["features"],
         json!(["broadcast", "direct_message", "presence", "history"])
     );
-    assert!(details["server_time"].as_u64().is_some(), "{details}");
+    let server_time = details["server_time"].as_u64().expect("server_time");
+    assert!(
+        server_time.abs_diff(now_secs()) < 60,
+        "server_time is in seconds, as document 003 shows it: {details}"
+    );
     assert!(!by_query.connection_id().is_empty());
 
     let by_header =
@@ -109,13 +113,46 @@ async fn ws_ping_subscribe_wildcards_and_unsubscribe() {
     let mut alice = RtClient::connect(&node, "alice").await;
     let mut bob = RtClient::connect(&node, "bob").await;
 
+    // A Pong (the document's client answers JSON Pings with one) is accepted silently.
+    alice.send("Pong", json!({"timestamp": 1})).await;
     let pong = alice.request("Ping", json!({"timestamp": 12345})).await;
     assert_eq!(pong["type"], "Pong");
     assert_eq!(pong["data"]["timestamp"], 12345);
+    alice
+        .expect_none_of_type("Error", Duration::from_millis(200))
+        .await;
+    alice
+        .ws
+        .send_json(&json!({"type": "Ping", "data": {}, "id": {"not": "echoable"}}))
+        .await;
+    let bad_id = alice.next_of_type("Error").await;
+    assert_eq!(bad_id["data"]["code"], 400, "{bad_id}");
+    assert!(
+        bad_id["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("id must be a string"),
+        "{bad_id}"
+    );
 
-    let status = alice.subscribe(&["updates.*", "all.>"], None).await;
-    assert_eq!(status["data"]["topics"], json!(["updates.*", "all.>"]));
-    assert_eq!(status["data"]["active_subscriptions"], 2);
+    // Document 003: Status {status, details: {topics, active_subscriptions}}, then for a
+    // request with an id an Ack whose message_id is that id (what its client awaits).
+    alice
+        .ws
+        .send_json(&json!({"type": "Subscribe", "data": {"topics": ["updates.*", "all.>"]}, "id": "sub-1"}))
+        .await;
+    let status = alice.next().await;
+    assert_eq!(status["type"], "Status", "{status}");
+    assert_eq!(status["id"], "sub-1", "{status}");
+    assert_eq!(
+        status["data"],
+        json!({"status": "subscribed", "details": {"topics": ["updates.*", "all.>"], "active_subscriptions": 2}})
+    );
+    let ack = alice.next().await;
+    assert_eq!(ack["type"], "Ack", "{ack}");
+    assert_eq!(ack["data"]["message_id"], "sub-1", "{ack}");
+    assert_eq!(ack["data"]["status"], "subscribed", "{ack}");
+    assert_eq!(ack["data"]["details"], status["data"]["details"], "{ack}");
 
     for (topic, recipients) in [
         ("other.a", 0),
@@ -130,6 +167,10 @@ async fn ws_ping_subscribe_wildcards_and_unsubscribe() {
             )
             .await;
         assert_eq!(ack["type"], "Ack", "{ack}");
+        assert_eq!(
+            ack["data"]["message_id"], ack["id"],
+            "the request's id: {ack}"
+        );
         assert_eq!(ack["data"]["recipients"], recipients, "{topic}: {ack}");
     }
     let first = alice.next_of_type("Broadcast").await;
@@ -137,16 +178,38 @@ async fn ws_ping_subscribe_wildcards_and_unsubscribe() {
     assert_eq!(first["data"]["payload"], json!({"n": "updates.a"}));
     let metadata = &first["data"]["metadata"];
     assert!(metadata["message_id"].as_str().is_some(), "{first}");
-    assert!(metadata["sent_at"].as_u64().is_some(), "{first}");
+    let sent_at = metadata["sent_at"].as_u64().expect("sent_at");
+    assert!(
+        sent_at.abs_diff(now_secs()) < 60,
+        "sent_at in seconds: {first}"
+    );
+    assert!(
+        first["timestamp"].as_u64().expect("timestamp") > sent_at * 999,
+        "the frame's timestamp is in ms: {first}"
+    );
+
+    // Without an id, the Ack carries the server's message id.
+    bob.send("Broadcast", json!({"topic": "updates.a", "payload": 0}))
+        .await;
+    let ack = bob.next_of_type("Ack").await;
+    assert!(ack.get("id").is_none(), "{ack}");
+    let server_id = ack["data"]["message_id"].as_str().expect("a server id");
+    assert_eq!(server_id.len(), 36, "a UUID: {ack}");
     assert!(first["seq"].as_u64().is_some(), "{first}");
     let second = alice.next_of_type("Broadcast").await;
     assert_eq!(second["data"]["topic"], "all.x.y", "{second}");
+    let third = alice.next_of_type("Broadcast").await;
+    assert_eq!(third["data"]["metadata"]["message_id"], server_id);
 
     let status = alice
         .request("Unsubscribe", json!({"topics": ["updates.*"]}))
         .await;
-    assert_eq!(status["data"]["status"], "unsubscribed");
-    assert_eq!(status["data"]["active_subscriptions"], 1);
+    assert_eq!(
+        status["data"],
+        json!({"status": "unsubscribed", "details": {"topics": ["updates.*"], "active_subscriptions": 1}})
+    );
+    let ack = alice.next_of_type("Ack").await;
+    assert_eq!(ack["data"]["message_id"], status["id"], "{ack}");
     bob.request("Broadcast", json!({"topic": "updates.b", "payload": 1}))
         .await;
     alice
@@ -269,10 +332,15 @@ async fn ws_direct_messages_reach_online_users_on_any_node_and_wait_for_offline_
         )
         .await;
     assert_eq!(ack["type"], "Ack", "{ack}");
+    assert_eq!(
+        ack["data"]["message_id"], ack["id"],
+        "the request's id: {ack}"
+    );
     assert_eq!(ack["data"]["delivered_to"], json!([bob.connection_id()]));
     let dm = bob.next_of_type("DirectMessage").await;
-    assert_eq!(dm["data"]["from"], "alice");
+    assert_eq!(dm["data"]["from_user"], "alice", "{dm}");
     assert_eq!(dm["data"]["payload"], json!({"hi": 1}));
+    assert_eq!(dm["data"]["metadata"]["message_id"], ack["id"], "{dm}");
 
     // Sent back to back, answered concurrently: stored (and replayed) in sending order.
     for n in 1..=3 {
@@ -287,12 +355,21 @@ async fn ws_direct_messages_reach_online_users_on_any_node_and_wait_for_offline_
         assert_eq!(answer["type"], "Error", "{answer}");
         assert_eq!(answer["data"]["code"], 404);
         assert_eq!(answer["data"]["details"]["queued"], true);
-        assert!(answer["data"]["details"]["message_id"].as_str().is_some());
+        assert_eq!(answer["data"]["details"]["message_id"], id.as_str());
+        assert!(
+            answer["data"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("User dave not found or not connected"),
+            "{answer}"
+        );
     }
     let mut dave = RtClient::connect(&c.b, "dave").await;
     for n in 1..=3 {
         let dm = dave.next_of_type("DirectMessage").await;
         assert_eq!(dm["data"]["payload"], n, "{dm}");
+        assert_eq!(dm["data"]["from_user"], "alice", "{dm}");
+        assert_eq!(dm["data"]["metadata"]["message_id"], format!("dm{n}"));
     }
     dave.expect_none_of_type("DirectMessage", Duration::from_millis(500))
         .await;
@@ -312,7 +389,8 @@ async fn ws_presence_follows_first_and_last_session_across_nodes_and_node_death(
     let online = watcher.next_of_type("Presence").await;
     assert_eq!(online["data"]["user_id"], "bob");
     assert_eq!(online["data"]["status"], "online");
-    assert!(online["data"]["last_seen"].as_u64().is_some());
+    let last_seen = online["data"]["last_seen"].as_u64().expect("last_seen");
+    assert!(last_seen.abs_diff(now_secs()) < 60, "seconds: {online}");
     let bob2 = RtClient::connect(&c.a, "bob").await;
     bob1.close().await;
     watcher
@@ -344,17 +422,17 @@ async fn ws_warns_before_the_token_expires_and_closes_with_4401_at_expiry() {
             .set("auth.jwt.leeway", "0s")
     })
     .await;
-    let exp = herald_tests::realtime::now_secs() + 4;
+    let exp = now_secs() + 4;
     let jwt = token("alice", json!({"exp": exp}));
     let mut alice = RtClient::open(connect_to(&node).query("token", &jwt)).await;
     let warning = alice.next_of_type("AuthStatus").await;
     assert_eq!(warning["data"]["status"], "token_expiring");
     assert_eq!(warning["data"]["refresh_required"], true);
-    assert_eq!(warning["data"]["expires_at"], exp * 1000);
-    assert!(
-        herald_tests::realtime::now_secs() < exp,
-        "the warning comes before expiry"
+    assert_eq!(
+        warning["data"]["expires_at"], exp,
+        "the JWT's exp, in seconds"
     );
+    assert!(now_secs() < exp, "the warning comes before expiry");
     assert_eq!(alice.expect_close().await, Some(4401));
 }
 
@@ -414,13 +492,30 @@ async fn ws_binary_frames_are_checksummed_and_bad_lengths_get_400() {
     alice.ws.send_binary(frame).await;
     let status = alice.next_of_type("Status").await;
     assert_eq!(status["data"]["status"], "binary_received", "{status}");
-    assert_eq!(status["data"]["size"], payload.len());
-    assert_eq!(status["data"]["type"], "broadcast");
+    let details = &status["data"]["details"];
+    assert_eq!(details["size"], payload.len());
+    assert_eq!(details["type"], "broadcast");
+    assert_eq!(details["target"], "updates.a");
     let digest: String = sha2::Sha256::digest(&payload)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    assert_eq!(status["data"]["checksum"], format!("sha256:{digest}"));
+    assert_eq!(details["checksum"], format!("sha256:{digest}"));
+
+    // Document 003's names for the other types.
+    for (kind, name, body) in [
+        (0x02u8, "direct_message", &b"\x03bobhi"[..]),
+        (0x03, "file_transfer", b"file"),
+        (0x04, "stream_data", b"chunk"),
+    ] {
+        let mut frame = vec![kind];
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(body);
+        alice.ws.send_binary(frame).await;
+        let status = alice.next_of_type("Status").await;
+        assert_eq!(status["data"]["details"]["type"], name, "{status}");
+        assert_eq!(status["data"]["details"]["size"], body.len(), "{status}");
+    }
 
     let mut file = vec![0x03];
     file.extend_from_slice(&100u32.to_be_bytes());

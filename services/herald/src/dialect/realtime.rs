@@ -67,8 +67,9 @@ pub fn covers(allowed: &str, requested: &str) -> bool {
 /// A topic or user event as a `/ws` frame. The envelope's payload is the frame when it has
 /// a `type` (`Broadcast`, `DirectMessage`, `Notification`, `Presence`, ...); a topic payload
 /// without one is delivered as `Broadcast {topic, payload}`, a user payload without one as
-/// `Notification`. `data.metadata` gets `message_id`, `sent_at` (ms) and `seq`, and the
-/// frame a top-level `seq` to resume from with `Subscribe.since`.
+/// `Notification`. `data.metadata` gets `message_id`, `sent_at` (seconds, as document 003
+/// shows it) and `seq`, and the frame a top-level `seq` to resume from with
+/// `Subscribe.since` and `timestamp` (ms, like the document client's `Date.now()`).
 pub fn encode(decoded: &Decoded) -> Result<Encoded, String> {
     let payload = &decoded.envelope.payload;
     let typed = matches!(payload.get("type"), Some(Value::String(_)));
@@ -102,7 +103,7 @@ pub fn encode(decoded: &Decoded) -> Result<Encoded, String> {
                 .or_insert_with(|| decoded.fallback_id.clone().into());
             metadata
                 .entry("sent_at")
-                .or_insert_with(|| decoded.timestamp_ms.into());
+                .or_insert_with(|| (decoded.timestamp_ms / 1000).into());
             if let Some(seq) = decoded.seq {
                 metadata.insert("seq".into(), seq.into());
             }

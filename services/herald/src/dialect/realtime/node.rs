@@ -297,7 +297,8 @@ impl RealtimeNode {
             "data": {
                 "user_id": user_id,
                 "status": if online { "online" } else { "offline" },
-                "last_seen": now_ms(),
+                // Seconds, like every time field inside a /ws `data` (document 003).
+                "last_seen": now_ms() / 1000,
                 "metadata": {},
             },
         });

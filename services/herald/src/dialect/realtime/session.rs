@@ -30,6 +30,12 @@ use crate::limits::Slot;
 use crate::metrics;
 use crate::outbox::{Frame, Outbox, OutboxReceiver};
 use crate::registry::{now_ms, Join, Member, RoutingKey, SessionId};
+
+/// Seconds since the epoch: the unit of every time field inside `data` (`server_time`,
+/// `sent_at`, `last_seen`, `expires_at`), as document 003's examples show them.
+fn now_secs() -> u64 {
+    now_ms() / 1000
+}
 use crate::state::AppState;
 
 /// The `/ws` protocol version announced in the welcome.
@@ -259,7 +265,7 @@ impl RtSession {
                 "details": {
                     "connection_id": self.connection_id,
                     "user_id": self.user_id,
-                    "server_time": now_ms(),
+                    "server_time": now_secs(),
                     "protocol_version": PROTOCOL_VERSION,
                     "features": FEATURES,
                 },
@@ -320,7 +326,7 @@ impl RtSession {
                 "AuthStatus",
                 json!({
                     "status": "token_expiring",
-                    "expires_at": exp_ms,
+                    "expires_at": exp,
                     "refresh_required": true,
                     "message": "the token expires soon: reconnect with a fresh token before expires_at",
                 }),
@@ -363,13 +369,28 @@ impl RtSession {
                 ))
             }
         };
+        if let Some(bad) = request
+            .id
+            .as_ref()
+            .filter(|id| !(id.is_string() || id.is_number()))
+        {
+            return self.send(error(
+                400,
+                format!("id must be a string (or a number) the answer can echo, not {bad}"),
+                json!({"id": bad}),
+                None,
+            ));
+        }
         let id = request.id.as_ref();
         match request.kind.as_str() {
             "Ping" => self.send(frame(
                 "Pong",
-                json!({"timestamp": request.data.get("timestamp").cloned().unwrap_or(Value::Null), "server_time": now_ms()}),
+                json!({"timestamp": request.data.get("timestamp").cloned().unwrap_or(Value::Null), "server_time": now_secs()}),
                 id,
             )),
+            // The document's client answers a JSON `Ping` with `Pong`; any frame already
+            // counts as liveness, so there is nothing to answer.
+            "Pong" => {}
             "Subscribe" => self.on_subscribe(&request, ctx),
             "Unsubscribe" => self.on_unsubscribe(&request),
             "Broadcast" => self.on_broadcast(&request, ctx),
@@ -377,7 +398,7 @@ impl RtSession {
             kind if kind.starts_with("X-") => self.on_custom(request, ctx),
             other => self.send(error(
                 400,
-                format!("unknown type {other:?}: use Ping, Subscribe, Unsubscribe, Broadcast, DirectMessage or an X- custom type"),
+                format!("unknown type {other:?}: use Ping, Pong, Subscribe, Unsubscribe, Broadcast, DirectMessage or an X- custom type"),
                 json!({"type": other}),
                 id,
             )),
@@ -475,12 +496,29 @@ impl RtSession {
         });
         let joins = join_all(joins.collect::<Vec<_>>());
         ctx.wait(joins.into_actor(self).map(move |_, act, _| {
-            act.send(frame(
-                "Status",
-                json!({"status": "subscribed", "topics": topics, "active_subscriptions": act.topics.len()}),
-                id.as_ref(),
-            ));
+            let active = act.topics.len();
+            act.answer_status("subscribed", topics, active, id.as_ref());
         }));
+    }
+
+    /// `Status {status, details: {topics, active_subscriptions}}` as document 003 shows it,
+    /// then, for a request with an `id`, `Ack {message_id: id, status, details}`: the
+    /// document's client resolves a pending request only on an `Ack` whose `message_id` is
+    /// the request's `id`, and otherwise times out after 30 s.
+    fn answer_status(&self, status: &str, topics: Vec<String>, active: usize, id: Option<&Value>) {
+        let details = json!({"topics": topics, "active_subscriptions": active});
+        self.send(frame(
+            "Status",
+            json!({"status": status, "details": details}),
+            id,
+        ));
+        if let Some(id) = id {
+            self.send(frame(
+                "Ack",
+                json!({"message_id": id, "status": status, "details": details}),
+                Some(id),
+            ));
+        }
     }
 
     fn on_unsubscribe(&mut self, request: &ClientFrame) {
@@ -495,11 +533,12 @@ impl RtSession {
                     .leave(RoutingKey::Topic(topic.clone()), self.id);
             }
         }
-        self.send(frame(
-            "Status",
-            json!({"status": "unsubscribed", "topics": topics, "active_subscriptions": self.topics.len()}),
+        self.answer_status(
+            "unsubscribed",
+            topics,
+            self.topics.len(),
             request.id.as_ref(),
-        ));
+        );
     }
 
     /// Who sent a message, as stored with it.
@@ -552,12 +591,16 @@ impl RtSession {
             ));
         }
         let message_id = uuid::Uuid::new_v4().to_string();
+        let public_id = request
+            .id
+            .clone()
+            .unwrap_or_else(|| message_id.clone().into());
         let payload = json!({
             "type": "Broadcast",
             "data": {
                 "topic": topic,
                 "payload": request.data.get("payload").cloned().unwrap_or(Value::Null),
-                "metadata": {"message_id": message_id, "sent_at": now_ms(), "sender": self.sender()},
+                "metadata": {"message_id": public_id, "sent_at": now_secs(), "sender": self.sender()},
             },
         });
         let subject = format!("herald.v1.topic.{topic}");
@@ -595,13 +638,17 @@ impl RtSession {
             ));
         }
         let message_id = uuid::Uuid::new_v4().to_string();
+        let public_id = request
+            .id
+            .clone()
+            .unwrap_or_else(|| message_id.clone().into());
         let payload = json!({
             "type": "DirectMessage",
             "data": {
-                "from": self.user_id,
+                "from_user": self.user_id,
                 "target_user": target,
                 "payload": request.data.get("payload").cloned().unwrap_or(Value::Null),
-                "metadata": {"message_id": message_id, "sent_at": now_ms(), "sender": self.sender()},
+                "metadata": {"message_id": public_id, "sent_at": now_secs(), "sender": self.sender()},
             },
         });
         let subject = format!("herald.v1.user.{target}");
@@ -626,7 +673,7 @@ impl RtSession {
                     return act.send(error(
                         code,
                         message,
-                        json!({"message_id": message_id, "queued": false}),
+                        json!({"message_id": public_id, "queued": false}),
                         id.as_ref(),
                     ))
                 }
@@ -656,18 +703,24 @@ impl RtSession {
     /// what `answer` makes of the recipients, or queues it for an offline user (`Err`).
     /// Storing blocks the session's next message (so a client's messages are stored in
     /// the order it sent them); waiting for the reports does not.
+    ///
+    /// `message_id` is the server's: the stored message's dedup id and its report subject
+    /// (a client's `id` is neither unique across clients nor a valid subject token). What
+    /// the client sees as `message_id` is its own `id` when it sent one, so it can match
+    /// the answer to its pending request.
     fn publish_counted(
         &mut self,
         (subject, message_id, payload): (String, String, Value),
         id: Option<Value>,
         ctx: &mut Context<Self>,
-        answer: impl FnOnce(&str, Option<u64>, &[String]) -> Result<Value, (String, Option<u64>)>
+        answer: impl FnOnce(&Value, Option<u64>, &[String]) -> Result<Value, (String, Option<u64>)>
             + 'static,
     ) {
         let Value::Object(payload) = payload else {
             return;
         };
         let state = Arc::clone(&self.state);
+        let public_id = id.clone().unwrap_or_else(|| message_id.clone().into());
         let message = BusMessage {
             subject,
             json: true,
@@ -691,7 +744,7 @@ impl RtSession {
                     return act.send(error(
                         503,
                         format!("the message could not be stored: {e}; retry"),
-                        json!({"message_id": message_id}),
+                        json!({"message_id": public_id}),
                         id.as_ref(),
                     ))
                 }
@@ -699,26 +752,26 @@ impl RtSession {
             let wait = state.settings.realtime.ack_wait;
             let work = async move {
                 let connections = reports.collect(wait).await;
-                match answer(&message_id, seq, &connections) {
+                match answer(&public_id, seq, &connections) {
                     Ok(data) => frame("Ack", data, id.as_ref()),
                     Err((target, Some(seq))) => match state.realtime.enqueue(&target, seq).await {
                         Ok(()) => error(
                             404,
-                            format!("{target} is not connected; the message is queued and delivered when they next connect"),
-                            json!({"message_id": message_id, "queued": true, "target_user": target}),
+                            format!("User {target} not found or not connected; the message is queued and delivered when they next connect"),
+                            json!({"message_id": public_id, "queued": true, "target_user": target}),
                             id.as_ref(),
                         ),
                         Err(e) => error(
                             503,
-                            format!("{target} is not connected and the message could not be queued: {e}"),
-                            json!({"message_id": message_id, "queued": false}),
+                            format!("User {target} not found or not connected, and the message could not be queued: {e}; retry"),
+                            json!({"message_id": public_id, "queued": false}),
                             id.as_ref(),
                         ),
                     },
                     Err((target, None)) => error(
                         404,
-                        format!("{target} is not connected"),
-                        json!({"message_id": message_id, "queued": false}),
+                        format!("User {target} not found or not connected"),
+                        json!({"message_id": public_id, "queued": false}),
                         id.as_ref(),
                     ),
                 }
@@ -813,8 +866,9 @@ impl RtSession {
         }));
     }
 
-    /// `[1 B type][4 B big-endian length][payload]`: acknowledged with the payload's
-    /// size and SHA-256.
+    /// `[1 B type][4 B big-endian length][payload]`: acknowledged with `Status
+    /// binary_received` and, in `details` as document 003 nests them, the payload's size,
+    /// the type's name and its SHA-256.
     fn on_binary(&mut self, bytes: &Bytes) {
         let max = self.state.settings.realtime.max_message_bytes;
         if bytes.len() > max {
@@ -830,16 +884,19 @@ impl RtSession {
         }
         match parse_binary(bytes) {
             Ok(parsed) => {
-                let mut data = json!({
-                    "status": "binary_received",
+                let mut details = json!({
                     "size": parsed.payload.len(),
                     "type": parsed.kind,
                     "checksum": format!("sha256:{}", hex(&sha2::Sha256::digest(parsed.payload))),
                 });
                 if let Some(target) = parsed.target {
-                    data["target"] = target.into();
+                    details["target"] = target.into();
                 }
-                self.send(frame("Status", data, None));
+                self.send(frame(
+                    "Status",
+                    json!({"status": "binary_received", "details": details}),
+                    None,
+                ));
             }
             Err(message) => self.send(error(400, message, json!({"size": bytes.len()}), None)),
         }
@@ -848,7 +905,8 @@ impl RtSession {
 
 /// A binary client frame, checked.
 struct BinaryFrame<'a> {
-    /// `broadcast`, `direct`, `file` or `stream`.
+    /// The document's name of the type: `broadcast`, `direct_message`, `file_transfer` or
+    /// `stream_data`.
     kind: &'static str,
     /// The target of a broadcast (topic) or direct (user) frame.
     target: Option<String>,
@@ -864,12 +922,12 @@ fn parse_binary(bytes: &[u8]) -> Result<BinaryFrame<'_>, String> {
     };
     let kind = match kind {
         0x01 => "broadcast",
-        0x02 => "direct",
-        0x03 => "file",
-        0x04 => "stream",
+        0x02 => "direct_message",
+        0x03 => "file_transfer",
+        0x04 => "stream_data",
         other => {
             return Err(format!(
-                "binary type 0x{other:02x} is unknown: 0x01 broadcast, 0x02 direct, 0x03 file, 0x04 stream"
+                "binary type 0x{other:02x} is unknown: 0x01 broadcast, 0x02 direct_message, 0x03 file_transfer, 0x04 stream_data"
             ))
         }
     };
@@ -883,7 +941,7 @@ fn parse_binary(bytes: &[u8]) -> Result<BinaryFrame<'_>, String> {
             payload.len()
         ));
     }
-    let target = if matches!(kind, "broadcast" | "direct") {
+    let target = if matches!(kind, "broadcast" | "direct_message") {
         let Some((&len, rest)) = payload.split_first() else {
             return Err(format!(
                 "a {kind} binary payload starts with a 1-byte target length and the UTF-8 target"
@@ -1006,6 +1064,14 @@ mod tests {
         assert_eq!(parsed.kind, "broadcast");
         assert_eq!(parsed.target.as_deref(), Some("a.b"));
         assert_eq!(parsed.payload.len(), 4);
+        assert_eq!(
+            parse_binary(&[0x03, 0, 0, 0, 0]).unwrap().kind,
+            "file_transfer"
+        );
+        assert_eq!(
+            parse_binary(&[0x04, 0, 0, 0, 0]).unwrap().kind,
+            "stream_data"
+        );
         assert!(parse_binary(&[0x03, 0, 0, 0, 9, 1, 2]).is_err());
         assert!(parse_binary(&[0x09, 0, 0, 0, 0]).is_err());
         assert!(parse_binary(&[0x03, 0, 0]).is_err());

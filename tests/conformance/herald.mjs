@@ -5,15 +5,21 @@
 // Binary: $HERALD_BIN, else <repo>/target/debug/herald; a missing one fails the test.
 
 import { spawn } from "node:child_process";
-import { accessSync, constants } from "node:fs";
+import { accessSync, constants, existsSync } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const REPO = path.resolve(HERE, "..", "..");
-/// The source documents (`../shared/seeds` beside the repository).
-export const SEEDS = path.resolve(REPO, "..", "shared", "seeds");
+/// The source documents: `$HERALD_SEEDS`, else the nearest `shared/seeds` beside the
+/// repository or one of its parents (a git worktree sits a level deeper than the checkout).
+export const SEEDS =
+  process.env.HERALD_SEEDS ||
+  [path.resolve(REPO, ".."), path.resolve(REPO, "..", "..")]
+    .map((dir) => path.join(dir, "shared", "seeds"))
+    .find((dir) => existsSync(dir)) ||
+  path.resolve(REPO, "..", "shared", "seeds");
 
 /** The demo data of config/dev.toml that the documents' examples are pointed at. */
 export const DEMO = {

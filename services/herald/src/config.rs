@@ -1162,7 +1162,10 @@ mod tests {
         assert!(Settings::load(None).unwrap().rooms.default_allow);
         // Likewise the demo takes demo JWTs on every dialect; production starts static-only.
         assert_eq!(Settings::default().auth.providers, ["static"]);
-        assert_eq!(Settings::load(None).unwrap().auth.providers, ["static", "jwt"]);
+        assert_eq!(
+            Settings::load(None).unwrap().auth.providers,
+            ["static", "jwt"]
+        );
     }
 
     #[test]

@@ -305,6 +305,22 @@ mod tests {
     }
 
     #[test]
+    fn error_events_carry_data_error_as_in_the_document() {
+        let Frame::Text(text) = error_frame(Some("team:1"), "bad_room", "rooms look like x:1")
+        else {
+            panic!("a text frame")
+        };
+        let event: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(event["type"], "error");
+        assert_eq!(
+            event["data"],
+            json!({"error": "rooms look like x:1", "code": "bad_room"})
+        );
+        assert_eq!(event["room"], "team:1");
+        assert_eq!(event["timestamp"].as_str().map(str::len), Some(27));
+    }
+
+    #[test]
     fn timestamps_are_iso8601_utc_with_microseconds_as_in_the_document() {
         assert_eq!(iso8601(1_700_000_000_123), "2023-11-14T22:13:20.123000Z");
     }

@@ -565,6 +565,11 @@ pub struct RoomsSettings {
     /// Protocol ping round; a session that sent nothing since the last round is closed.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// Client frames per second a connection may send (sustained); more get an `error`
+    /// event and are dropped, so one client cannot flood the bus.
+    pub messages_per_second: u32,
+    /// Client frames a connection may send in a burst above the sustained rate.
+    pub burst: u32,
 }
 
 /// `[realtime]`: the `/ws` dialect (SPEC §4.3).
@@ -611,6 +616,8 @@ impl Default for RoomsSettings {
             max_frame_bytes: 1 << 20,
             max_rooms_per_connection: 100,
             ping_interval: Duration::from_secs(30),
+            messages_per_second: 20,
+            burst: 40,
         }
     }
 }
@@ -863,6 +870,12 @@ impl Settings {
         }
         if rooms.ping_interval < Duration::from_millis(100) {
             return invalid("rooms.ping_interval", "must be at least 100ms".into());
+        }
+        if rooms.messages_per_second == 0 || rooms.burst == 0 {
+            return invalid(
+                "rooms.messages_per_second",
+                "messages_per_second and burst must be at least 1".into(),
+            );
         }
         if self.forwardemail.auth_frame_timeout.is_zero() {
             return invalid(
@@ -1129,21 +1142,30 @@ mod tests {
             assert_eq!(s.bus.retention, Duration::from_secs(24 * 3600));
             assert_eq!(s.bus.dedup_window, Duration::from_secs(120));
             assert_eq!(s.server.listen, "127.0.0.1:8080");
-            assert_eq!(s.auth.providers, ["static"]);
             assert_eq!(s.auth.callout.subject, "herald.v1.auth.request");
             assert_eq!(s.auth.callout.timeout, Duration::from_secs(10));
             let rooms = &s.rooms;
-            assert!(
-                !rooms.default_allow,
-                "a token without a rooms claim is not an open door"
-            );
             assert_eq!(rooms.max_connections_per_user, 5);
             assert_eq!(rooms.max_frame_bytes, 1024 * 1024);
             assert_eq!(rooms.max_rooms_per_connection, 100);
             assert_eq!(rooms.ping_interval, Duration::from_secs(30));
+            assert_eq!((rooms.messages_per_second, rooms.burst), (20, 40));
             assert_eq!(s.realtime.max_message_bytes, 64 * 1024);
             assert_eq!(s.limits.lease_ttl, Duration::from_secs(30));
         }
+        // Production (any --config file) denies by default; only the demo opens every
+        // room, so the rooms document's flow runs with a plain demo JWT.
+        assert!(
+            !Settings::default().rooms.default_allow,
+            "a token without a rooms claim is not an open door"
+        );
+        assert!(Settings::load(None).unwrap().rooms.default_allow);
+        // Likewise the demo takes demo JWTs on every dialect; production starts static-only.
+        assert_eq!(Settings::default().auth.providers, ["static"]);
+        assert_eq!(
+            Settings::load(None).unwrap().auth.providers,
+            ["static", "jwt"]
+        );
     }
 
     #[test]
@@ -1168,6 +1190,7 @@ mod tests {
             key_of(&|s| s.limits.lease_ttl = Duration::ZERO),
             "limits.lease_ttl"
         );
+        assert_eq!(key_of(&|s| s.rooms.burst = 0), "rooms.messages_per_second");
     }
 
     #[test]

@@ -40,14 +40,15 @@ fn keys(value: &Value) -> BTreeSet<&str> {
         .collect()
 }
 
-/// Asserts `value` is an ISO-8601 UTC timestamp with milliseconds within a minute of now.
+/// Asserts `value` is an ISO-8601 UTC timestamp with microseconds (document 004's
+/// `2025-11-13T12:00:00.000000Z`) within a minute of now.
 fn assert_recent_iso8601(value: &Value) {
     let text = value
         .as_str()
         .unwrap_or_else(|| panic!("timestamp is not a string: {value}"));
     assert!(
-        text.len() == 24 && text.ends_with('Z') && text.as_bytes()[10] == b'T',
-        "timestamp {text:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ"
+        text.len() == 27 && text.ends_with('Z') && text.as_bytes()[10] == b'T',
+        "timestamp {text:?} is not YYYY-MM-DDTHH:MM:SS.ffffffZ"
     );
     let at = humantime::parse_rfc3339(text)
         .unwrap_or_else(|e| panic!("timestamp {text:?} is not RFC 3339: {e}"));
@@ -166,6 +167,12 @@ async fn send_message_from_node_a_reaches_a_member_on_node_b_in_order() {
     assert_eq!(error["type"], "error", "{error}");
     assert_eq!(error["room"], "channel:9");
     assert_eq!(error["data"]["code"], "not_joined");
+    assert!(
+        error["data"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("join")),
+        "data.error says what to do: {error}"
+    );
 
     bob.join("channel:9").await;
     alice.join("channel:9").await;
@@ -178,7 +185,6 @@ async fn send_message_from_node_a_reaches_a_member_on_node_b_in_order() {
             )
             .await;
     }
-    let sender = json!({"user_id": "42", "username": "alice"});
     for client in [&mut bob, &mut alice] {
         for n in 0..20 {
             let message = client.next_of_type("message").await;
@@ -188,7 +194,11 @@ async fn send_message_from_node_a_reaches_a_member_on_node_b_in_order() {
                 json!({"text": format!("hi {n}")}),
                 "in order"
             );
-            assert_eq!(message["sender"], sender);
+            assert_eq!(
+                message["sender"], "alice",
+                "the username, as in document 004"
+            );
+            assert_eq!(message["sender_id"], "42");
             assert_recent_iso8601(&message["timestamp"]);
         }
     }
@@ -211,7 +221,8 @@ async fn user_joined_and_user_left_reach_members_and_revocation_closes_with_4001
     let joined = bob.next_of_type("user_joined").await;
     assert_eq!(joined["room"], "task:5");
     assert_eq!(joined["data"], alice_user);
-    assert_eq!(joined["sender"], alice_user);
+    assert_eq!(joined["sender"], "alice");
+    assert_eq!(joined["sender_id"], "42");
 
     alice.send("leave_room", Some("task:5"), None).await;
     let left = bob.next_of_type("user_left").await;
@@ -239,6 +250,73 @@ async fn user_joined_and_user_left_reach_members_and_revocation_closes_with_4001
         )
         .await;
     assert_eq!(bob.expect_close().await, Some(4001), "revoked user");
+}
+
+#[tokio::test]
+async fn a_numeric_user_id_stays_a_number_and_sender_is_the_username() {
+    let node = memory_node(|c| c).await;
+    let mut numeric = claims("0", "alice", Some(&["project:*"]));
+    numeric["sub"] = json!(12345);
+    let mut alice = RoomsClient::connect(&node, &sign(&numeric, ROOMS_SECRET)).await;
+    // Document 004's welcome, field by field (its user_id is the number 12345 too).
+    assert_eq!(
+        alice.welcome["data"],
+        json!({"message": "Connected successfully", "user_id": 12345, "username": "alice"})
+    );
+    alice.join("user:12345").await;
+    alice.join("project:1").await;
+    alice
+        .send(
+            "send_message",
+            Some("project:1"),
+            Some(json!({"content": "Hello"})),
+        )
+        .await;
+    let message = alice.next_of_type("message").await;
+    assert_eq!(
+        keys(&message),
+        BTreeSet::from([
+            "type",
+            "room",
+            "data",
+            "sender",
+            "sender_id",
+            "timestamp",
+            "seq"
+        ]),
+        "{message}"
+    );
+    assert_eq!(message["sender"], "alice");
+    assert_eq!(message["sender_id"], 12345);
+    assert_eq!(message["data"], json!({"content": "Hello"}));
+    alice.send("leave_room", Some("project:1"), None).await;
+    alice.send("join_room", Some("project:1"), None).await;
+    let joined = alice.next_of_type("user_joined").await;
+    assert_eq!(
+        joined["data"],
+        json!({"user_id": 12345, "username": "alice"})
+    );
+
+    // No username claim: the sender is the user id, as a string.
+    let mut anonymous = claims("77", "x", Some(&["project:*"]));
+    anonymous
+        .as_object_mut()
+        .expect("object")
+        .remove("username");
+    let mut bob = RoomsClient::connect(&node, &sign(&anonymous, ROOMS_SECRET)).await;
+    assert_eq!(bob.welcome["data"]["username"], Value::Null);
+    bob.join("project:1").await;
+    bob.send(
+        "send_message",
+        Some("project:1"),
+        Some(json!({"content": "hi"})),
+    )
+    .await;
+    let message = bob.next_of_type("message").await;
+    assert_eq!(
+        (&message["sender"], &message["sender_id"]),
+        (&json!("77"), &json!("77"))
+    );
 }
 
 #[tokio::test]
@@ -274,7 +352,7 @@ async fn bad_room_format_gets_an_error_event_and_the_connection_stays_open() {
         let error = alice.next().await;
         assert_eq!(error["type"], "error", "{frame} → {error}");
         assert_eq!(error["data"]["code"], code, "{frame} → {error}");
-        let message = error["data"]["message"].as_str().expect("a message");
+        let message = error["data"]["error"].as_str().expect("data.error");
         assert!(message.contains(mentions), "{frame} → {message}");
         assert_recent_iso8601(&error["timestamp"]);
     }
@@ -287,7 +365,8 @@ async fn bad_room_format_gets_an_error_event_and_the_connection_stays_open() {
 
 #[tokio::test]
 async fn room_access_follows_the_rooms_claim() {
-    let node = memory_node(|c| c).await;
+    // The built-in default (any --config file): deny. Only the demo config opens rooms.
+    let node = memory_node(|c| c.set("rooms.default_allow", false)).await;
     // `channel:*` allows every channel, nothing else. A join sent before the welcome
     // arrives waits for the token check, then counts.
     let mut ws = RoomsClient::open(&node, &token("42", "alice", Some(&["channel:*"]))).await;
@@ -311,7 +390,7 @@ async fn room_access_follows_the_rooms_claim() {
         "project:1 is not in the claim"
     );
 
-    // No claim and rooms.default_allow off (the default): only the own user room.
+    // No claim and rooms.default_allow off (the built-in default): only the own user room.
     let mut carol = RoomsClient::connect(&node, &token("44", "carol", None)).await;
     carol.join("user:44").await;
     carol.send("join_room", Some("user:45"), None).await;

@@ -38,8 +38,9 @@ pub const EVENT_TYPES: &[&str] = &[
 ];
 
 /// A backend event on `herald.v1.room.<prefix>.<id>` as a rooms frame: the envelope's
-/// payload gives `type`, `data` and `sender`; herald adds `room`, `timestamp` (when the
-/// bus stored the event, the same on every node) and `seq` (SPEC §5).
+/// payload gives `type`, `data`, `sender` (and `sender_id` when it has one); herald adds
+/// `room`, `timestamp` (when the bus stored the event, the same on every node) and `seq`
+/// (SPEC §5).
 pub fn encode(decoded: &Decoded) -> Result<Encoded, String> {
     let Subject::Room { prefix, id } = &decoded.subject else {
         return Err(format!("{} is not a room subject", decoded.subject));
@@ -55,7 +56,7 @@ pub fn encode(decoded: &Decoded) -> Result<Encoded, String> {
             EVENT_TYPES.join(", ")
         ));
     }
-    let frame = json!({
+    let mut frame = json!({
         "type": kind,
         "room": format!("{prefix}:{id}"),
         "data": payload.get("data").cloned().unwrap_or(Value::Null),
@@ -63,34 +64,42 @@ pub fn encode(decoded: &Decoded) -> Result<Encoded, String> {
         "timestamp": iso8601(decoded.timestamp_ms),
         "seq": decoded.seq,
     });
+    if let Some(sender_id) = payload.get(SENDER_ID) {
+        frame[SENDER_ID] = sender_id.clone();
+    }
     Ok((
         Frame::Text(ByteString::from(frame.to_string())),
         Some(decoded.timestamp_ms),
     ))
 }
 
-/// Milliseconds since the epoch as ISO-8601 UTC (`2026-11-23T15:04:05.123Z`).
+/// The field beside `sender` (the username, as document 004 shows) that carries the
+/// sender's user id, so clients can tell apart two users of the same name.
+pub const SENDER_ID: &str = "sender_id";
+
+/// Milliseconds since the epoch in document 004's timestamp format: ISO-8601 UTC with
+/// six fractional digits (`2025-11-13T12:00:00.123000Z`, what Python's `isoformat`
+/// writes).
 pub fn iso8601(ms: u64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(at).to_string()
+    humantime::format_rfc3339_micros(at).to_string()
 }
 
 /// A frame the session itself sends (`connected`, `pong`, `error`), stamped now.
 pub fn server_frame(mut frame: Map<String, Value>) -> Frame {
-    frame.insert(
-        "timestamp".into(),
-        Value::String(iso8601(crate::registry::now_ms())),
-    );
+    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+    frame.insert("timestamp".into(), Value::String(now.to_string()));
     Frame::Text(ByteString::from(Value::Object(frame).to_string()))
 }
 
-/// An `error` event about a client frame: `data.code` is machine-readable, `data.message`
-/// says what was wrong and what to do; `room` is the room the frame named, if any.
-pub fn error_frame(room: Option<&str>, code: &str, message: &str) -> Frame {
+/// An `error` event about a client frame, in document 004's shape: `data.error` says what
+/// was wrong and what to do; `data.code` is machine-readable (herald's addition), `room`
+/// the room the frame named, if any.
+pub fn error_frame(room: Option<&str>, code: &str, error: &str) -> Frame {
     let Value::Object(frame) = json!({
         "type": "error",
         "room": room,
-        "data": {"code": code, "message": message},
+        "data": {"error": error, "code": code},
         "sender": null,
     }) else {
         unreachable!("json! of an object literal is an object")
@@ -296,7 +305,23 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_are_iso8601_utc_with_milliseconds() {
-        assert_eq!(iso8601(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    fn error_events_carry_data_error_as_in_the_document() {
+        let Frame::Text(text) = error_frame(Some("team:1"), "bad_room", "rooms look like x:1")
+        else {
+            panic!("a text frame")
+        };
+        let event: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(event["type"], "error");
+        assert_eq!(
+            event["data"],
+            json!({"error": "rooms look like x:1", "code": "bad_room"})
+        );
+        assert_eq!(event["room"], "team:1");
+        assert_eq!(event["timestamp"].as_str().map(str::len), Some(27));
+    }
+
+    #[test]
+    fn timestamps_are_iso8601_utc_with_microseconds_as_in_the_document() {
+        assert_eq!(iso8601(1_700_000_000_123), "2023-11-14T22:13:20.123000Z");
     }
 }

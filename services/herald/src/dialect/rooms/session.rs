@@ -12,10 +12,11 @@ use std::time::Duration;
 use crate::websocket::{self, CloseCode, CloseReason, Inbound, Message, ProtocolError};
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{error_frame, server_frame, Access, Room};
+use super::{error_frame, server_frame, Access, Room, SENDER_ID};
 use crate::auth::{Credentials, Principal};
 use crate::bus::{Bus, BusMessage};
 use crate::dialect::admission::{admit, authenticate, bearer, user_place, Admitted, UserPlace};
@@ -97,8 +98,13 @@ struct User {
     id: String,
     /// The rooms the token may join.
     access: Access,
-    /// `{user_id, username}`: `sender` of what this user publishes, `data` of presence.
+    /// The user id as the token's claim has it (a JSON number stays a number): the
+    /// welcome's `user_id` and every `sender_id`.
+    id_value: Value,
+    /// `sender` of what this user publishes: the username (document 004), else the id.
     sender: Value,
+    /// `{user_id, username}`: `data` of this user's `user_joined` / `user_left`.
+    presence: Value,
     _place: UserPlace,
 }
 
@@ -116,6 +122,9 @@ pub struct RoomsSession {
     rooms: HashSet<Room>,
     /// Whether the client showed life since the last keepalive round.
     alive: bool,
+    /// Inbound frame rate (`rooms.messages_per_second`, `rooms.burst`), checked for every
+    /// data frame: joins, leaves and messages each put an event on the bus.
+    limiter: DefaultDirectRateLimiter,
     _node_slot: Slot<()>,
 }
 
@@ -135,7 +144,13 @@ impl RoomsSession {
             "slow consumer: reconnect",
             |_, outbox| {
                 outbox.open();
+                let rooms = &state.settings.rooms;
+                let at_least_one =
+                    |n| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
+                let quota = Quota::per_second(at_least_one(rooms.messages_per_second))
+                    .allow_burst(at_least_one(rooms.burst));
                 RoomsSession {
+                    limiter: RateLimiter::direct(quota),
                     id: crate::state::next_session_id(),
                     state,
                     ip,
@@ -232,12 +247,19 @@ impl RoomsSession {
                 });
             }
         }
-        let sender = json!({"user_id": user_id, "username": principal.username});
+        let id_value = typed_user_id(&principal, &user_id, &self.state);
+        let sender = Value::String(
+            principal
+                .username
+                .clone()
+                .unwrap_or_else(|| user_id.clone()),
+        );
+        let presence = json!({"user_id": id_value, "username": principal.username});
         let Value::Object(welcome) = json!({
             "type": "connected",
             "data": {
                 "message": "Connected successfully",
-                "user_id": user_id,
+                "user_id": id_value,
                 "username": principal.username,
             },
         }) else {
@@ -247,7 +269,9 @@ impl RoomsSession {
         self.user = Some(User {
             access: Access::from_claims(&principal.claims, self.state.settings.rooms.default_allow),
             id: user_id,
+            id_value,
             sender,
+            presence,
             _place: place,
         });
     }
@@ -300,7 +324,7 @@ impl RoomsSession {
             return;
         };
         let Some(user) = &self.user else { return };
-        let announce = presence(&room, "user_joined", &user.sender);
+        let announce = presence(&room, "user_joined", user);
         if !user.access.allows(&room, &user.id) {
             return self.close(
                 close::FORBIDDEN,
@@ -362,7 +386,7 @@ impl RoomsSession {
                 &format!("not in room {name}"),
             ));
         }
-        let announce = presence(&room, "user_left", &user.sender);
+        let announce = presence(&room, "user_left", user);
         self.state.directory.leave(room.key(), self.id);
         let bus = self.state.bus.clone();
         ctx.wait(async move { publish_logged(&bus, announce).await }.into_actor(self));
@@ -393,7 +417,7 @@ impl RoomsSession {
             }
             Some(data) => data,
         };
-        let message = room_event(&room, "message", data, &user.sender);
+        let message = room_event(&room, "message", data, Some(user));
         let bus = self.state.bus.clone();
         ctx.wait(
             async move { bus.publish(message).await }
@@ -420,10 +444,24 @@ impl RoomsSession {
     }
 }
 
-/// A room event as the bus carries it: the JSON envelope `{"payload": {type, data, sender}}`
-/// on `herald.v1.room.<prefix>.<id>`.
-fn room_event(room: &Room, kind: &str, data: Value, sender: &Value) -> BusMessage {
-    let envelope = json!({"payload": {"type": kind, "data": data, "sender": sender}});
+/// The user id with the JSON type the token gave it: the claim's own value when it is
+/// the number (or string) the id was read from, else the id as a string (callout users).
+fn typed_user_id(principal: &Principal, user_id: &str, state: &AppState) -> Value {
+    match principal.claims.get(&state.settings.auth.jwt.user_claim) {
+        Some(Value::Number(n)) if n.to_string() == user_id => Value::Number(n.clone()),
+        _ => Value::String(user_id.to_owned()),
+    }
+}
+
+/// A room event as the bus carries it: the JSON envelope
+/// `{"payload": {type, data, sender, sender_id}}` on `herald.v1.room.<prefix>.<id>`; no
+/// user (a session closed before its token was checked) gives a null sender.
+fn room_event(room: &Room, kind: &str, data: Value, user: Option<&User>) -> BusMessage {
+    let (sender, sender_id) = user.map_or((Value::Null, Value::Null), |u| {
+        (u.sender.clone(), u.id_value.clone())
+    });
+    let envelope =
+        json!({"payload": {"type": kind, "data": data, "sender": sender, SENDER_ID: sender_id}});
     BusMessage {
         subject: room.subject(),
         payload: serde_json::to_vec(&envelope)
@@ -434,9 +472,9 @@ fn room_event(room: &Room, kind: &str, data: Value, sender: &Value) -> BusMessag
     }
 }
 
-/// `user_joined` / `user_left`: the user is both the data and the sender.
-fn presence(room: &Room, kind: &str, user: &Value) -> BusMessage {
-    room_event(room, kind, user.clone(), user)
+/// `user_joined` / `user_left`: `data` is `{user_id, username}`, `sender` the user.
+fn presence(room: &Room, kind: &str, user: &User) -> BusMessage {
+    room_event(room, kind, user.presence.clone(), Some(user))
 }
 
 /// Publishes a presence event; a failure is logged (presence is best effort).
@@ -465,8 +503,10 @@ impl Actor for RoomsSession {
             .drain()
             .map(|room| {
                 self.state.directory.leave(room.key(), self.id);
-                let user = self.user.as_ref().map(|u| &u.sender);
-                presence(&room, "user_left", user.unwrap_or(&Value::Null))
+                match &self.user {
+                    Some(user) => presence(&room, "user_left", user),
+                    None => room_event(&room, "user_left", Value::Null, None),
+                }
             })
             .collect();
         if !announces.is_empty() {
@@ -483,6 +523,20 @@ impl Actor for RoomsSession {
 impl StreamHandler<Result<Message, ProtocolError>> for RoomsSession {
     fn handle(&mut self, item: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
         self.alive = true;
+        let data = matches!(item, Ok(Message::Text(_) | Message::Binary(_)));
+        if data && self.limiter.check().is_err() {
+            // Dropped before parsing: a flood costs the node one small answer per frame,
+            // and the output budget closes a flooder that does not read them (1013).
+            let rooms = &self.state.settings.rooms;
+            return self.push(error_frame(
+                None,
+                "rate_limited",
+                &format!(
+                    "too many frames: at most {} per second with bursts of {} (rooms.messages_per_second, rooms.burst); this one was dropped, slow down and resend it",
+                    rooms.messages_per_second, rooms.burst
+                ),
+            ));
+        }
         match item {
             Ok(Message::Text(text)) => self.on_text(&text, ctx),
             Ok(Message::Binary(_)) => self.push(error_frame(

@@ -4,7 +4,7 @@
 //! `sub` or callout `user`); each drops the matching cached logins.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use futures_util::StreamExt;
 use herald_protocol::subject::CONTROL_REVOKE;
@@ -77,7 +77,8 @@ pub enum Check {
 /// time, leaving revoked sessions open; here a session checks all it has not seen, from
 /// the log, however many arrived since it last looked.
 pub struct Revocations {
-    log: Mutex<Log>,
+    /// Read by every session at once when a revocation arrives; written by one task.
+    log: RwLock<Log>,
     latest: watch::Sender<u64>,
 }
 
@@ -93,7 +94,7 @@ struct Log {
 impl Default for Revocations {
     fn default() -> Self {
         Revocations {
-            log: Mutex::new(Log {
+            log: RwLock::new(Log {
                 entries: VecDeque::new(),
                 first: 1,
                 id_bytes: 0,
@@ -104,14 +105,14 @@ impl Default for Revocations {
 }
 
 impl Revocations {
-    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+    fn log(&self) -> std::sync::RwLockReadGuard<'_, Log> {
         // Every update leaves the log consistent, so a panic elsewhere cannot corrupt it.
-        self.log.lock().unwrap_or_else(|e| e.into_inner())
+        self.log.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a revocation and tells every session.
     pub fn revoke(&self, revocation: Revocation) {
-        let mut log = self.log();
+        let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
         log.id_bytes += revocation.id_bytes();
         log.entries.push_back(revocation);
         while log.entries.len() > KEPT_REVOCATIONS || log.id_bytes > KEPT_ID_BYTES {

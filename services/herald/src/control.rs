@@ -79,11 +79,13 @@ pub enum Check {
 pub struct Revocations {
     /// Read by every session at once when a revocation arrives; written by one task.
     log: RwLock<Log>,
+    /// The latest revocation's number: what wakes every session.
     latest: watch::Sender<u64>,
 }
 
 /// The last [`KEPT_REVOCATIONS`] revocations.
 struct Log {
+    /// Oldest first.
     entries: VecDeque<Revocation>,
     /// The number of `entries[0]`.
     first: u64,

@@ -308,6 +308,7 @@ const RESERVED_BITS: u8 = 0x70;
 struct FrameHeader {
     /// RSV1, RSV2 or RSV3 is set.
     reserved_bits: bool,
+    /// Data (0x0 continuation, 0x1, 0x2) or control (0x8 and up): their limits differ.
     opcode: u8,
     /// The declared payload length.
     len: u64,
@@ -345,6 +346,10 @@ pub fn protocol_close(error: &ProtocolError) -> (u16, &'static str) {
         ProtocolError::InvalidOpcode(first) if first & RESERVED_BITS != 0 => (
             1002,
             "protocol error: reserved bits set (no extension is negotiated)",
+        ),
+        ProtocolError::InvalidLength(_) => (
+            1002,
+            "protocol error: bad control frame length (at most 125 bytes; a close payload is empty or 2 bytes and more)",
         ),
         _ => (1002, "protocol error"),
     }

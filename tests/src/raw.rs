@@ -218,24 +218,93 @@ impl RawWs {
     /// Sends one masked frame of a fragmented message: the first with the message's
     /// opcode, the rest with [`opcode::CONTINUATION`]; `fin` on the last.
     pub async fn send_fragment(&mut self, opcode: u8, payload: &[u8], fin: bool) {
-        let mask = [0x12u8, 0x34, 0x56, 0x78];
-        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | u8::try_from(n).expect("< 126")),
-            n if n <= usize::from(u16::MAX) => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&u16::try_from(n).expect("fits u16").to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, x)| x ^ mask[i % 4]));
+        let frame = masked_frame(if fin { 0x80 } else { 0 } | opcode, payload);
         self.stream
             .write_all(&frame)
             .await
             .expect("cannot send a frame");
     }
+
+    /// Writes `bytes` as they are (prebuilt frames, or the payload after a
+    /// [`frame_header`]); `false` once the server stopped taking them within `timeout`
+    /// or closed the connection. What the server sent meanwhile is kept for
+    /// [`RawWs::read_frame`]: a server that closes with unread input resets the
+    /// connection, and the close frame it sent before would be lost.
+    pub async fn write_raw(&mut self, bytes: &[u8], timeout: Duration) -> bool {
+        self.drain_readable();
+        let written = tokio::time::timeout(timeout, self.stream.write_all(bytes)).await;
+        self.drain_readable();
+        matches!(written, Ok(Ok(())))
+    }
+
+    /// Whether a complete close frame (or the end of the connection) was read already.
+    pub fn saw_close(&mut self) -> bool {
+        self.drain_readable();
+        let mut at = 0;
+        while let Some((opcode, end)) = frame_at(&self.buf[at..]) {
+            if opcode == opcode::CLOSE {
+                return true;
+            }
+            at += end;
+        }
+        false
+    }
+
+    /// Buffers whatever the server sent that can be read without waiting.
+    fn drain_readable(&mut self) {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = self.stream.try_read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Where the frame at the start of `b` ends, with its opcode, if it is complete.
+fn frame_at(b: &[u8]) -> Option<(u8, usize)> {
+    if b.len() < 2 {
+        return None;
+    }
+    let (len, at) = match b[1] & 0x7F {
+        126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
+        127 if b.len() >= 10 => (
+            usize::try_from(u64::from_be_bytes(b[2..10].try_into().expect("8 bytes"))).ok()?,
+            10,
+        ),
+        126 | 127 => return None,
+        n => (usize::from(n), 2),
+    };
+    let end = at + if b[1] & 0x80 != 0 { 4 } else { 0 } + len;
+    (b.len() >= end).then_some((b[0] & 0x0F, end))
+}
+
+/// The header of a masked client frame: `first` is the FIN/RSV/opcode byte, `len` the
+/// declared payload length (which need not be sent in full, or at all).
+pub fn frame_header(first: u8, len: u64) -> Vec<u8> {
+    let mut header = vec![first];
+    match len {
+        n if n < 126 => header.push(0x80 | u8::try_from(n).expect("< 126")),
+        n if n <= u64::from(u16::MAX) => {
+            header.push(0x80 | 126);
+            header.extend_from_slice(&u16::try_from(n).expect("fits u16").to_be_bytes());
+        }
+        n => {
+            header.push(0x80 | 127);
+            header.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+    header.extend_from_slice(&MASK);
+    header
+}
+
+/// The mask every frame of this client uses.
+const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+/// A whole masked client frame: `first` is the FIN/RSV/opcode byte.
+pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = frame_header(first, payload.len() as u64);
+    frame.extend(payload.iter().enumerate().map(|(i, x)| x ^ MASK[i % 4]));
+    frame
 }

@@ -3,9 +3,13 @@
 //! with that API token (or JWT), `{"userId": "..."}` the sessions of that user (JWT
 //! `sub` or callout `user`); each drops the matching cached logins.
 
+use std::collections::VecDeque;
+use std::sync::RwLock;
+
 use futures_util::StreamExt;
 use herald_protocol::subject::CONTROL_REVOKE;
 use serde::Deserialize;
+use tokio::sync::watch;
 
 use crate::auth::TokenFingerprint;
 use crate::bus::{Bus, BusMessage};
@@ -25,6 +29,127 @@ pub struct Revoke {
     pub token: Option<String>,
     /// The user whose sessions close.
     pub user_id: Option<String>,
+}
+
+/// Revocations kept for sessions to check: a session that falls behind a burst checks
+/// every one it has not seen yet, so the burst has to outrun this many before a session
+/// cannot tell (it then closes with 1013 and re-authenticates).
+const KEPT_REVOCATIONS: usize = 4096;
+
+/// Bytes of alias and user ids the kept revocations may hold (ids come from the bus,
+/// whose messages may be large).
+const KEPT_ID_BYTES: usize = 1 << 20;
+
+/// One revocation, as sessions match it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// Every session of this alias.
+    Alias(Box<str>),
+    /// Every session opened with this API token or JWT.
+    Token(TokenFingerprint),
+    /// Every session of this user.
+    User(Box<str>),
+}
+
+impl Revocation {
+    /// Bytes counted against [`KEPT_ID_BYTES`].
+    fn id_bytes(&self) -> usize {
+        match self {
+            Revocation::Alias(id) | Revocation::User(id) => id.len(),
+            Revocation::Token(_) => 0,
+        }
+    }
+}
+
+/// What a session learns from [`Revocations::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// None of the revocations checked is the session's.
+    Clear,
+    /// One of them is: close with [`REVOKED`].
+    Revoked,
+    /// Some were dropped before the session checked them: it cannot tell.
+    Unknown,
+}
+
+/// The revocations this node received, numbered from 1, the latest number watched by every
+/// session. A broadcast channel of fixed capacity dropped what a session had not read in
+/// time, leaving revoked sessions open; here a session checks all it has not seen, from
+/// the log, however many arrived since it last looked.
+pub struct Revocations {
+    /// Read by every session at once when a revocation arrives; written by one task.
+    log: RwLock<Log>,
+    /// The latest revocation's number: what wakes every session.
+    latest: watch::Sender<u64>,
+}
+
+/// The last [`KEPT_REVOCATIONS`] revocations.
+struct Log {
+    /// Oldest first.
+    entries: VecDeque<Revocation>,
+    /// The number of `entries[0]`.
+    first: u64,
+    /// Bytes of ids in `entries`.
+    id_bytes: usize,
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Revocations {
+            log: RwLock::new(Log {
+                entries: VecDeque::new(),
+                first: 1,
+                id_bytes: 0,
+            }),
+            latest: watch::channel(0).0,
+        }
+    }
+}
+
+impl Revocations {
+    fn log(&self) -> std::sync::RwLockReadGuard<'_, Log> {
+        // Every update leaves the log consistent, so a panic elsewhere cannot corrupt it.
+        self.log.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a revocation and tells every session.
+    pub fn revoke(&self, revocation: Revocation) {
+        let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
+        log.id_bytes += revocation.id_bytes();
+        log.entries.push_back(revocation);
+        while log.entries.len() > KEPT_REVOCATIONS || log.id_bytes > KEPT_ID_BYTES {
+            let Some(dropped) = log.entries.pop_front() else {
+                break;
+            };
+            log.id_bytes -= dropped.id_bytes();
+            log.first += 1;
+        }
+        let latest = log.first + log.entries.len() as u64 - 1;
+        // Sent under the lock, so the number sessions see only grows.
+        self.latest.send_replace(latest);
+    }
+
+    /// The number of the latest revocation, changing with every new one.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    /// Whether a revocation numbered after `seen`, up to `upto`, is one `hits`.
+    pub fn check(&self, seen: u64, upto: u64, hits: impl Fn(&Revocation) -> bool) -> Check {
+        let log = self.log();
+        if seen + 1 < log.first {
+            return Check::Unknown;
+        }
+        let start = usize::try_from(seen + 1 - log.first).unwrap_or(usize::MAX);
+        let end = usize::try_from((upto + 1).saturating_sub(log.first))
+            .unwrap_or(usize::MAX)
+            .min(log.entries.len());
+        if start < end && log.entries.range(start..end).any(hits) {
+            Check::Revoked
+        } else {
+            Check::Clear
+        }
+    }
 }
 
 /// Decodes a revocation body (JSON, or MessagePack like every other bus body).
@@ -57,8 +182,7 @@ pub async fn run(bus: Bus, state: actix_web::web::Data<AppState>) {
                     let fingerprint = TokenFingerprint::of(&token);
                     tracing::info!("API token revoked: closing its sessions");
                     state.auth.forget_token(fingerprint);
-                    // No receiver just means no token session on this node.
-                    let _ = state.token_revocations.send(fingerprint);
+                    state.revocations.revoke(Revocation::Token(fingerprint));
                 }
                 Ok(Revoke {
                     alias_id: Some(alias_id),
@@ -66,6 +190,11 @@ pub async fn run(bus: Bus, state: actix_web::web::Data<AppState>) {
                 }) => {
                     tracing::info!(alias_id = %alias_id, "credentials revoked: closing sessions");
                     state.auth.forget_alias(&alias_id);
+                    // Also through the log: a session authenticated but not yet in its
+                    // alias's registry is found there.
+                    state
+                        .revocations
+                        .revoke(Revocation::Alias(alias_id.as_str().into()));
                     state.directory.close_all(CloseAll {
                         key: RoutingKey::Alias(alias_id),
                         code: REVOKED,
@@ -78,8 +207,7 @@ pub async fn run(bus: Bus, state: actix_web::web::Data<AppState>) {
                 }) => {
                     tracing::info!(user_id = %user_id, "user revoked: closing sessions");
                     state.auth.forget_user(&user_id);
-                    // No receiver just means no user session on this node.
-                    let _ = state.user_revocations.send(user_id.into());
+                    state.revocations.revoke(Revocation::User(user_id.into()));
                 }
                 Ok(Revoke { .. }) => {
                     tracing::warn!("revocation without aliasId, token or userId ignored")
@@ -91,5 +219,49 @@ pub async fn run(bus: Bus, state: actix_web::web::Data<AppState>) {
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(n: usize) -> Revocation {
+        Revocation::User(format!("user-{n}").into())
+    }
+
+    #[test]
+    fn a_session_checks_every_revocation_since_it_last_looked() {
+        let revocations = Revocations::default();
+        let mut latest = revocations.subscribe();
+        let seen = *latest.borrow_and_update();
+        for n in 0..1000 {
+            revocations.revoke(user(n));
+        }
+        let upto = *latest.borrow_and_update();
+        assert_eq!(upto, 1000);
+        let is = |n| move |r: &Revocation| *r == user(n);
+        assert_eq!(revocations.check(seen, upto, is(0)), Check::Revoked);
+        assert_eq!(revocations.check(seen, upto, is(999)), Check::Revoked);
+        assert_eq!(revocations.check(1, upto, is(0)), Check::Clear, "seen");
+        assert_eq!(revocations.check(seen, upto, is(1000)), Check::Clear);
+    }
+
+    #[test]
+    fn a_session_further_behind_than_the_log_cannot_tell() {
+        let revocations = Revocations::default();
+        for n in 0..KEPT_REVOCATIONS + 10 {
+            revocations.revoke(user(n));
+        }
+        let upto = *revocations.subscribe().borrow();
+        assert_eq!(revocations.check(0, upto, |_| false), Check::Unknown);
+        assert_eq!(revocations.check(10, upto, |_| false), Check::Clear);
+        // Long ids are bounded by bytes as well as by count.
+        revocations.revoke(Revocation::Alias("a".repeat(KEPT_ID_BYTES).into()));
+        assert_eq!(revocations.log().entries.len(), 1);
+        revocations.revoke(Revocation::Alias("b".repeat(KEPT_ID_BYTES + 1).into()));
+        assert!(revocations.log().entries.is_empty());
+        let upto = *revocations.subscribe().borrow();
+        assert_eq!(revocations.check(upto - 1, upto, |_| true), Check::Unknown);
     }
 }

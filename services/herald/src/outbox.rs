@@ -92,6 +92,12 @@ const KEPT_CAPACITY: usize = 16;
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Outbound>,
+    /// The pong to write next, held apart from `items` and replaced by each newer ping's:
+    /// a client that floods pings and never reads has one pong waiting, not one per ping
+    /// (RFC 6455 §5.5.3 allows answering only the most recent ping).
+    pong: Option<Bytes>,
+    /// A protocol ping is due; a keepalive ping still unwritten is not queued twice.
+    ping: bool,
     /// Whether the reader may take items yet (see [`Outbox::open`]).
     open: bool,
     /// Every [`Outbox`] was dropped: the reader ends once the queue is empty.
@@ -168,6 +174,7 @@ impl Drop for OutboxReceiver {
         let mut queue = self.state.queue();
         queue.receiver_gone = true;
         queue.items = VecDeque::new();
+        queue.pong = None;
     }
 }
 
@@ -177,6 +184,12 @@ impl OutboxReceiver {
     pub fn poll_item(&self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
         let mut queue = self.state.queue();
         if queue.open || queue.senders_gone {
+            if let Some(data) = queue.pong.take() {
+                return Poll::Ready(Some(Outbound::Pong(data)));
+            }
+            if std::mem::take(&mut queue.ping) {
+                return Poll::Ready(Some(Outbound::Ping));
+            }
             if let Some(out) = queue.items.pop_front() {
                 if queue.items.is_empty() && queue.items.capacity() > KEPT_CAPACITY {
                     queue.items.shrink_to(KEPT_CAPACITY);
@@ -282,14 +295,19 @@ impl Outbox {
         self.state.overflowed.load(Ordering::Relaxed)
     }
 
-    /// Queues a protocol ping (not counted: it is tiny and must not starve).
+    /// Queues a protocol ping, ahead of data frames: at most one waits at a time.
     pub fn ping(&self) {
-        let _ = self.state.send(Outbound::Ping);
+        self.state.update(|queue| queue.ping = !queue.receiver_gone);
     }
 
-    /// Answers a client's ping.
+    /// Answers a client's ping, ahead of data frames: only the latest answer waits, so
+    /// pings from a client that does not read hold at most 125 bytes.
     pub fn pong(&self, data: Bytes) {
-        let _ = self.state.send(Outbound::Pong(data));
+        self.state.update(|queue| {
+            if !queue.receiver_gone {
+                queue.pong = Some(data);
+            }
+        });
     }
 
     /// Queues a close after what is already queued and opens the queue: the connection
@@ -409,6 +427,43 @@ mod tests {
             .push(Frame::Binary(Bytes::from_static(b"12345")))
             .is_err());
         assert_eq!(reader.await.unwrap(), "too slow");
+    }
+
+    #[test]
+    fn only_the_latest_pong_and_one_ping_wait_ahead_of_data() {
+        let (outbox, rx) = Outbox::new(1 << 20, "slow", Box::new(|| {}));
+        outbox
+            .push(Frame::Binary(Bytes::from_static(b"data")))
+            .unwrap();
+        for i in 0..10_000u32 {
+            outbox.pong(Bytes::copy_from_slice(&i.to_be_bytes()));
+            outbox.ping();
+        }
+        assert_eq!(
+            rx.state.queue().items.len(),
+            1,
+            "control frames are not queued"
+        );
+        outbox.open();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut next = || match rx.poll_item(&mut cx) {
+            Poll::Ready(Some(Outbound::Pong(data))) => format!("pong {data:?}"),
+            Poll::Ready(Some(Outbound::Ping)) => "ping".to_owned(),
+            Poll::Ready(Some(Outbound::Frame(..))) => "frame".to_owned(),
+            Poll::Ready(Some(Outbound::Close(_))) => "close".to_owned(),
+            Poll::Ready(None) => "end".to_owned(),
+            Poll::Pending => "pending".to_owned(),
+        };
+        assert_eq!(
+            [next(), next(), next(), next()],
+            [
+                format!("pong {:?}", Bytes::copy_from_slice(&9_999u32.to_be_bytes())),
+                "ping".to_owned(),
+                "frame".to_owned(),
+                "pending".to_owned()
+            ]
+        );
     }
 
     #[test]

@@ -81,8 +81,7 @@ impl Application {
             draining: Default::default(),
             metrics: metrics_handle,
             shutdown: tokio::sync::watch::channel(false).0,
-            token_revocations: tokio::sync::broadcast::channel(64).0,
-            user_revocations: tokio::sync::broadcast::channel(64).0,
+            revocations: Default::default(),
         });
 
         let listener = TcpListener::bind(&settings.server.listen)?;

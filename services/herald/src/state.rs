@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::HttpRequest;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::auth::{Authenticator, TokenFingerprint};
+use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::cluster_limits::{ClusterLimits, Verdict};
 use crate::config::Settings;
@@ -37,10 +37,9 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    /// Revoked API tokens; sessions opened with a token watch it and close with 4001.
-    pub token_revocations: tokio::sync::broadcast::Sender<TokenFingerprint>,
-    /// Revoked user ids; sessions with a user id watch it and close with 4001.
-    pub user_revocations: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// Revoked aliases, tokens and users; every authenticated session watches them and
+    /// closes with 4001 on its own.
+    pub revocations: Arc<crate::control::Revocations>,
     /// Flips to `true` on SIGTERM; every session watches it and closes with 1001.
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }

@@ -214,7 +214,11 @@ impl Inbound {
 
     /// The next complete message in the buffer, if one is.
     fn next_message(&mut self) -> Result<Option<Message>, ProtocolError> {
-        while let Some(frame) = self.codec.decode(&mut self.buf)? {
+        loop {
+            self.check_header()?;
+            let Some(frame) = self.codec.decode(&mut self.buf)? else {
+                break;
+            };
             let message = match frame {
                 ws::Frame::Text(bytes) => Message::Text(text(bytes)?),
                 ws::Frame::Binary(bytes) => Message::Binary(bytes),
@@ -229,6 +233,40 @@ impl Inbound {
             return Ok(Some(message));
         }
         Ok(None)
+    }
+
+    /// Refuses the frame at the start of the buffer as soon as its header is in, before
+    /// its payload is read: the codec waits for a whole frame before checking its size, so
+    /// a header declaring a tebibyte would otherwise have the connection buffer what follows.
+    fn check_header(&self) -> Result<(), ProtocolError> {
+        let Some(header) = FrameHeader::parse(&self.buf) else {
+            return Ok(());
+        };
+        if header.reserved_bits {
+            // No extension is negotiated, so no reserved bit has a meaning (RFC 6455 §5.2).
+            // actix has no error for them but the I/O one it also uses for bad UTF-8 (1007):
+            // the header's first byte, reserved bits and all, tells [`protocol_close`].
+            return Err(ProtocolError::InvalidOpcode(self.buf[0]));
+        }
+        match header.opcode {
+            // Control frames carry at most 125 bytes (RFC 6455 §5.5).
+            0x8..=0xF if header.len > 125 => Err(ProtocolError::InvalidLength(
+                usize::try_from(header.len).unwrap_or(usize::MAX),
+            )),
+            0x8..=0xF => Ok(()),
+            _ => {
+                let assembled = match (&self.partial, header.opcode) {
+                    (Some(Partial::Text(buf) | Partial::Binary(buf)), 0x0) => buf.len(),
+                    _ => 0,
+                };
+                let total = header.len.saturating_add(assembled as u64);
+                if total > self.max_message_bytes as u64 {
+                    Err(ProtocolError::Overflow)
+                } else {
+                    Ok(())
+                }
+            }
+        }
     }
 
     /// Adds a fragment; the whole message once its last fragment is in.
@@ -263,14 +301,56 @@ impl Inbound {
     }
 }
 
+/// RSV1, RSV2 and RSV3 in a frame's first byte.
+const RESERVED_BITS: u8 = 0x70;
+
+/// What [`Inbound`] needs of a frame header (RFC 6455 §5.2) to refuse the frame early.
+struct FrameHeader {
+    /// RSV1, RSV2 or RSV3 is set.
+    reserved_bits: bool,
+    /// Data (0x0 continuation, 0x1, 0x2) or control (0x8 and up): their limits differ.
+    opcode: u8,
+    /// The declared payload length.
+    len: u64,
+}
+
+impl FrameHeader {
+    /// The header at the start of `buf`, once its length field is complete.
+    fn parse(buf: &[u8]) -> Option<FrameHeader> {
+        let (&first, &second) = (buf.first()?, buf.get(1)?);
+        let len = match second & 0x7F {
+            126 => u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+            127 => u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?),
+            n => u64::from(n),
+        };
+        Some(FrameHeader {
+            reserved_bits: first & RESERVED_BITS != 0,
+            opcode: first & 0x0F,
+            len,
+        })
+    }
+}
+
 /// The close code and reason for a client's protocol error other than an oversized
 /// message (whose reason names the dialect's limit): 1007 for a text message that is not
-/// UTF-8, 1002 for the rest (RFC 6455 §7.4.1).
+/// UTF-8, 1002 for the rest (RFC 6455 §7.4.1), reserved bits included.
 pub fn protocol_close(error: &ProtocolError) -> (u16, &'static str) {
     match error {
-        ProtocolError::Io(io) if io.kind() == io::ErrorKind::InvalidData => {
+        ProtocolError::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<std::str::Utf8Error>()) =>
+        {
             (1007, "a text message must be UTF-8")
         }
+        ProtocolError::InvalidOpcode(first) if first & RESERVED_BITS != 0 => (
+            1002,
+            "protocol error: reserved bits set (no extension is negotiated)",
+        ),
+        ProtocolError::InvalidLength(_) => (
+            1002,
+            "protocol error: bad control frame length (at most 125 bytes; a close payload is empty or 2 bytes and more)",
+        ),
         _ => (1002, "protocol error"),
     }
 }
@@ -321,5 +401,36 @@ impl Stream for Inbound {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_is_read_as_soon_as_its_length_is_in() {
+        assert!(FrameHeader::parse(&[0x82]).is_none());
+        assert!(
+            FrameHeader::parse(&[0x82, 0xFF, 0, 0, 0]).is_none(),
+            "64-bit length cut"
+        );
+        let tebibyte = [0x82, 0xFF, 0, 0, 1, 0, 0, 0, 0, 0];
+        let header = FrameHeader::parse(&tebibyte).expect("complete length");
+        assert_eq!((header.opcode, header.len), (2, 1 << 40));
+        assert!(!header.reserved_bits);
+        let header = FrameHeader::parse(&[0xC1, 0xFE, 1, 0]).expect("16-bit length");
+        assert_eq!((header.opcode, header.len), (1, 256));
+        assert!(header.reserved_bits, "RSV1");
+    }
+
+    #[test]
+    fn bad_utf8_closes_with_1007_and_reserved_bits_with_1002() {
+        let not_utf8 = text(Bytes::from_static(&[0xC3, 0x28])).unwrap_err();
+        assert_eq!(protocol_close(&not_utf8).0, 1007);
+        assert_eq!(protocol_close(&ProtocolError::InvalidOpcode(0xC1)).0, 1002);
+        assert_eq!(protocol_close(&ProtocolError::InvalidOpcode(0x03)).0, 1002);
+        let reset = ProtocolError::Io(io::Error::from(io::ErrorKind::InvalidData));
+        assert_eq!(protocol_close(&reset).0, 1002);
     }
 }

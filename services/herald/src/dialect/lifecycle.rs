@@ -6,16 +6,25 @@ use std::time::Duration;
 
 use actix::AsyncContext;
 use futures_util::{Stream, StreamExt};
-use tokio_stream::wrappers::{BroadcastStream, WatchStream};
+use std::sync::Arc;
+
+use tokio_stream::wrappers::WatchStream;
 
 use crate::auth::Principal;
+use crate::control::{Check, Revocation};
 use crate::outbox::{Outbox, OutboxReceiver};
 use crate::state::AppState;
 use crate::websocket::{Inbound, Message, ProtocolError};
 
-/// The session's token or user was revoked (`herald.v1.control.revoke`): close with 4001.
+/// Why a session closes on a revocation.
 #[derive(Debug, Clone, Copy)]
-pub struct Revoked;
+pub enum Revoked {
+    /// Its alias, token or user was revoked (`herald.v1.control.revoke`): close with 4001.
+    Credentials,
+    /// More revocations arrived at once than the node keeps, and some the session did not
+    /// check: close with 1013, so the client re-authenticates.
+    Unverifiable,
+}
 
 /// Closes a session from outside: a slow consumer (1013, counted), an expired token, ...
 #[derive(actix::Message)]
@@ -62,18 +71,30 @@ where
     receiver.expect("Actor::create runs its closure before returning")
 }
 
-/// Fires once the credentials of `principal` are revoked on any node.
+/// Fires once the credentials of `principal` are revoked on any node: each time
+/// revocations arrive, the session checks every one since it last looked
+/// ([`crate::control::Revocations`]), so a burst cannot skip it.
 pub fn revocations(state: &AppState, principal: &Principal) -> impl Stream<Item = Revoked> {
+    let log = Arc::clone(&state.revocations);
+    let mut latest = log.subscribe();
+    let mut seen = *latest.borrow_and_update();
+    let alias = principal.alias_id.clone();
     let token = principal.token;
     let user = principal.user_id.clone();
-    let by_token = BroadcastStream::new(state.token_revocations.subscribe()).filter_map(move |r| {
-        std::future::ready(r.ok().filter(|t| Some(*t) == token).map(|_| Revoked))
-    });
-    let by_user = BroadcastStream::new(state.user_revocations.subscribe()).filter_map(move |r| {
-        let hit = r.ok().is_some_and(|u| user.as_deref() == Some(&*u));
-        std::future::ready(hit.then_some(Revoked))
-    });
-    futures_util::stream::select(by_token, by_user)
+    let hits = move |revocation: &Revocation| match revocation {
+        Revocation::Alias(id) => alias.as_deref() == Some(&**id),
+        Revocation::Token(fingerprint) => token == Some(*fingerprint),
+        Revocation::User(id) => user.as_deref() == Some(&**id),
+    };
+    WatchStream::from_changes(latest).filter_map(move |upto| {
+        let check = log.check(seen, upto, &hits);
+        seen = upto;
+        std::future::ready(match check {
+            Check::Clear => None,
+            Check::Revoked => Some(Revoked::Credentials),
+            Check::Unknown => Some(Revoked::Unverifiable),
+        })
+    })
 }
 
 /// The node's drain flag (`true` from SIGTERM on).
@@ -89,9 +110,9 @@ pub fn drain_delay(state: &AppState) -> Duration {
 }
 
 /// Implements how every session actor closes from outside: with 1001 at [`drain_delay`]
-/// once [`draining`], with 4001 when [`revocations`] fires, and as an [`Evict`] says. The
-/// actor needs a `state: Arc<AppState>` field and a `close(&mut self, code, reason, ctx)`
-/// method.
+/// once [`draining`], with 4001 (or 1013, see [`Revoked`]) when [`revocations`] fires,
+/// and as an [`Evict`] says. The actor needs a `state: Arc<AppState>` field and a
+/// `close(&mut self, code, reason, ctx)` method.
 macro_rules! session_closes {
     ($session:ty) => {
         /// Node shutdown: close with 1001 within the drain window.
@@ -110,8 +131,21 @@ macro_rules! session_closes {
         }
 
         impl actix::StreamHandler<$crate::dialect::lifecycle::Revoked> for $session {
-            fn handle(&mut self, _: $crate::dialect::lifecycle::Revoked, ctx: &mut Self::Context) {
-                self.close($crate::control::REVOKED, "credentials revoked", ctx);
+            fn handle(
+                &mut self,
+                revoked: $crate::dialect::lifecycle::Revoked,
+                ctx: &mut Self::Context,
+            ) {
+                match revoked {
+                    $crate::dialect::lifecycle::Revoked::Credentials => {
+                        self.close($crate::control::REVOKED, "credentials revoked", ctx)
+                    }
+                    $crate::dialect::lifecycle::Revoked::Unverifiable => self.close(
+                        1013,
+                        "too many revocations at once to re-check this session; reconnect",
+                        ctx,
+                    ),
+                }
             }
 
             fn finished(&mut self, _: &mut Self::Context) {}

@@ -468,6 +468,11 @@ pub struct LimitSettings {
     /// How long a blocked address stays blocked.
     #[serde(with = "humantime_serde")]
     pub failed_login_block: Duration,
+    /// Logins one address may have being checked at once (more → 429).
+    pub max_logins_in_flight_per_ip: usize,
+    /// argon2 password checks running at once on the node (~19 MiB each); 0 means one
+    /// per CPU core. A login waits up to 1 s for one, then gets 503/1013.
+    pub max_password_checks: usize,
     /// How long a cluster-wide session lease (alias caps, `/ws` presence) lives without a
     /// refresh: a node killed without a goodbye stops counting within this time.
     #[serde(with = "humantime_serde")]
@@ -487,6 +492,8 @@ impl Default for LimitSettings {
             max_anonymous_per_ip: 3,
             failed_logins_per_ip: 10,
             failed_login_block: Duration::from_secs(600),
+            max_logins_in_flight_per_ip: 4,
+            max_password_checks: 0,
             lease_ttl: Duration::from_secs(30),
         }
     }
@@ -807,6 +814,10 @@ impl Settings {
                 "limits.max_pending_auth_per_ip",
                 limits.max_pending_auth_per_ip,
             ),
+            (
+                "limits.max_logins_in_flight_per_ip",
+                limits.max_logins_in_flight_per_ip,
+            ),
         ] {
             if value == 0 {
                 return invalid(key, "must be greater than 0".into());
@@ -1118,6 +1129,8 @@ mod tests {
             assert_eq!(l.max_sessions_per_alias, 10);
             assert_eq!(l.max_sessions_total, 10_000);
             assert_eq!(l.max_pending_auth_per_ip, 5);
+            assert_eq!(l.max_logins_in_flight_per_ip, 4);
+            assert_eq!(l.max_password_checks, 0);
             assert_eq!(l.max_anonymous_per_ip, 3);
             assert_eq!(l.failed_logins_per_ip, 10);
             assert_eq!(l.failed_login_block, Duration::from_secs(600));

@@ -1088,9 +1088,46 @@ impl Settings {
                 .any(|t| t.expose() == "herald-dev-admin")
     }
 
+    /// What `herald serve` warns about at start: settings that are valid but unsafe on a
+    /// node reachable from other machines (each a sentence naming the key and the fix).
+    pub fn security_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let jwt = &self.auth.jwt;
+        let secret_len = jwt.secret.expose().len();
+        if self.auth.providers.iter().any(|p| p == "jwt")
+            && jwt.algorithm == "HS256"
+            && jwt.jwks_file.is_empty()
+            && secret_len < MIN_HS256_SECRET_BYTES
+        {
+            warnings.push(format!(
+                "auth.jwt.secret is {secret_len} bytes: an HS256 secret under {MIN_HS256_SECRET_BYTES} bytes can be guessed offline from a single token; use {MIN_HS256_SECRET_BYTES}+ random bytes (e.g. `openssl rand -base64 48`)"
+            ));
+        }
+        if self.server.allowed_origins.is_empty() && !listens_on_loopback(&self.server.listen) {
+            warnings.push(format!(
+                "server.allowed_origins is empty and server.listen ({}) is not loopback: any web page can open WebSockets to this node from its visitors' browsers; list your web app's origins (e.g. allowed_origins = [\"https://app.example.com\"])",
+                self.server.listen
+            ));
+        }
+        warnings
+    }
+
     /// The effective configuration as TOML, secrets redacted (`herald config check`).
     pub fn to_redacted_toml(&self) -> String {
         toml_to_string(self)
+    }
+}
+
+/// Shortest HS256 secret herald does not warn about: 256 bits, the size of the HMAC.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// Whether `listen` (`host:port`) only accepts connections from this machine.
+fn listens_on_loopback(listen: &str) -> bool {
+    match listen.parse::<SocketAddr>() {
+        Ok(addr) => addr.ip().is_loopback(),
+        Err(_) => listen
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
     }
 }
 
@@ -1115,6 +1152,44 @@ mod tests {
         assert_eq!(s.auth.static_.aliases[0].alias, "demo@herald.local");
         assert_eq!(s.auth.static_.tokens[0].token.expose(), "herald-demo-token");
         assert_eq!(s.auth.jwt.secret.expose(), "herald-dev-jwt-secret");
+    }
+
+    #[test]
+    fn unsafe_settings_are_warned_about_at_start() {
+        let mut s = Settings::default();
+        assert!(s.security_warnings().is_empty(), "loopback, no JWT");
+        s.server.listen = "0.0.0.0:8080".into();
+        let warnings = s.security_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("server.allowed_origins is empty"));
+        s.server.allowed_origins = vec!["https://app.example.com".into()];
+        assert!(s.security_warnings().is_empty());
+        for (listen, loopback) in [
+            ("127.0.0.1:0", true),
+            ("[::1]:8080", true),
+            ("localhost:8080", true),
+            ("[::]:8080", false),
+            ("herald.internal:8080", false),
+        ] {
+            assert_eq!(listens_on_loopback(listen), loopback, "{listen}");
+        }
+
+        s.auth.providers = vec!["static".into(), "jwt".into()];
+        s.auth.jwt.secret = Secret::from("short");
+        let warnings = s.security_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("auth.jwt.secret is 5 bytes"),
+            "{warnings:?}"
+        );
+        s.auth.jwt.secret = Secret::from("0123456789abcdef0123456789abcdef");
+        assert!(s.security_warnings().is_empty(), "32 bytes is enough");
+        s.auth.jwt.secret = Secret::from("short");
+        s.auth.jwt.algorithm = "RS256".into();
+        assert!(
+            s.security_warnings().is_empty(),
+            "no shared secret in RS256"
+        );
     }
 
     #[test]

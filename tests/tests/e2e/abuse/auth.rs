@@ -377,3 +377,37 @@ fn rss_of(pid: u32) -> Option<u64> {
         .ok()?;
     Some(kib * 1024)
 }
+
+#[tokio::test]
+async fn serve_warns_about_a_short_hs256_secret_and_any_origin_off_loopback() {
+    let node = Node::start(
+        NodeConfig::memory()
+            .set("server.listen", "0.0.0.0:0")
+            .set("auth.providers", list(&["static", "jwt"]))
+            .set("auth.jwt.secret", "only-21-bytes-secret!"),
+    )
+    .await;
+    for warning in [
+        "auth.jwt.secret is 21 bytes",
+        "server.allowed_origins is empty",
+    ] {
+        // stderr is read in the background: the line may come just after the ready one.
+        herald_tests::eventually(PROMPT, warning, || async {
+            node.logs()
+                .iter()
+                .any(|l| l.contains("WARN") && l.contains(warning))
+                .then_some(())
+        })
+        .await;
+    }
+    let quiet =
+        Node::start(jwt_config(NodeConfig::memory()).allowed_origins(&["https://app.example.com"]))
+            .await;
+    assert!(
+        !quiet
+            .logs()
+            .iter()
+            .any(|l| l.contains("auth.jwt.secret is") || l.contains("allowed_origins is empty")),
+        "a 32+ byte secret on loopback: no warning"
+    );
+}

@@ -202,6 +202,13 @@ async fn a_ws_jwt_whose_user_is_not_a_subject_token_is_refused_with_403() {
         let refusal = RtClient::refused(realtime::connect_to(&node).query("token", &token)).await;
         assert_eq!(refusal.status, 403, "sub {sub:?}: {refusal:?}");
     }
+    herald_tests::eventually(PROMPT, "the refusal in the log", || async {
+        node.logs()
+            .iter()
+            .any(|l| l.contains("not a valid user id"))
+            .then_some(())
+    })
+    .await;
     RtClient::connect(&node, "alice").await;
     assert_eq!(node.get_status("/readyz").await, 200);
 }

@@ -70,6 +70,15 @@ class Rendered:
         assert len(found) == 1, f"expected one {kind}, got {len(found)}"
         return found[0]
 
+    @property
+    def services(self) -> dict[str, dict[str, Any]]:
+        """Services by name."""
+        return {o["metadata"]["name"]: o for o in self.objects if o["kind"] == "Service"}
+
+    def service_with_port(self, port: str) -> dict[str, Any]:
+        (found,) = [s for s in self.services.values() if port in {p["name"] for p in s["spec"]["ports"]}]
+        return found
+
     def maybe(self, kind: str) -> dict[str, Any] | None:
         found = [o for o in self.objects if o["kind"] == kind]
         return found[0] if found else None
@@ -193,7 +202,7 @@ def test_service_monitor_scrapes_the_metrics_port(chart: helm.Chart) -> None:
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
     assert endpoint["interval"] == "15s" and endpoint["scrapeTimeout"] == "5s"
-    service_labels = r.one("Service")["metadata"]["labels"]
+    service_labels = r.service_with_port("metrics")["metadata"]["labels"]
     for key, value in sm["spec"]["selector"]["matchLabels"].items():
         assert service_labels[key] == value
 
@@ -229,7 +238,9 @@ def test_client_and_metrics_ports_line_up(
     r = render(chart, load_values(values_file) if values_file else {})
     ports = {p["name"]: p["containerPort"] for p in r.container["ports"]}
     assert ports == {"http": http, "metrics": metrics}
-    service_ports = {p["name"]: p for p in r.one("Service")["spec"]["ports"]}
+    service_ports = {
+        p["name"]: p for name in ("http", "metrics") for p in r.service_with_port(name)["spec"]["ports"]
+    }
     assert set(service_ports) == {"http", "metrics"}
     assert service_ports["http"]["port"] == service_http
     assert service_ports["metrics"]["port"] == service_metrics
@@ -450,9 +461,10 @@ def test_labels_and_selectors_are_consistent(chart: helm.Chart, values_file: Pat
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert selector.items() <= pod_labels.items()
 
-    service = r.one("Service")
+    service = r.service_with_port("http")
     assert service["metadata"]["name"] == name
-    assert service["spec"]["selector"] == selector
+    for other in r.services.values():
+        assert other["spec"]["selector"] == selector
 
     for obj in r.objects:
         labels = obj["metadata"]["labels"]
@@ -613,6 +625,24 @@ def test_otel_variables_only_when_enabled(chart: helm.Chart) -> None:
 
 
 # ----------------------------------------------------------------- helm test, NOTES
+
+
+@pytest.mark.parametrize("service_type", ["ClusterIP", "LoadBalancer", "NodePort"])
+def test_metrics_are_never_on_a_public_service(chart: helm.Chart, service_type: str) -> None:
+    r = render(chart, {"service": {"type": service_type}})
+    client = r.service_with_port("http")
+    metrics = r.service_with_port("metrics")
+    assert client["spec"]["type"] == service_type
+    assert metrics["spec"]["type"] == "ClusterIP"
+    if service_type == "ClusterIP":
+        assert metrics is client, "one internal Service carries both ports"
+    else:
+        assert metrics["metadata"]["name"] == f"{client['metadata']['name']}-metrics"
+        assert [p["name"] for p in client["spec"]["ports"]] == ["http"]
+    script = " ".join(r.test_pod["spec"]["containers"][0]["command"])
+    assert f"http://{metrics['metadata']['name']}.{NAMESPACE}.svc:9090" in script
+    # herald serves /metrics on its own listener, never on the client port.
+    assert r.config["server"]["metrics_listen"] == "0.0.0.0:9090"
 
 
 def test_helm_test_pod_checks_readyz_through_the_service(chart: helm.Chart) -> None:

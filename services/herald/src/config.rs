@@ -468,6 +468,11 @@ pub struct LimitSettings {
     /// How long a blocked address stays blocked.
     #[serde(with = "humantime_serde")]
     pub failed_login_block: Duration,
+    /// Logins one address may have being checked at once (more → 429).
+    pub max_logins_in_flight_per_ip: usize,
+    /// argon2 password checks running at once on the node (~19 MiB each); 0 means one
+    /// per CPU core. A login waits up to 1 s for one, then gets 503/1013.
+    pub max_password_checks: usize,
     /// How long a cluster-wide session lease (alias caps, `/ws` presence) lives without a
     /// refresh: a node killed without a goodbye stops counting within this time.
     #[serde(with = "humantime_serde")]
@@ -487,6 +492,8 @@ impl Default for LimitSettings {
             max_anonymous_per_ip: 3,
             failed_logins_per_ip: 10,
             failed_login_block: Duration::from_secs(600),
+            max_logins_in_flight_per_ip: 4,
+            max_password_checks: 0,
             lease_ttl: Duration::from_secs(30),
         }
     }
@@ -814,6 +821,10 @@ impl Settings {
                 "limits.max_pending_auth_per_ip",
                 limits.max_pending_auth_per_ip,
             ),
+            (
+                "limits.max_logins_in_flight_per_ip",
+                limits.max_logins_in_flight_per_ip,
+            ),
         ] {
             if value == 0 {
                 return invalid(key, "must be greater than 0".into());
@@ -1090,9 +1101,46 @@ impl Settings {
                 .any(|t| t.expose() == "herald-dev-admin")
     }
 
+    /// What `herald serve` warns about at start: settings that are valid but unsafe on a
+    /// node reachable from other machines (each a sentence naming the key and the fix).
+    pub fn security_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let jwt = &self.auth.jwt;
+        let secret_len = jwt.secret.expose().len();
+        if self.auth.providers.iter().any(|p| p == "jwt")
+            && jwt.algorithm == "HS256"
+            && jwt.jwks_file.is_empty()
+            && secret_len < MIN_HS256_SECRET_BYTES
+        {
+            warnings.push(format!(
+                "auth.jwt.secret is {secret_len} bytes: an HS256 secret under {MIN_HS256_SECRET_BYTES} bytes can be guessed offline from a single token; use {MIN_HS256_SECRET_BYTES}+ random bytes (e.g. `openssl rand -base64 48`)"
+            ));
+        }
+        if self.server.allowed_origins.is_empty() && !listens_on_loopback(&self.server.listen) {
+            warnings.push(format!(
+                "server.allowed_origins is empty and server.listen ({}) is not loopback: any web page can open WebSockets to this node from its visitors' browsers; list your web app's origins (e.g. allowed_origins = [\"https://app.example.com\"])",
+                self.server.listen
+            ));
+        }
+        warnings
+    }
+
     /// The effective configuration as TOML, secrets redacted (`herald config check`).
     pub fn to_redacted_toml(&self) -> String {
         toml_to_string(self)
+    }
+}
+
+/// Shortest HS256 secret herald does not warn about: 256 bits, the size of the HMAC.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// Whether `listen` (`host:port`) only accepts connections from this machine.
+fn listens_on_loopback(listen: &str) -> bool {
+    match listen.parse::<SocketAddr>() {
+        Ok(addr) => addr.ip().is_loopback(),
+        Err(_) => listen
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
     }
 }
 
@@ -1120,6 +1168,44 @@ mod tests {
     }
 
     #[test]
+    fn unsafe_settings_are_warned_about_at_start() {
+        let mut s = Settings::default();
+        assert!(s.security_warnings().is_empty(), "loopback, no JWT");
+        s.server.listen = "0.0.0.0:8080".into();
+        let warnings = s.security_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("server.allowed_origins is empty"));
+        s.server.allowed_origins = vec!["https://app.example.com".into()];
+        assert!(s.security_warnings().is_empty());
+        for (listen, loopback) in [
+            ("127.0.0.1:0", true),
+            ("[::1]:8080", true),
+            ("localhost:8080", true),
+            ("[::]:8080", false),
+            ("herald.internal:8080", false),
+        ] {
+            assert_eq!(listens_on_loopback(listen), loopback, "{listen}");
+        }
+
+        s.auth.providers = vec!["static".into(), "jwt".into()];
+        s.auth.jwt.secret = Secret::from("short");
+        let warnings = s.security_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("auth.jwt.secret is 5 bytes"),
+            "{warnings:?}"
+        );
+        s.auth.jwt.secret = Secret::from("0123456789abcdef0123456789abcdef");
+        assert!(s.security_warnings().is_empty(), "32 bytes is enough");
+        s.auth.jwt.secret = Secret::from("short");
+        s.auth.jwt.algorithm = "RS256".into();
+        assert!(
+            s.security_warnings().is_empty(),
+            "no shared secret in RS256"
+        );
+    }
+
+    #[test]
     fn defaults_are_the_contracts_numbers() {
         // SPEC §3–§6: these are promises to operators, not tuning knobs to drift.
         for s in [Settings::default(), Settings::load(None).unwrap()] {
@@ -1131,6 +1217,8 @@ mod tests {
             assert_eq!(l.max_sessions_per_alias, 10);
             assert_eq!(l.max_sessions_total, 10_000);
             assert_eq!(l.max_pending_auth_per_ip, 5);
+            assert_eq!(l.max_logins_in_flight_per_ip, 4);
+            assert_eq!(l.max_password_checks, 0);
             assert_eq!(l.max_anonymous_per_ip, 3);
             assert_eq!(l.failed_logins_per_ip, 10);
             assert_eq!(l.failed_login_block, Duration::from_secs(600));

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use moka::ops::compute::Op;
 
 use crate::config::LimitSettings;
 
@@ -118,6 +119,8 @@ pub struct Limits {
     blocked: moka::sync::Cache<IpAddr, ()>,
     /// Sessions waiting for their auth frame, per address.
     pub pending_auth: Counter<IpAddr>,
+    /// Logins being checked, per address.
+    pub logins_in_flight: Counter<IpAddr>,
     /// Anonymous sessions, per address.
     pub anonymous: Counter<IpAddr>,
     /// Sessions per alias.
@@ -145,6 +148,7 @@ impl Limits {
                 .time_to_live(settings.failed_login_block)
                 .build(),
             pending_auth: Counter::default(),
+            logins_in_flight: Counter::default(),
             anonymous: Counter::default(),
             per_alias: Counter::default(),
             per_user: Counter::default(),
@@ -166,13 +170,40 @@ impl Limits {
             .then_some(self.settings.failed_login_block)
     }
 
-    /// Records a failed login; the address is blocked once it reaches the limit.
+    /// Counts a login from `ip` as failed before it is checked, so concurrent logins can
+    /// never check more credentials than `failed_logins_per_ip` allows: `false` (nothing
+    /// counted) when every failure the address has left is already taken by a login in
+    /// progress. A login that ends otherwise than failed gives its count back with
+    /// [`Limits::refund_login`]; a failed one keeps it ([`Limits::record_failure`]).
+    pub fn charge_login(&self, ip: IpAddr) -> bool {
+        let limit = self.settings.failed_logins_per_ip;
+        let mut charged = false;
+        self.failures.entry(ip).and_compute_with(|old| {
+            let failures = old.as_ref().map_or(0, |e| *e.value());
+            if failures >= limit {
+                Op::Nop
+            } else {
+                charged = true;
+                Op::Put(failures + 1)
+            }
+        });
+        charged
+    }
+
+    /// Gives back what [`Limits::charge_login`] counted: the login succeeded, or was
+    /// never decided (backend timeout, node busy).
+    pub fn refund_login(&self, ip: IpAddr) {
+        self.failures.entry(ip).and_compute_with(|old| match old {
+            Some(e) if *e.value() > 1 => Op::Put(e.into_value() - 1),
+            Some(_) => Op::Remove,
+            None => Op::Nop,
+        });
+    }
+
+    /// Records a failed login already counted by [`Limits::charge_login`]; the address
+    /// is blocked once its failures reach the limit.
     pub fn record_failure(&self, ip: IpAddr) {
-        let failures = self
-            .failures
-            .entry(ip)
-            .and_upsert_with(|old| old.map_or(1, |e| e.into_value() + 1))
-            .into_value();
+        let failures = self.failures.get(&ip).unwrap_or(0);
         if failures >= self.settings.failed_logins_per_ip {
             self.blocked.insert(ip, ());
             self.failures.invalidate(&ip);
@@ -238,11 +269,42 @@ mod tests {
         });
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..2 {
+            assert!(limits.charge_login(ip));
             limits.record_failure(ip);
         }
         assert!(limits.blocked(ip).is_none());
+        assert!(limits.charge_login(ip));
         limits.record_failure(ip);
         assert!(limits.blocked(ip).is_some());
+    }
+
+    #[test]
+    fn concurrent_logins_cannot_take_more_than_the_failures_left() {
+        let limits = Limits::new(&LimitSettings {
+            failed_logins_per_ip: 3,
+            ..LimitSettings::default()
+        });
+        let ip: IpAddr = "10.0.0.3".parse().unwrap();
+        assert!(limits.charge_login(ip));
+        limits.record_failure(ip);
+        // Two failures left: two logins may be checked at once, the third waits its turn.
+        assert!(limits.charge_login(ip));
+        assert!(limits.charge_login(ip));
+        assert!(!limits.charge_login(ip));
+        assert!(limits.blocked(ip).is_none(), "refused, not blocked");
+        // One succeeds: its count comes back and another may try.
+        limits.refund_login(ip);
+        assert!(limits.charge_login(ip));
+        limits.record_failure(ip);
+        assert!(limits.blocked(ip).is_some(), "three failures: blocked");
+        let other: IpAddr = "10.0.0.4".parse().unwrap();
+        assert!(
+            limits.charge_login(other),
+            "other addresses are not affected"
+        );
+        limits.refund_login(other);
+        limits.refund_login(other);
+        assert!(limits.charge_login(other), "a refund never goes below zero");
     }
 
     #[test]

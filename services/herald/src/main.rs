@@ -106,6 +106,9 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
              Never expose this node: pass --config with your own credentials !!!"
         );
     }
+    for warning in settings.security_warnings() {
+        tracing::warn!("{warning}");
+    }
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         // Tests and scripts read this line to learn the bound port.

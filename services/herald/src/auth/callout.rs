@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{choose_alias, AuthError, Credentials, Principal, Verdict};
+use super::{check_alias_ids, choose_alias, AuthError, Credentials, Principal, Verdict};
 use crate::config::CalloutSettings;
 
 /// Asks the auth backend over NATS.
@@ -130,10 +130,13 @@ impl CalloutProvider {
                 ttl,
             };
         }
-        let alias_id = match credentials {
-            Credentials::User { .. } => Ok(None),
-            _ => choose_alias(&reply.alias_ids, alias_id).map(Some),
-        };
+        // A backend that lists a wildcard is refused whatever the client asked for: the
+        // reply is wrong, and the next client may not ask.
+        let alias_id =
+            check_alias_ids("callout", &reply.alias_ids).and_then(|()| match credentials {
+                Credentials::User { .. } => Ok(None),
+                _ => choose_alias(&reply.alias_ids, alias_id).map(Some),
+            });
         let username = reply
             .claims
             .get("username")

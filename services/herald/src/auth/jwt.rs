@@ -1,6 +1,7 @@
 //! The JWT provider: HS256/RS256/ES256 with a key from config or a JWKS file (re-read
 //! when its modification time changes); `iss`/`aud`/`exp`/`nbf` checked with
-//! `auth.jwt.leeway`; the alias ids come from `auth.jwt.alias_claim`.
+//! `auth.jwt.leeway`; the alias ids come from `auth.jwt.alias_claim` and must all be
+//! valid alias ids, or the token is refused.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,7 +10,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-use super::{choose_alias, AuthError, Credentials, Principal, Verdict};
+use super::{check_alias_ids, choose_alias, AuthError, Credentials, Principal, Verdict};
 use crate::config::JwtSettings;
 
 /// Where verification keys come from.
@@ -181,6 +182,7 @@ impl JwtProvider {
                 .collect(),
             _ => Vec::new(),
         };
+        check_alias_ids("jwt", &allowed)?;
         let alias_id = alias
             .map(|requested| choose_alias(&allowed, requested))
             .transpose()?;

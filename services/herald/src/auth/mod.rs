@@ -2,23 +2,28 @@
 //! the static file (aliases with argon2 hashes, API tokens with their aliases), JWTs
 //! (HS256/RS256/ES256, keys from config or a JWKS file) and the NATS auth callout.
 //! Results are cached in moka (positive and negative TTLs, a size bound), keyed by a
-//! salted hash so no password or token is kept in memory.
+//! salted SHA-256 digest so no password or token is kept in memory and no two credentials
+//! share an entry. Every alias id a provider returns must be a subject token
+//! (`[A-Za-z0-9_-]{1,128}`): anything else (`*`, `>`, `a.b`) would subscribe the session to
+//! a NATS wildcard, so the credentials are refused.
 
 mod callout;
 mod jwt;
 mod static_file;
 
-use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herald_protocol::subject::validate_identifier;
 use moka::future::Cache;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 pub use static_file::{hash_password, verify_password};
 
 use crate::bus::Bus;
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 
 /// Who a session is.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -39,16 +44,62 @@ pub struct Principal {
 }
 
 /// A stable, non-reversible stand-in for an API token (sessions never keep the token).
+/// SHA-256, so a revocation can only ever match the token it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenFingerprint(u64);
+pub struct TokenFingerprint([u8; 32]);
 
 impl TokenFingerprint {
-    /// The fingerprint of `token` (the same on every call within a process).
+    /// The fingerprint of `token` (the same on every call and every node).
     pub fn of(token: &str) -> Self {
-        use std::hash::{DefaultHasher, Hash, Hasher};
-        let mut hasher = DefaultHasher::new();
-        token.hash(&mut hasher);
-        TokenFingerprint(hasher.finish())
+        TokenFingerprint(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// The digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// Whether `presented` is one of `tokens`, in time that depends neither on how much of a
+/// token it matches nor on which one: every token is compared, digest against digest, so
+/// lengths do not leak either.
+pub fn token_in(tokens: &[Secret], presented: &str) -> bool {
+    let presented = TokenFingerprint::of(presented);
+    tokens
+        .iter()
+        .fold(subtle::Choice::from(0), |found, token| {
+            found
+                | TokenFingerprint::of(token.expose())
+                    .as_bytes()
+                    .ct_eq(presented.as_bytes())
+        })
+        .into()
+}
+
+/// Longest part of a refused identifier echoed into refusals and logs.
+const ECHO_LIMIT: usize = 64;
+
+/// `id` cut to [`ECHO_LIMIT`] characters, so a huge claim does not flood the log.
+fn echo(id: &str) -> String {
+    match id.char_indices().nth(ECHO_LIMIT) {
+        Some((cut, _)) => format!("{}…", &id[..cut]),
+        None => id.to_owned(),
+    }
+}
+
+/// Refuses credentials whose provider (`provider`) names an alias id that cannot be one
+/// subject token: the session would otherwise subscribe to whatever the id spells.
+fn check_alias_ids(provider: &'static str, ids: &[String]) -> Result<(), AuthError> {
+    match ids.iter().find(|id| validate_identifier(id).is_err()) {
+        None => Ok(()),
+        Some(bad) => {
+            tracing::warn!(
+                provider,
+                alias_id = %echo(bad),
+                "credentials refused: they name an alias id that is not a valid alias id ([A-Za-z0-9_-]{{1,128}})"
+            );
+            Err(AuthError::InvalidAliasId(echo(bad)))
+        }
     }
 }
 
@@ -113,6 +164,13 @@ pub enum AuthError {
     /// The auth backend did not answer in time (never treated as allow).
     #[error("the authentication backend did not answer in time; retry later")]
     Timeout,
+    /// Valid credentials naming an alias id that is not `[A-Za-z0-9_-]{1,128}`.
+    #[error("these credentials name alias id {0:?}, which is not a valid alias id ([A-Za-z0-9_-]{{1,128}}): ask their issuer for credentials with valid alias ids")]
+    InvalidAliasId(String),
+    /// Every password check of the node was busy for longer than a client should wait
+    /// (`limits.max_password_checks`); never cached.
+    #[error("this node is busy checking other passwords (limits.max_password_checks); retry in a second")]
+    Busy,
 }
 
 /// Picks the alias to connect as from those the credentials allow.
@@ -161,10 +219,65 @@ struct Cached {
 
 struct PerEntryTtl;
 
-impl moka::Expiry<u64, Cached> for PerEntryTtl {
-    fn expire_after_create(&self, _: &u64, value: &Cached, _: Instant) -> Option<Duration> {
+impl moka::Expiry<CacheKey, Cached> for PerEntryTtl {
+    fn expire_after_create(&self, _: &CacheKey, value: &Cached, _: Instant) -> Option<Duration> {
         Some(value.ttl)
     }
+}
+
+/// A cache key: SHA-256 over a per-process salt and the credentials, so the cache holds
+/// nothing a memory dump could check passwords against offline without the salt, and two
+/// credentials never share a verdict (a 64-bit hash could be made to collide).
+type CacheKey = [u8; 32];
+
+/// Builds [`CacheKey`]s: each field is length-prefixed, so `("ab", "c")` and `("a", "bc")`
+/// differ.
+struct KeyDigest(Sha256);
+
+impl KeyDigest {
+    fn new(salt: &[u8; 32], kind: u8, order: &[usize]) -> Self {
+        let mut digest = Sha256::new();
+        digest.update(salt);
+        digest.update([kind]);
+        digest.update((order.len() as u64).to_le_bytes());
+        for &i in order {
+            digest.update((i as u64).to_le_bytes());
+        }
+        KeyDigest(digest)
+    }
+
+    fn field(mut self, value: Option<&str>) -> Self {
+        match value {
+            None => self.0.update([0]),
+            Some(value) => {
+                self.0.update([1]);
+                self.0.update((value.len() as u64).to_le_bytes());
+                self.0.update(value.as_bytes());
+            }
+        }
+        self
+    }
+
+    fn finish(self) -> CacheKey {
+        self.0.finalize().into()
+    }
+}
+
+/// The cache key of `credentials` for a dialect asking providers `order`.
+fn cache_key(salt: &[u8; 32], credentials: &Credentials, order: &[usize]) -> CacheKey {
+    match credentials {
+        Credentials::Password { username, password } => KeyDigest::new(salt, 0, order)
+            .field(Some(&username.to_lowercase()))
+            .field(Some(password)),
+        Credentials::Token { token, alias_id } => KeyDigest::new(salt, 1, order)
+            .field(Some(token))
+            .field(Some(alias_id)),
+        Credentials::Bearer { token, alias_id } => KeyDigest::new(salt, 2, order)
+            .field(Some(token))
+            .field(alias_id.as_deref()),
+        Credentials::User { token } => KeyDigest::new(salt, 3, order).field(Some(token)),
+    }
+    .finish()
 }
 
 /// The configured providers, in order, behind one cache.
@@ -172,10 +285,10 @@ pub struct Authenticator {
     providers: Vec<Provider>,
     /// Which providers (indices into `providers`) each dialect asks, in order.
     dialects: std::collections::HashMap<&'static str, Vec<usize>>,
-    cache: Cache<u64, Cached>,
+    cache: Cache<CacheKey, Cached>,
     ttl: Duration,
     negative_ttl: Duration,
-    hasher: RandomState,
+    salt: [u8; 32],
 }
 
 impl Authenticator {
@@ -186,7 +299,10 @@ impl Authenticator {
         let mut providers = Vec::new();
         for name in &auth.providers {
             providers.push(match name.as_str() {
-                "static" => Provider::Static(static_file::StaticProvider::new(auth)),
+                "static" => Provider::Static(static_file::StaticProvider::new(
+                    auth,
+                    settings.limits.max_password_checks,
+                )),
                 "jwt" => Provider::Jwt(jwt::JwtProvider::new(&auth.jwt, auth.cache.ttl)?),
                 "callout" => match bus {
                     Bus::Nats(nats) => Provider::Callout(callout::CalloutProvider::new(
@@ -229,7 +345,7 @@ impl Authenticator {
                 .build(),
             ttl: cache.ttl,
             negative_ttl: cache.negative_ttl,
-            hasher: RandomState::new(),
+            salt: rand::random(),
         }))
     }
 
@@ -275,19 +391,7 @@ impl Authenticator {
             .dialects
             .get_key_value(dialect)
             .map_or(("v1", &[][..]), |(d, o)| (*d, o.as_slice()));
-        let key = match credentials {
-            Credentials::Password { username, password } => {
-                self.hasher
-                    .hash_one((0u8, username.to_lowercase(), password, order))
-            }
-            Credentials::Token { token, alias_id } => {
-                self.hasher.hash_one((1u8, token, alias_id, order))
-            }
-            Credentials::Bearer { token, alias_id } => {
-                self.hasher.hash_one((2u8, token, alias_id, order))
-            }
-            Credentials::User { token } => self.hasher.hash_one((3u8, token, order)),
-        };
+        let key = cache_key(&self.salt, credentials, order);
         // Concurrent logins with the same credentials (a reconnect storm) share one check.
         let cached = self
             .cache
@@ -295,7 +399,9 @@ impl Authenticator {
                 let verdict = self.check(credentials, ip, (dialect, order)).await;
                 let default_ttl = match verdict.result {
                     Ok(_) => self.ttl,
+                    // Says nothing about the credentials: the next try must check again.
                     Err(AuthError::Timeout) => return Err(AuthError::Timeout),
+                    Err(AuthError::Busy) => return Err(AuthError::Busy),
                     Err(_) => self.negative_ttl,
                 };
                 Ok(Cached {
@@ -351,5 +457,72 @@ mod tests {
         assert_eq!(choose_alias(&two, None), Err(AuthError::AliasRequired));
         assert_eq!(choose_alias(&two[..1], None), Ok("a".into()));
         assert_eq!(choose_alias(&[], None), Err(AuthError::NoAlias));
+    }
+
+    #[test]
+    fn alias_ids_must_be_subject_tokens() {
+        let ok = ["64b7f0c2a1b2c3d4e5f60718".to_owned(), "a_b-C".to_owned()];
+        assert_eq!(check_alias_ids("jwt", &ok), Ok(()));
+        for bad in ["*", ">", "a.b", "", "x y", &"a".repeat(129)] {
+            let ids = [ok[0].clone(), bad.to_owned()];
+            assert!(
+                matches!(
+                    check_alias_ids("jwt", &ids),
+                    Err(AuthError::InvalidAliasId(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let Err(AuthError::InvalidAliasId(echoed)) = check_alias_ids("jwt", &["*".repeat(10_000)])
+        else {
+            panic!("refused")
+        };
+        assert!(echoed.chars().count() <= ECHO_LIMIT + 1, "a huge id is cut");
+    }
+
+    #[test]
+    fn tokens_are_found_whatever_their_length_and_position() {
+        let tokens = [Secret::from("first-token"), Secret::from("second")];
+        assert!(token_in(&tokens, "second"));
+        assert!(token_in(&tokens, "first-token"));
+        for wrong in ["", "secon", "second!", "first-tokeN", "x"] {
+            assert!(!token_in(&tokens, wrong), "{wrong:?}");
+        }
+        assert!(!token_in(&[], "anything"));
+    }
+
+    #[test]
+    fn cache_keys_are_salted_and_keep_fields_apart() {
+        let salt = [7; 32];
+        let password = |u: &str, p: &str| Credentials::Password {
+            username: u.into(),
+            password: p.into(),
+        };
+        let key = |c: &Credentials| cache_key(&salt, c, &[0, 1]);
+        assert_eq!(key(&password("A@x", "pw")), key(&password("a@x", "pw")));
+        assert_ne!(key(&password("a@x", "pw")), key(&password("a@x", "pW")));
+        assert_ne!(key(&password("a@xp", "w")), key(&password("a@x", "pw")));
+        assert_ne!(
+            cache_key(&[8; 32], &password("a@x", "pw"), &[0, 1]),
+            key(&password("a@x", "pw")),
+            "another process, another key"
+        );
+        assert_ne!(
+            cache_key(&salt, &password("a@x", "pw"), &[1]),
+            key(&password("a@x", "pw")),
+            "another provider list, another key"
+        );
+        let bearer = |alias_id: Option<&str>| Credentials::Bearer {
+            token: "t".into(),
+            alias_id: alias_id.map(str::to_owned),
+        };
+        assert_ne!(key(&bearer(None)), key(&bearer(Some(""))));
+        assert_ne!(
+            key(&bearer(Some("a"))),
+            key(&Credentials::Token {
+                token: "t".into(),
+                alias_id: "a".into()
+            })
+        );
     }
 }

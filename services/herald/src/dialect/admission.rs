@@ -143,17 +143,63 @@ pub fn credentials(
     })
 }
 
+/// Seconds a client should wait when its address or the node has too many logins being
+/// checked: one finishes within a second.
+pub const LOGINS_BUSY_RETRY_AFTER: u64 = 1;
+
 /// Checks credentials with the backend timeout, counting failures against the address.
+///
+/// Before anything is checked the address must be unblocked, have fewer than
+/// `limits.max_logins_in_flight_per_ip` logins in progress, and have a failure left to
+/// spend: the login is counted as failed up front and given back when it succeeds, so
+/// concurrent wrong passwords from one address cannot check more than
+/// `limits.failed_logins_per_ip` of them.
 pub async fn authenticate(
     state: &AppState,
     dialect: &'static str,
     credentials: &Credentials,
     ip: IpAddr,
 ) -> Result<Principal, Refusal> {
+    let limits = &state.limits;
+    let busy = |reason: &str| {
+        metrics::connection_refused("logins_in_flight");
+        Refusal::TooMany {
+            reason: reason.into(),
+            retry_after: LOGINS_BUSY_RETRY_AFTER,
+        }
+    };
+    let _in_flight = limits
+        .logins_in_flight
+        .try_acquire(ip, limits.settings.max_logins_in_flight_per_ip)
+        .ok_or_else(|| busy("too many logins in progress from this address (limits.max_logins_in_flight_per_ip); retry in a second"))?;
+    // Admission checked this too, but an `?auth=message` session may have been admitted
+    // before its address was blocked.
+    if let Some(block) = limits.blocked(ip) {
+        metrics::connection_refused("blocked");
+        return Err(Refusal::TooMany {
+            reason: "too many failed logins from this address; try again later".into(),
+            retry_after: block.as_secs().max(1),
+        });
+    }
+    if !limits.charge_login(ip) {
+        return Err(busy("the logins in progress from this address would use up its failed logins (limits.failed_logins_per_ip); retry in a second"));
+    }
     let timeout = state.settings.forwardemail.auth_backend_timeout;
     match tokio::time::timeout(timeout, state.auth.authenticate(credentials, ip, dialect)).await {
-        Err(_) | Ok(Err(AuthError::Timeout)) => Err(Refusal::AuthTimeout),
+        Err(_) | Ok(Err(AuthError::Timeout)) => {
+            limits.refund_login(ip);
+            Err(Refusal::AuthTimeout)
+        }
+        Ok(Err(error @ AuthError::Busy)) => {
+            limits.refund_login(ip);
+            metrics::connection_refused("password_checks");
+            Err(Refusal::Unavailable {
+                reason: error.to_string(),
+                retry_after: LOGINS_BUSY_RETRY_AFTER,
+            })
+        }
         Ok(Ok(principal)) => {
+            limits.refund_login(ip);
             // Never the credentials themselves: only who, from where, and why not.
             tracing::debug!(%ip, alias_id = ?principal.alias_id, user_id = ?principal.user_id, "login accepted");
             Ok(principal)
@@ -161,11 +207,11 @@ pub async fn authenticate(
         Ok(Err(error)) => {
             tracing::debug!(%ip, %error, "login refused");
             metrics::auth_failure(dialect);
-            state.limits.record_failure(ip);
+            limits.record_failure(ip);
             Err(match error {
-                AuthError::AliasNotAllowed(_) | AuthError::NoAlias => {
-                    Refusal::Forbidden(error.to_string())
-                }
+                AuthError::AliasNotAllowed(_)
+                | AuthError::NoAlias
+                | AuthError::InvalidAliasId(_) => Refusal::Forbidden(error.to_string()),
                 AuthError::AliasRequired => Refusal::BadRequest(error.to_string()),
                 _ => Refusal::Unauthorized(error.to_string()),
             })

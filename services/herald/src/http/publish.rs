@@ -69,13 +69,7 @@ pub async fn publish(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(PublishError::Unauthorized)?;
-    if !state
-        .settings
-        .auth
-        .publish_tokens
-        .iter()
-        .any(|t| t.expose() == token)
-    {
+    if !crate::auth::token_in(&state.settings.auth.publish_tokens, token) {
         return Err(PublishError::Unauthorized);
     }
     let mut envelope =

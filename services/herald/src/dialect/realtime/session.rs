@@ -119,6 +119,7 @@ pub async fn upgrade(
         .clone()
         .filter(|id| validate_identifier(id).is_ok())
         .ok_or_else(|| {
+            tracing::warn!(%ip, "credentials refused: the token's user is not a valid user id ([A-Za-z0-9_-]{{1,128}})");
             Refusal::Forbidden(
                 "the token's user claim (auth.jwt.user_claim, default sub) must be a [A-Za-z0-9_-]{1,128} id".into(),
             )

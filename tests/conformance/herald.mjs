@@ -12,8 +12,9 @@ import { fileURLToPath } from "node:url";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const REPO = path.resolve(HERE, "..", "..");
-/// The source documents (`../shared/seeds` beside the repository).
-export const SEEDS = path.resolve(REPO, "..", "shared", "seeds");
+/// The source documents: $HERALD_SEEDS, else `../shared/seeds` beside the repository
+/// (a git worktree elsewhere sets the variable).
+export const SEEDS = process.env.HERALD_SEEDS || path.resolve(REPO, "..", "shared", "seeds");
 
 /** The demo data of config/dev.toml that the documents' examples are pointed at. */
 export const DEMO = {

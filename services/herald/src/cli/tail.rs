@@ -57,8 +57,8 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         match message? {
             Message::Text(text) => println!("{text}"),
             Message::Binary(bytes) => {
-                let value = herald_protocol::envelope::decode_msgpack(&bytes)
-                    .context("binary frame is not MessagePack")?;
+                let value = herald_protocol::msgpackr::decode(&bytes)
+                    .context("binary frame is not msgpackr")?;
                 println!("{value}");
             }
             Message::Ping(data) => socket.send(Message::Pong(data)).await?,

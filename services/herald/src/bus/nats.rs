@@ -467,6 +467,13 @@ fn rfc3339_ms(time: &str) -> Option<u64> {
         .map(|d| d.as_millis() as u64)
 }
 
+/// Locks a mutex that only ever holds plain data, so a poisoned one is still consistent.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,11 +514,4 @@ mod tests {
         );
         assert_eq!(rfc3339_ms("garbage"), None);
     }
-}
-
-/// Locks a mutex that only ever holds plain data, so a poisoned one is still consistent.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

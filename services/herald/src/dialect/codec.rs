@@ -234,3 +234,22 @@ fn v1_frame(
 pub fn msgpackr_frame(value: &Value) -> Frame {
     Frame::Binary(herald_protocol::msgpackr::encode(value).into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msgpackr_resync_frame_is_what_msgpackr_writes() {
+        // `new (require("msgpackr").Encoder)().pack({event: "resyncRequired"})`, 2.1.3.
+        let expected: &[u8] = b"\xd4\x72\x40\x91\xa5event\xaeresyncRequired";
+        match Codec::V1Msgpackr.resync_frame() {
+            Some(Frame::Binary(bytes)) => assert_eq!(&bytes[..], expected),
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+        match Codec::V1MsgPack.resync_frame() {
+            Some(Frame::Binary(bytes)) => assert_eq!(bytes[0], 0x81, "a plain one-entry map"),
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+}

@@ -21,7 +21,7 @@ pub struct TailArgs {
     /// Alias id, required with an API token.
     #[arg(long)]
     pub alias_id: Option<String>,
-    /// Ask for MessagePack frames (printed as JSON).
+    /// Ask for msgpackr binary frames (`?msgpackr=true`, printed as JSON).
     #[arg(long)]
     pub msgpack: bool,
     /// Resume after this sequence.

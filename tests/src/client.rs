@@ -94,9 +94,14 @@ impl Connect {
         self.query("auth", "message")
     }
 
-    /// `?msgpackr=true`: MessagePack binary frames.
+    /// `?msgpackr=true`: msgpackr records in binary frames (Forward Email's encoding).
     pub fn msgpack(self) -> Self {
         self.query("msgpackr", "true")
+    }
+
+    /// `?msgpack=true`: plain MessagePack maps in binary frames.
+    pub fn plain_msgpack(self) -> Self {
+        self.query("msgpack", "true")
     }
 
     /// Adds a query parameter.
@@ -129,7 +134,7 @@ impl Connect {
     fn wants_msgpack(&self) -> bool {
         self.query
             .iter()
-            .any(|(k, v)| k == "msgpackr" && v == "true")
+            .any(|(k, v)| (k == "msgpackr" || k == "msgpack") && v == "true")
     }
 
     /// Performs the upgrade: the socket, or how the server refused it. Panics when there
@@ -245,7 +250,7 @@ pub enum Frame {
 }
 
 impl Frame {
-    /// Decodes a data frame: text as JSON, binary as MessagePack; `None` for a close or an
+    /// Decodes a data frame: text as JSON, binary as msgpackr records or plain MessagePack; `None` for a close or an
     /// ended connection. Panics when a data frame does not decode.
     pub fn decode(&self) -> Option<Value> {
         match self {
@@ -254,8 +259,8 @@ impl Frame {
                     .unwrap_or_else(|e| panic!("text frame is not JSON ({e}): {text}")),
             ),
             Frame::Binary(bytes) => Some(
-                rmp_serde::from_slice(bytes)
-                    .unwrap_or_else(|e| panic!("binary frame is not MessagePack ({e}): {bytes:?}")),
+                herald_protocol::msgpackr::decode(bytes)
+                    .unwrap_or_else(|e| panic!("binary frame is not msgpackr ({e}): {bytes:?}")),
             ),
             _ => None,
         }

@@ -278,7 +278,7 @@ class Session:
 
     def decode(self, frame: Any) -> dict:
         if self.use_msgpack:
-            assert isinstance(frame, bytes), f"?msgpackr=true: expected a binary frame, got {frame!r}"
+            assert isinstance(frame, bytes), f"?msgpack=true: expected a binary frame, got {frame!r}"
             return msgpack.unpackb(frame, raw=False)
         assert isinstance(frame, str), f"JSON dialect: expected a text frame, got {frame!r}"
         return json.loads(frame)
@@ -298,7 +298,7 @@ class Session:
 
 
 async def open_session(node: Node, user: str, password: str, use_msgpack: bool = False) -> Session:
-    url = f"ws://127.0.0.1:{node.port}/v1/ws" + ("?msgpackr=true" if use_msgpack else "")
+    url = f"ws://127.0.0.1:{node.port}/v1/ws" + ("?msgpack=true" if use_msgpack else "")
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     ws = await connect(url, additional_headers={"Authorization": f"Basic {token}"},
                        open_timeout=10, max_size=None)

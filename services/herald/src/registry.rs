@@ -346,6 +346,7 @@ impl Registry {
             notifications = frames.iter().map(Vec::len).max().unwrap_or_default(),
             bytes.json = bytes[Codec::V1Json.index()],
             bytes.msgpack = bytes[Codec::V1MsgPack.index()],
+            bytes.msgpackr = bytes[Codec::V1Msgpackr.index()],
         );
         let _fanout = fanout.enter();
         let deliver_spans: [Option<tracing::Span>; CODECS] = std::array::from_fn(|i| {

@@ -5,10 +5,12 @@
 //! - [`envelope`]: the `{aliasId, payload}` body producers publish.
 //! - [`notification`]: turning one envelope into the notifications clients receive.
 //! - [`codec`]: JSON and MessagePack encodings of frames.
+//! - [`msgpackr`]: msgpackr records, the `/v1/ws?msgpackr=true` encoding.
 
 pub mod codec;
 pub mod envelope;
 pub mod event;
+pub mod msgpackr;
 pub mod notification;
 pub mod subject;
 

@@ -109,3 +109,67 @@ async fn bus_connected_gauge_reads_0_while_nats_is_down_and_1_once_up() {
     )
     .await;
 }
+
+/// A NATS server that speaks just enough of the protocol for a client to connect
+/// (INFO, then PONG to every PING) and announces `version`; answers nothing else, as
+/// herald must not get as far as asking.
+async fn fake_nats(version: &str) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let info = format!(
+        "INFO {}\r\n",
+        json!({"server_id": "FAKE", "server_name": "fake", "version": version, "proto": 1,
+               "go": "go1.19", "host": "127.0.0.1", "port": port, "headers": true,
+               "max_payload": 1_048_576, "jetstream": true})
+    );
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let info = info.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                if write.write_all(info.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line == "PING" && write.write_all(b"PONG\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("nats://127.0.0.1:{port}"), task)
+}
+
+#[tokio::test]
+async fn a_nats_server_older_than_2_10_keeps_readyz_503_and_says_which_version() {
+    let (url, server) = fake_nats("2.9.10").await;
+    let node = Node::start(NodeConfig::nats(&[url.as_str()])).await;
+    let needed = "needs nats-server 2.10.0 or newer";
+    eventually(
+        herald_tests::PROMPT,
+        "the log naming the found and the needed version",
+        || async {
+            node.logs()
+                .iter()
+                .any(|l| l.contains("2.9.10") && l.contains(needed))
+                .then_some(())
+        },
+    )
+    .await;
+    let response = node
+        .http()
+        .get(node.http_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("2.9.10") && body.contains(needed), "{body}");
+    server.abort();
+}

@@ -32,14 +32,17 @@ async fn every_catalog_event_arrives_intact_in_json_and_msgpack() {
     let s = nats_setup(|c| c).await;
     let mut json_client = Connect::v1(&s.node).alias(&DEMO).connect().await;
     let mut msgpack_client = Connect::v1(&s.node).alias(&DEMO).msgpack().connect().await;
+    let mut plain_client = Connect::v1(&s.node)
+        .alias(&DEMO)
+        .plain_msgpack()
+        .connect()
+        .await;
     assert_eq!(json_client.hello["aliasId"], DEMO.id);
     assert_eq!(msgpack_client.hello["aliasId"], DEMO.id);
-    s.publisher
-        .sync_alias(DEMO.id, &mut [&mut json_client, &mut msgpack_client])
-        .await;
-    s.publisher
-        .sync_broadcast(&mut [&mut json_client, &mut msgpack_client])
-        .await;
+    assert_eq!(plain_client.hello["aliasId"], DEMO.id);
+    let clients = &mut [&mut json_client, &mut msgpack_client, &mut plain_client];
+    s.publisher.sync_alias(DEMO.id, clients).await;
+    s.publisher.sync_broadcast(clients).await;
 
     let sent: Vec<Value> = Event::ALL
         .iter()
@@ -54,7 +57,7 @@ async fn every_catalog_event_arrives_intact_in_json_and_msgpack() {
         }
     }
 
-    for client in [&mut json_client, &mut msgpack_client] {
+    for client in [&mut json_client, &mut msgpack_client, &mut plain_client] {
         let got = collect_by_n(client, sent.len()).await;
         for (n, payload) in sent.iter().enumerate() {
             let received = &got[&(n as u64)];
@@ -73,6 +76,55 @@ async fn every_catalog_event_arrives_intact_in_json_and_msgpack() {
         );
         client.expect_no_event(Duration::from_millis(300)).await;
     }
+}
+
+/// The raw bytes of the next notification (keepalive pings skipped).
+async fn next_binary(client: &mut WsClient) -> Vec<u8> {
+    match client.next_data_frame(herald_tests::PROMPT).await {
+        Some(herald_tests::Frame::Binary(bytes)) => bytes.to_vec(),
+        other => panic!("expected a binary frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn msgpackr_sends_records_and_msgpack_sends_plain_maps() {
+    let s = nats_setup(|c| c).await;
+    let mut records = Connect::v1(&s.node).alias(&DEMO).msgpack().connect().await;
+    let mut plain = Connect::v1(&s.node)
+        .alias(&DEMO)
+        .plain_msgpack()
+        .connect()
+        .await;
+    s.publisher
+        .sync_alias(DEMO.id, &mut [&mut records, &mut plain])
+        .await;
+    let payload = json!({"event": "newMessage", "mailbox": "INBOX", "message": {"uid": 42}});
+    s.publisher.alias_event(DEMO.id, &payload).await;
+    let record = next_binary(&mut records).await;
+    // `d4 72 40`: msgpackr's definition of record 0x40, which its default Decoder turns
+    // into a plain object (a plain map would become a JavaScript Map).
+    assert_eq!(&record[..3], &[0xd4, 0x72, 0x40], "{record:02x?}");
+    let map = next_binary(&mut plain).await;
+    assert!(
+        (0x80..=0x8f).contains(&map[0]) || map[0] == 0xde,
+        "?msgpack=true: a plain MessagePack map, got {map:02x?}"
+    );
+    let from_records = herald_protocol::msgpackr::decode(&record).unwrap();
+    let from_map: Value = rmp_serde::from_slice(&map).unwrap();
+    assert_eq!(
+        from_records, from_map,
+        "same notification in both encodings"
+    );
+    assert_eq!(from_map["message"]["uid"], 42);
+
+    let both = Connect::v1(&s.node)
+        .alias(&DEMO)
+        .msgpack()
+        .plain_msgpack()
+        .refused()
+        .await;
+    assert_eq!(both.status, 400, "{both:?}");
+    assert!(both.body.contains("mutually exclusive"), "{both:?}");
 }
 
 #[tokio::test]

@@ -113,7 +113,7 @@ async fn one_trace_follows_an_event_from_the_publisher_to_the_socket_on_every_no
         formats.push(format);
     }
     formats.sort();
-    assert_eq!(formats, ["json", "msgpack"]);
+    assert_eq!(formats, ["json", "msgpackr"]);
 }
 
 #[tokio::test]

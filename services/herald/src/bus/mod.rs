@@ -155,6 +155,14 @@ impl Bus {
         }
     }
 
+    /// Why the bus is not ready although connected: a NATS server herald does not support.
+    pub fn unsupported_server(&self) -> Option<String> {
+        match self {
+            Bus::Memory(_) => None,
+            Bus::Nats(bus) => bus.unsupported_server(),
+        }
+    }
+
     /// Whether the bus can carry events right now (`/readyz`).
     pub fn is_connected(&self) -> bool {
         match self {

@@ -43,6 +43,37 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a replay waits for the next stored message before giving up.
 const REPLAY_STALL: Duration = Duration::from_secs(5);
 
+/// The oldest nats-server herald works with: 2.9 answers the JetStream KV and stream
+/// requests herald makes (the direct-message queue, stream RePublish) in shapes the
+/// client cannot read, and fails deep inside the first direct message.
+pub const MIN_SERVER_VERSION: semver::Version = semver::Version::new(2, 10, 0);
+
+/// What is known about the connected server's version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ServerVersion {
+    /// Just (re)connected: not checked yet, so not ready.
+    Unchecked,
+    /// At least [`MIN_SERVER_VERSION`].
+    Supported,
+    /// Too old or unreadable: why, for `/readyz` and the log.
+    Unsupported(String),
+}
+
+/// Checks the version a server announced in its INFO.
+fn check_server_version(found: &str) -> ServerVersion {
+    let parsed = semver::Version::parse(found.trim_start_matches('v'));
+    match parsed {
+        // A pre-release of the minimum (2.10.0-RC.1) already has what herald needs.
+        Ok(v) if (v.major, v.minor, v.patch) >= (2, 10, 0) => ServerVersion::Supported,
+        Ok(_) => ServerVersion::Unsupported(format!(
+            "NATS server {found} is too old: herald needs nats-server {MIN_SERVER_VERSION} or newer (JetStream KV and stream RePublish); upgrade the server (Debian's nats-server package is 2.9: use the release from nats.io)"
+        )),
+        Err(e) => ServerVersion::Unsupported(format!(
+            "NATS server announced version {found:?}, which is not a version ({e}): herald needs nats-server {MIN_SERVER_VERSION} or newer"
+        )),
+    }
+}
+
 /// The live subject a stored subject (or pattern) is republished on.
 pub fn live_subject(subject: &str) -> String {
     match subject.strip_prefix("herald.v1.") {
@@ -58,6 +89,8 @@ pub struct NatsBus {
     jetstream: jetstream::Context,
     stream_name: String,
     connected: Arc<AtomicBool>,
+    /// The connected server's version, checked on every (re)connection.
+    server_version: Arc<std::sync::Mutex<ServerVersion>>,
     stream_ready: Arc<AtomicBool>,
     /// Bumped on every (re)connection, so registries can fill what they missed meanwhile.
     reconnects: watch::Receiver<u64>,
@@ -69,18 +102,24 @@ impl NatsBus {
     pub async fn connect(settings: &BusSettings, node_name: &str) -> Result<NatsBus, BusError> {
         let nats = &settings.nats;
         let connected = Arc::new(AtomicBool::new(false));
+        let server_version = Arc::new(std::sync::Mutex::new(ServerVersion::Unchecked));
         let (reconnect_tx, reconnects) = watch::channel(0u64);
         let flag = Arc::clone(&connected);
+        let version = Arc::clone(&server_version);
         let mut options = async_nats::ConnectOptions::new()
             .name(node_name)
             .retry_on_initial_connect()
             .max_reconnects(None)
             .event_callback(move |event| {
                 let flag = Arc::clone(&flag);
+                let version = Arc::clone(&version);
                 let reconnect_tx = reconnect_tx.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => {
+                            // Possibly another server of the cluster: not ready until
+                            // keep_stream has read its version.
+                            *lock(&version) = ServerVersion::Unchecked;
                             flag.store(true, Ordering::SeqCst);
                             metrics::bus_connected(true);
                             reconnect_tx.send_modify(|n| *n += 1);
@@ -147,6 +186,7 @@ impl NatsBus {
             client,
             stream_name: nats.stream_name.clone(),
             connected,
+            server_version,
             stream_ready: Arc::new(AtomicBool::new(false)),
             reconnects,
         };
@@ -162,6 +202,17 @@ impl NatsBus {
                 return;
             }
             reconnects.mark_unchanged();
+            let found = self.client.server_info().version;
+            let version = check_server_version(&found);
+            *lock(&self.server_version) = version.clone();
+            if let ServerVersion::Unsupported(problem) = version {
+                self.stream_ready.store(false, Ordering::SeqCst);
+                tracing::error!(found = %found, needed = %MIN_SERVER_VERSION, "{problem}; /readyz stays 503");
+                if reconnects.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
             loop {
                 match self.jetstream.create_or_update_stream(config.clone()).await {
                     Ok(_) => {
@@ -203,9 +254,19 @@ impl NatsBus {
         receiver
     }
 
-    /// Whether the connection is up and the stream exists.
+    /// Whether the connection is up, to a server herald supports, and the stream exists.
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::SeqCst) && self.stream_ready.load(Ordering::SeqCst)
+        self.connected.load(Ordering::SeqCst)
+            && *lock(&self.server_version) == ServerVersion::Supported
+            && self.stream_ready.load(Ordering::SeqCst)
+    }
+
+    /// Why the bus cannot carry events, when the server is one herald does not support.
+    pub fn unsupported_server(&self) -> Option<String> {
+        match &*lock(&self.server_version) {
+            ServerVersion::Unsupported(problem) => Some(problem.clone()),
+            _ => None,
+        }
     }
 
     /// Subscribes to the live (republished) subjects of a stored `pattern`, or to the
@@ -406,9 +467,34 @@ fn rfc3339_ms(time: &str) -> Option<u64> {
         .map(|d| d.as_millis() as u64)
 }
 
+/// Locks a mutex that only ever holds plain data, so a poisoned one is still consistent.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_older_than_2_10_are_refused_with_both_versions_named() {
+        let ServerVersion::Unsupported(problem) = check_server_version("2.9.10") else {
+            panic!("2.9.10 must be refused");
+        };
+        assert!(
+            problem.contains("2.9.10") && problem.contains("2.10.0"),
+            "{problem}"
+        );
+        assert!(matches!(
+            check_server_version("garbage"),
+            ServerVersion::Unsupported(_)
+        ));
+        for ok in ["2.10.0", "2.10.0-RC.1", "2.15.0", "3.0.0"] {
+            assert_eq!(check_server_version(ok), ServerVersion::Supported, "{ok}");
+        }
+    }
 
     #[test]
     fn stored_subjects_map_to_live_ones_and_control_does_not() {

@@ -21,7 +21,7 @@ pub struct TailArgs {
     /// Alias id, required with an API token.
     #[arg(long)]
     pub alias_id: Option<String>,
-    /// Ask for MessagePack frames (printed as JSON).
+    /// Ask for msgpackr binary frames (`?msgpackr=true`, printed as JSON).
     #[arg(long)]
     pub msgpack: bool,
     /// Resume after this sequence.
@@ -57,8 +57,8 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         match message? {
             Message::Text(text) => println!("{text}"),
             Message::Binary(bytes) => {
-                let value = herald_protocol::envelope::decode_msgpack(&bytes)
-                    .context("binary frame is not MessagePack")?;
+                let value = herald_protocol::msgpackr::decode(&bytes)
+                    .context("binary frame is not msgpackr")?;
                 println!("{value}");
             }
             Message::Ping(data) => socket.send(Message::Pong(data)).await?,

@@ -13,15 +13,17 @@ use crate::bus::BusMessage;
 use crate::outbox::Frame;
 
 /// Number of codecs, the size of per-codec arrays.
-pub const CODECS: usize = 5;
+pub const CODECS: usize = 6;
 
 /// How a member wants events: the dialect's frame shape (and, for `/v1/ws`, encoding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {
     /// `/v1/ws` notifications as JSON text frames.
     V1Json,
-    /// `/v1/ws` notifications as MessagePack binary frames (`?msgpackr=true`).
+    /// `/v1/ws` notifications as plain MessagePack maps in binary frames (`?msgpack=true`).
     V1MsgPack,
+    /// `/v1/ws` notifications as msgpackr records in binary frames (`?msgpackr=true`).
+    V1Msgpackr,
     /// `/jmap/ws`: a StateChange per event, which the session filters and coalesces.
     Jmap,
     /// `/ws`: `Broadcast`, `DirectMessage` and `Notification` frames.
@@ -35,6 +37,7 @@ impl Codec {
     pub const ALL: [Codec; CODECS] = [
         Codec::V1Json,
         Codec::V1MsgPack,
+        Codec::V1Msgpackr,
         Codec::Jmap,
         Codec::Realtime,
         Codec::Rooms,
@@ -45,18 +48,10 @@ impl Codec {
         self as usize
     }
 
-    /// The `/v1/ws` codec of a wire format.
-    pub fn v1(format: WireFormat) -> Codec {
-        match format {
-            WireFormat::Json => Codec::V1Json,
-            WireFormat::MessagePack => Codec::V1MsgPack,
-        }
-    }
-
     /// The dialect label used in metrics and spans.
     pub fn dialect(self) -> &'static str {
         match self {
-            Codec::V1Json | Codec::V1MsgPack => "v1",
+            Codec::V1Json | Codec::V1MsgPack | Codec::V1Msgpackr => "v1",
             Codec::Jmap => "jmap",
             Codec::Realtime => "realtime",
             Codec::Rooms => "rooms",
@@ -67,6 +62,7 @@ impl Codec {
     pub fn format_name(self) -> &'static str {
         match self {
             Codec::V1MsgPack => "msgpack",
+            Codec::V1Msgpackr => "msgpackr",
             _ => "json",
         }
     }
@@ -78,6 +74,7 @@ impl Codec {
             Codec::V1MsgPack => {
                 Frame::encode(WireFormat::MessagePack, &json!({"event": "resyncRequired"}))
             }
+            Codec::V1Msgpackr => Some(msgpackr_frame(&json!({"event": "resyncRequired"}))),
             Codec::Jmap => Some(Frame::Text(ByteString::from_static(
                 crate::dialect::jmap::RESYNC,
             ))),
@@ -95,7 +92,7 @@ impl Codec {
         settings: &CodecSettings,
     ) -> Result<Vec<Encoded>, String> {
         match self {
-            Codec::V1Json | Codec::V1MsgPack => Ok(decoded
+            Codec::V1Json | Codec::V1MsgPack | Codec::V1Msgpackr => Ok(decoded
                 .v1_notifications()?
                 .iter()
                 .filter_map(|n| v1_frame(self, n, settings))
@@ -224,7 +221,35 @@ fn v1_frame(
             let value = Value::Object(truncated.unwrap_or_else(|| notification.clone()));
             Frame::Binary(WireFormat::MessagePack.encode_value(&value).ok()?)
         }
+        Codec::V1Msgpackr => msgpackr_frame(&Value::Object(
+            truncated.unwrap_or_else(|| notification.clone()),
+        )),
         _ => Frame::Text(ByteString::try_from(json).ok()?),
     };
     Some((frame, published))
+}
+
+/// A binary frame as msgpackr's default `Encoder` writes `value` (Forward Email's
+/// `?msgpackr=true`: records, which a default `Decoder` turns into plain objects).
+pub fn msgpackr_frame(value: &Value) -> Frame {
+    Frame::Binary(herald_protocol::msgpackr::encode(value).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msgpackr_resync_frame_is_what_msgpackr_writes() {
+        // `new (require("msgpackr").Encoder)().pack({event: "resyncRequired"})`, 2.1.3.
+        let expected: &[u8] = b"\xd4\x72\x40\x91\xa5event\xaeresyncRequired";
+        match Codec::V1Msgpackr.resync_frame() {
+            Some(Frame::Binary(bytes)) => assert_eq!(&bytes[..], expected),
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+        match Codec::V1MsgPack.resync_frame() {
+            Some(Frame::Binary(bytes)) => assert_eq!(bytes[0], 0x81, "a plain one-entry map"),
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
 }

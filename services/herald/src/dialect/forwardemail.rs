@@ -1,7 +1,9 @@
 //! `/v1/ws`: Forward Email's real-time API. Auth happens during the upgrade (Basic alias
 //! password, or API token + `?alias_id=`) or, with `?auth=message`, in the first frame.
-//! The channel is read-only: notifications flow out as JSON text frames, or MessagePack
-//! binary frames with `?msgpackr=true`.
+//! The channel is read-only: notifications flow out as JSON text frames, as msgpackr
+//! records in binary frames with `?msgpackr=true` (what Forward Email sends, which
+//! msgpackr's default `Decoder` turns into plain objects), or as plain MessagePack maps
+//! with `?msgpack=true` (for other languages' decoders).
 
 use std::net::IpAddr;
 
@@ -18,6 +20,7 @@ use crate::dialect::admission::{
     admit, authorization, bearer_credentials, credentials, login_alias, Admitted, AliasLogin,
     ALIAS_FULL_RETRY_AFTER,
 };
+use crate::dialect::codec::{self, Codec};
 use crate::dialect::lifecycle;
 use crate::dialect::Refusal;
 use crate::limits::Slot;
@@ -29,14 +32,47 @@ use crate::state::AppState;
 /// Dialect label in metrics.
 const DIALECT: &str = "v1";
 
+/// How a session wants its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// JSON text frames (the default).
+    Json,
+    /// `?msgpackr=true`: msgpackr records, as Forward Email sends them.
+    Msgpackr,
+    /// `?msgpack=true`: plain MessagePack maps, for decoders that know no records.
+    MessagePack,
+}
+
+impl Format {
+    /// The registry codec that encodes this session's notifications.
+    fn codec(self) -> Codec {
+        match self {
+            Format::Json => Codec::V1Json,
+            Format::Msgpackr => Codec::V1Msgpackr,
+            Format::MessagePack => Codec::V1MsgPack,
+        }
+    }
+
+    /// A control frame (`connected`, `ping`) in this format.
+    fn frame(self, value: &serde_json::Value) -> Option<Frame> {
+        match self {
+            Format::Json => Frame::encode(WireFormat::Json, value),
+            Format::MessagePack => Frame::encode(WireFormat::MessagePack, value),
+            Format::Msgpackr => Some(codec::msgpackr_frame(value)),
+        }
+    }
+}
+
 /// The app-level keepalive frame, encoded once per format for every session.
-fn ping_frame(format: WireFormat) -> Frame {
-    static PING: std::sync::LazyLock<[Frame; 2]> = std::sync::LazyLock::new(|| {
-        WireFormat::ALL.map(|format| {
-            Frame::encode(format, &json!({"event": "ping"})).expect("a constant frame encodes")
+fn ping_frame(format: Format) -> Frame {
+    static PING: std::sync::LazyLock<[Frame; 3]> = std::sync::LazyLock::new(|| {
+        [Format::Json, Format::Msgpackr, Format::MessagePack].map(|format| {
+            format
+                .frame(&json!({"event": "ping"}))
+                .expect("a constant frame encodes")
         })
     });
-    PING[format.index()].clone()
+    PING[format as usize].clone()
 }
 
 /// How the client authenticates.
@@ -54,7 +90,7 @@ enum AuthMode {
 #[derive(Debug)]
 struct UpgradeRequest {
     auth: AuthMode,
-    format: WireFormat,
+    format: Format,
     /// `?since=<seq>`: replay what was missed after it.
     since: Option<u64>,
 }
@@ -78,9 +114,16 @@ fn parse_request(req: &HttpRequest) -> Result<UpgradeRequest, Refusal> {
             )));
         }
     }
-    let format = match param("msgpackr") {
-        Some("true" | "1") => WireFormat::MessagePack,
-        _ => WireFormat::Json,
+    let on = |name: &str| matches!(param(name), Some("true" | "1"));
+    let format = match (on("msgpackr"), on("msgpack")) {
+        (true, true) => {
+            return Err(Refusal::BadRequest(
+                "?msgpackr=true (msgpackr records) and ?msgpack=true (plain MessagePack maps) are mutually exclusive: ask for one".into(),
+            ))
+        }
+        (true, false) => Format::Msgpackr,
+        (false, true) => Format::MessagePack,
+        (false, false) => Format::Json,
     };
     let since = param("since")
         .map(|s| {
@@ -210,7 +253,7 @@ pub struct FeSession {
     id: SessionId,
     state: std::sync::Arc<AppState>,
     ip: IpAddr,
-    format: WireFormat,
+    format: Format,
     /// `?since=`: what the registries replay before going live.
     since: Option<u64>,
     phase: Phase,
@@ -227,7 +270,7 @@ impl FeSession {
     fn start_with(
         state: std::sync::Arc<AppState>,
         ip: IpAddr,
-        (format, since): (WireFormat, Option<u64>),
+        (format, since): (Format, Option<u64>),
         phase: Phase,
         node_slot: Slot<()>,
         inbound: Inbound,
@@ -268,13 +311,13 @@ impl FeSession {
             ctx.add_stream(lifecycle::revocations(&self.state, principal));
         }
         self.phase = Phase::Live(identity);
-        if let Some(frame) = Frame::encode(self.format, &connected) {
+        if let Some(frame) = self.format.frame(&connected) {
             let _ = self.outbox.push(frame);
         }
         let member = Member {
             id: self.id,
             outbox: self.outbox.clone(),
-            codec: crate::dialect::codec::Codec::v1(self.format),
+            codec: self.format.codec(),
             relay: None,
         };
         let directory = self.state.directory.clone();
@@ -403,8 +446,9 @@ impl StreamHandler<Result<Message, ProtocolError>> for FeSession {
                 }
             }
             Ok(Message::Ping(data)) => self.outbox.pong(data),
-            Ok(Message::Close(_)) => {
-                self.outbox.close(None);
+            Ok(Message::Close(reason)) => {
+                // RFC 6455 §5.5.1: the answering close echoes the client's status code.
+                self.outbox.close(reason);
                 ctx.stop();
             }
             Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop) => {}

@@ -13,12 +13,18 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok")
 }
 
-/// `GET /readyz`: the bus is connected and the node is not draining.
+/// `GET /readyz`: the bus is connected (to a NATS server herald supports) and the node
+/// is not draining.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.draining.load(Ordering::SeqCst) {
         return HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
             .body("draining");
+    }
+    if let Some(problem) = state.bus.unsupported_server() {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(problem);
     }
     if !state.bus.is_connected() {
         return HttpResponse::ServiceUnavailable()

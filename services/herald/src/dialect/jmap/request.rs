@@ -34,18 +34,17 @@ pub enum ClientFrame {
     Disable,
 }
 
-/// A `RequestError` frame (RFC 8620 §3.6.1, RFC 8887 §4.3.4).
+/// A `RequestError` frame (RFC 8620 §3.6.1, RFC 8887 §4.3.4). `requestId` is always
+/// there, `null` when the frame had no `id` (or did not parse), as RFC 8887's example
+/// shows: a client can tell "not about any request" from a missing field.
 pub fn request_error(kind: &str, detail: &str, request_id: Option<&Value>) -> Value {
-    let mut error = json!({
+    json!({
         "@type": "RequestError",
+        "requestId": request_id.cloned().unwrap_or(Value::Null),
         "type": format!("urn:ietf:params:jmap:error:{kind}"),
         "status": 400,
         "detail": detail,
-    });
-    if let Some(id) = request_id {
-        error["requestId"] = id.clone();
-    }
-    error
+    })
 }
 
 /// The `limit` RequestError for a frame over `maxSizeRequest`.
@@ -211,6 +210,16 @@ mod tests {
     fn bad_input_gets_the_matching_request_error() {
         let kind = |text: &str| reply(text)["type"].as_str().unwrap().to_owned();
         assert_eq!(kind("{not json"), "urn:ietf:params:jmap:error:notJSON");
+        // RFC 8887 §5's example: `"requestId": null` when there is no request id.
+        let not_json = reply("The quick brown fox jumps over the lazy dog.");
+        assert_eq!(not_json["requestId"], Value::Null);
+        assert!(not_json.as_object().unwrap().contains_key("requestId"));
+        assert_eq!(not_json["status"], 400);
+        assert_eq!(
+            reply(r#"{"@type":"Bogus","id":"x1"}"#)["requestId"],
+            "x1",
+            "an id that can be read is echoed"
+        );
         assert_eq!(kind("[1,2]"), "urn:ietf:params:jmap:error:notRequest");
         assert_eq!(
             kind(r#"{"@type":"Bogus"}"#),

@@ -315,8 +315,9 @@ impl StreamHandler<Result<Message, ProtocolError>> for JmapSession {
                 None,
             )),
             Ok(Message::Ping(data)) => self.outbox.pong(data),
-            Ok(Message::Close(_)) => {
-                self.outbox.close(None);
+            Ok(Message::Close(reason)) => {
+                // RFC 6455 §5.5.1: the answering close echoes the client's status code.
+                self.outbox.close(reason);
                 ctx.stop();
             }
             Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop) => {}

@@ -3,6 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use futures_util::StreamExt;
 use herald_protocol::{Envelope, Subject};
 use herald_telemetry::propagation;
 use serde_json::{json, Value};
@@ -22,6 +23,20 @@ pub enum PublishError {
     /// The body is not a valid envelope.
     #[error("{0}")]
     BadRequest(String),
+    /// The body is larger than the node accepts.
+    #[error("the body is larger than {limit} bytes (limits.max_notification_bytes plus {ENVELOPE_OVERHEAD} bytes of envelope): send a smaller notification")]
+    TooLarge {
+        /// The largest body accepted, in bytes.
+        limit: usize,
+    },
+    /// The body did not arrive within `limits.publish_body_timeout`.
+    #[error(
+        "the body did not arrive within {0:?} (limits.publish_body_timeout): send it in one go"
+    )]
+    BodyTimeout(std::time::Duration),
+    /// The connection failed while the body was read.
+    #[error("cannot read the body: {0}")]
+    Body(String),
     /// The bus refused it.
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -31,21 +46,108 @@ impl ResponseError for PublishError {
     fn status_code(&self) -> StatusCode {
         match self {
             PublishError::Unauthorized => StatusCode::UNAUTHORIZED,
-            PublishError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            PublishError::BadRequest(_) | PublishError::Body(_) => StatusCode::BAD_REQUEST,
+            PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            PublishError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             PublishError::Bus(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(json!({ "error": self.to_string() }))
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            PublishError::TooLarge { limit } => {
+                response.json(json!({ "error": self.to_string(), "limit": limit }))
+            }
+            // The unread rest of the body must not be taken as the next request.
+            PublishError::BodyTimeout(_) | PublishError::Body(_) => response
+                .insert_header((actix_web::http::header::CONNECTION, "close"))
+                .json(json!({ "error": self.to_string() })),
+            _ => response.json(json!({ "error": self.to_string() })),
+        }
     }
 }
+
+/// Bytes a publish body may carry beyond `limits.max_notification_bytes`: the envelope
+/// (`aliasId`, `subject`) and JSON's escaping of a notification that is itself at the limit.
+pub const ENVELOPE_OVERHEAD: usize = 64 * 1024;
+
+/// The token from `Authorization: Bearer`, if it is one of `auth.publish_tokens`.
+fn authorized(req: &HttpRequest, state: &AppState) -> Result<(), PublishError> {
+    let token = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(PublishError::Unauthorized)?;
+    if state
+        .settings
+        .auth
+        .publish_tokens
+        .iter()
+        .any(|t| t.expose() == token)
+    {
+        Ok(())
+    } else {
+        Err(PublishError::Unauthorized)
+    }
+}
+
+/// Reads the body, refusing it as soon as it (or its declared length) passes `limit`
+/// and when it has not arrived within `deadline`, so a publisher cannot hold a
+/// connection or a buffer open.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<web::Bytes, PublishError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(PublishError::TooLarge { limit });
+    }
+    let read = async {
+        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| PublishError::Body(e.to_string()))?;
+            if body.len() + chunk.len() > limit {
+                return Err(PublishError::TooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(deadline, read)
+        .await
+        .map_err(|_| PublishError::BodyTimeout(deadline))?
+}
+
+/// The subjects `POST /v1/publish` (and `herald publish`) may publish on.
+pub const EVENT_SUBJECTS: &str = "herald.v1.alias.<aliasId>.<event>, herald.v1.broadcast.<event>, herald.v1.topic.<topic>, herald.v1.user.<userId> or herald.v1.room.<prefix>.<id>";
 
 /// Resolves the subject an envelope is published on, validating ids and event names.
 pub fn subject_for(envelope: &Envelope) -> Result<Subject, String> {
     let event = envelope.event().map_err(|e| e.to_string())?;
     match (&envelope.subject, &envelope.alias_id, event) {
-        (Some(subject), _, _) => Subject::parse(subject).map_err(|e| e.to_string()),
+        (Some(subject), _, _) => {
+            let parsed = Subject::parse(subject).map_err(|e| e.to_string())?;
+            match parsed {
+                Subject::Alias { .. }
+                | Subject::Broadcast(_)
+                | Subject::Topic(_)
+                | Subject::User(_)
+                | Subject::Room { .. } => Ok(parsed),
+                // Control, auth and custom subjects drive the nodes themselves: a
+                // publish token must not revoke sessions or answer auth requests.
+                Subject::ControlRevoke | Subject::AuthRequest | Subject::Custom(_) => Err(format!(
+                    "subject {subject:?} is not an event subject: /v1/publish accepts only {EVENT_SUBJECTS}"
+                )),
+            }
+        }
         (None, _, Some(event)) if event.is_broadcast() => Ok(Subject::Broadcast(event)),
         (None, Some(alias_id), Some(event)) => {
             Subject::alias(alias_id, event).map_err(|e| e.to_string())
@@ -60,24 +162,20 @@ pub fn subject_for(envelope: &Envelope) -> Result<Subject, String> {
 /// `POST /v1/publish`.
 pub async fn publish(
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, PublishError> {
-    let token = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(PublishError::Unauthorized)?;
-    if !state
-        .settings
-        .auth
-        .publish_tokens
-        .iter()
-        .any(|t| t.expose() == token)
-    {
-        return Err(PublishError::Unauthorized);
-    }
+    // The token comes first: an unauthenticated client gets 401 without a byte of its
+    // body being read.
+    authorized(&req, &state)?;
+    let limits = &state.settings.limits;
+    let body = read_body(
+        &req,
+        payload,
+        limits.max_notification_bytes + ENVELOPE_OVERHEAD,
+        limits.publish_body_timeout,
+    )
+    .await?;
     let mut envelope =
         Envelope::decode(&body, true).map_err(|e| PublishError::BadRequest(e.to_string()))?;
     let subject = subject_for(&envelope).map_err(PublishError::BadRequest)?;
@@ -169,6 +267,16 @@ mod tests {
         assert_eq!(subject_for(&e).unwrap().to_string(), "herald.v1.topic.x.y");
         let e = envelope(json!({"payload": {"event": "newMessage"}}));
         assert!(subject_for(&e).unwrap_err().contains("aliasId"));
+        for subject in [
+            "herald.v1.control.revoke",
+            "herald.v1.auth.request",
+            "herald.v1.custom.x",
+        ] {
+            let e = envelope(json!({"subject": subject, "payload": {}}));
+            assert!(subject_for(&e)
+                .unwrap_err()
+                .contains("not an event subject"));
+        }
         let e = envelope(json!({"aliasId": "a1", "payload": {}}));
         assert!(subject_for(&e).unwrap_err().contains("payload.event"));
         let e = envelope(json!({"aliasId": "a1", "payload": {"event": "bogus"}}));

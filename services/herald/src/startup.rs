@@ -113,7 +113,8 @@ impl Application {
                 .route("/jmap/ws", web::get().to(dialect::jmap::upgrade))
                 .route("/api/v1/ws/connect", web::get().to(dialect::rooms::upgrade))
                 .route("/ws", web::get().to(dialect::realtime::upgrade))
-                .route("/v1/publish", web::post().to(http::publish::publish));
+                .route("/v1/publish", web::post().to(http::publish::publish))
+                .route("/v1/revoke", web::post().to(http::publish::revoke));
             if separate_metrics {
                 app
             } else {

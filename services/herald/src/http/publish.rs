@@ -243,6 +243,49 @@ pub async fn publish(
     ))
 }
 
+/// Largest `POST /v1/revoke` body: one id or token.
+const REVOKE_MAX_BYTES: usize = 8 * 1024;
+
+/// `POST /v1/revoke`: publishes one revocation (`{"aliasId"}`, `{"token"}` or
+/// `{"userId"}`) on `herald.v1.control.revoke` with a publish token, the route a node
+/// without NATS offers now that `/v1/publish` refuses control subjects.
+pub async fn revoke(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PublishError> {
+    authorized(&req, &state)?;
+    let body = read_body(
+        &req,
+        payload,
+        REVOKE_MAX_BYTES,
+        state.settings.limits.publish_body_timeout,
+    )
+    .await?;
+    let revoke: crate::control::Revoke = serde_json::from_slice(&body).map_err(|e| {
+        PublishError::BadRequest(format!(
+            "send {{\"aliasId\": \"...\"}}, {{\"token\": \"...\"}} or {{\"userId\": \"...\"}}: {e}"
+        ))
+    })?;
+    let named = [&revoke.alias_id, &revoke.token, &revoke.user_id]
+        .iter()
+        .filter(|v| v.as_deref().is_some_and(|v| !v.is_empty()))
+        .count();
+    if named != 1 {
+        return Err(PublishError::BadRequest(
+            "name exactly one of \"aliasId\", \"token\" or \"userId\"".into(),
+        ));
+    }
+    let message = BusMessage {
+        subject: herald_protocol::subject::CONTROL_REVOKE.to_owned(),
+        payload: body,
+        json: true,
+        ..Default::default()
+    };
+    state.bus.publish(message).await?;
+    Ok(HttpResponse::Accepted().json(json!({ "revoked": true })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

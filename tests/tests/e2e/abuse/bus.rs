@@ -415,3 +415,39 @@ async fn publish_to_control_auth_or_custom_subjects_is_400() {
     assert_eq!(response.status().as_u16(), 202);
     assert_ready(&node).await;
 }
+
+#[tokio::test]
+async fn revocation_has_its_own_authenticated_route_on_a_node_without_nats() {
+    let node = Node::start(NodeConfig::memory()).await;
+    let mut client = Connect::v1(&node).alias(&DEMO).connect().await;
+    let revoke = |token: &str, body: Value| {
+        node.http()
+            .post(node.http_url("/v1/revoke"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let response = revoke("not-the-token", json!({"aliasId": DEMO.id}))
+        .await
+        .expect("POST /v1/revoke");
+    assert_eq!(response.status().as_u16(), 401);
+    for bad in [json!({}), json!({"aliasId": DEMO.id, "userId": "u"})] {
+        let response = revoke(PUBLISH_TOKEN, bad.clone())
+            .await
+            .expect("POST /v1/revoke");
+        assert_eq!(response.status().as_u16(), 400, "{bad}");
+        let answer: Value = response.json().await.expect("a JSON 400");
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("exactly one")),
+            "{answer}"
+        );
+    }
+    let response = revoke(PUBLISH_TOKEN, json!({"aliasId": DEMO.id}))
+        .await
+        .expect("POST /v1/revoke");
+    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(client.expect_close().await, Some(4001), "revoked alias");
+    assert_ready(&node).await;
+}

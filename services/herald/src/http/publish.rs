@@ -54,17 +54,55 @@ impl ResponseError for PublishError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status_code());
+        HttpResponse::build(self.status_code()).json(self.body())
+    }
+}
+
+impl PublishError {
+    /// The JSON answer: the reason, and the limit for a 413.
+    fn body(&self) -> Value {
         match self {
             PublishError::TooLarge { limit } => {
-                response.json(json!({ "error": self.to_string(), "limit": limit }))
+                json!({ "error": self.to_string(), "limit": limit })
             }
-            // The unread rest of the body must not be taken as the next request.
-            PublishError::BodyTimeout(_) | PublishError::Body(_) => response
-                .insert_header((actix_web::http::header::CONNECTION, "close"))
-                .json(json!({ "error": self.to_string() })),
-            _ => response.json(json!({ "error": self.to_string() })),
+            _ => json!({ "error": self.to_string() }),
         }
+    }
+
+    /// The answer to a request whose body was not read (or not all of it), closing the
+    /// connection: actix drains an unread chunked body to reuse the connection, which
+    /// would let a refused client stream for ever. The response body holds the request
+    /// body unread until it is sent, and actix closes instead of draining.
+    fn refuse(&self, unread: web::Payload) -> HttpResponse {
+        let text = serde_json::to_vec(&self.body()).unwrap_or_default();
+        HttpResponse::build(self.status_code())
+            .content_type("application/json")
+            .force_close()
+            .body(Refusal {
+                body: Some(text.into()),
+                _unread: unread,
+            })
+    }
+}
+
+/// A response body that keeps the request's unread payload alive until it is sent.
+struct Refusal {
+    body: Option<web::Bytes>,
+    _unread: web::Payload,
+}
+
+impl actix_web::body::MessageBody for Refusal {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        actix_web::body::BodySize::Sized(self.body.as_ref().map_or(0, |b| b.len() as u64))
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<web::Bytes, Self::Error>>> {
+        std::task::Poll::Ready(self.get_mut().body.take().map(Ok))
     }
 }
 
@@ -93,23 +131,29 @@ fn authorized(req: &HttpRequest, state: &AppState) -> Result<(), PublishError> {
     }
 }
 
-/// Reads the body, refusing it as soon as it (or its declared length) passes `limit`
-/// and when it has not arrived within `deadline`, so a publisher cannot hold a
-/// connection or a buffer open.
-async fn read_body(
+/// Checks the token, then reads the body, refusing it as soon as it (or its declared
+/// length) passes `limit` and when it has not arrived within `deadline`, so a publisher
+/// cannot hold a connection or a buffer open. A refusal closes the connection.
+async fn receive(
     req: &HttpRequest,
     mut payload: web::Payload,
+    state: &AppState,
     limit: usize,
-    deadline: std::time::Duration,
-) -> Result<web::Bytes, PublishError> {
+) -> Result<web::Bytes, HttpResponse> {
+    // The token comes first: an unauthenticated client gets 401 without a byte of its
+    // body being read.
+    if let Err(error) = authorized(req, state) {
+        return Err(error.refuse(payload));
+    }
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(PublishError::TooLarge { limit });
+        return Err(PublishError::TooLarge { limit }.refuse(payload));
     }
+    let deadline = state.settings.limits.publish_body_timeout;
     let read = async {
         let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(chunk) = payload.next().await {
@@ -121,9 +165,11 @@ async fn read_body(
         }
         Ok(body.freeze())
     };
-    tokio::time::timeout(deadline, read)
-        .await
-        .map_err(|_| PublishError::BodyTimeout(deadline))?
+    match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(error)) => Err(error.refuse(payload)),
+        Err(_) => Err(PublishError::BodyTimeout(deadline).refuse(payload)),
+    }
 }
 
 /// The subjects `POST /v1/publish` (and `herald publish`) may publish on.
@@ -165,17 +211,11 @@ pub async fn publish(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, PublishError> {
-    // The token comes first: an unauthenticated client gets 401 without a byte of its
-    // body being read.
-    authorized(&req, &state)?;
-    let limits = &state.settings.limits;
-    let body = read_body(
-        &req,
-        payload,
-        limits.max_notification_bytes + ENVELOPE_OVERHEAD,
-        limits.publish_body_timeout,
-    )
-    .await?;
+    let limit = state.settings.limits.max_notification_bytes + ENVELOPE_OVERHEAD;
+    let body = match receive(&req, payload, &state, limit).await {
+        Ok(body) => body,
+        Err(refusal) => return Ok(refusal),
+    };
     let mut envelope =
         Envelope::decode(&body, true).map_err(|e| PublishError::BadRequest(e.to_string()))?;
     let subject = subject_for(&envelope).map_err(PublishError::BadRequest)?;
@@ -254,14 +294,10 @@ pub async fn revoke(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, PublishError> {
-    authorized(&req, &state)?;
-    let body = read_body(
-        &req,
-        payload,
-        REVOKE_MAX_BYTES,
-        state.settings.limits.publish_body_timeout,
-    )
-    .await?;
+    let body = match receive(&req, payload, &state, REVOKE_MAX_BYTES).await {
+        Ok(body) => body,
+        Err(refusal) => return Ok(refusal),
+    };
     let revoke: crate::control::Revoke = serde_json::from_slice(&body).map_err(|e| {
         PublishError::BadRequest(format!(
             "send {{\"aliasId\": \"...\"}}, {{\"token\": \"...\"}} or {{\"userId\": \"...\"}}: {e}"

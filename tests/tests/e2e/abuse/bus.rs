@@ -451,3 +451,47 @@ async fn revocation_has_its_own_authenticated_route_on_a_node_without_nats() {
     assert_eq!(client.expect_close().await, Some(4001), "revoked alias");
     assert_ready(&node).await;
 }
+
+#[tokio::test]
+async fn a_refused_publish_closes_the_connection_instead_of_draining_an_endless_body() {
+    let node = Node::start(NodeConfig::memory()).await;
+    for auth in [None, Some(format!("Bearer {PUBLISH_TOKEN}"))] {
+        let mut stream = TcpStream::connect(node.addr()).await.expect("connect");
+        let auth_line = auth
+            .as_ref()
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "POST /v1/publish HTTP/1.1\r\nHost: herald\r\nContent-Type: application/json\r\n\
+             {auth_line}Transfer-Encoding: chunked\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("head");
+        // Keep sending 64 KiB chunks, 100 a second (past the publish limit when
+        // authenticated), and watch for the node hanging up.
+        let chunk = format!("10000\r\n{}\r\n", " ".repeat(0x10000));
+        let started = Instant::now();
+        let mut sent = 0usize;
+        let closed = loop {
+            if started.elapsed() > Duration::from_secs(6) {
+                break false;
+            }
+            match tokio::time::timeout(
+                Duration::from_millis(200),
+                stream.write_all(chunk.as_bytes()),
+            )
+            .await
+            {
+                Ok(Ok(())) => sent += chunk.len(),
+                Ok(Err(_)) => break true,
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(
+            closed,
+            "{auth:?}: the node kept reading a refused body ({} MiB sent)",
+            sent >> 20
+        );
+    }
+    assert_ready(&node).await;
+}

@@ -1,5 +1,6 @@
 //! `POST /v1/publish`: publish one event with a publish token, for backends that would
-//! rather speak HTTP than NATS (and for `herald publish` in embedded mode).
+//! rather speak HTTP than NATS (and for `herald publish` in embedded mode); and
+//! `POST /v1/revoke`, the one way the same token reaches a control subject.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -24,7 +25,7 @@ pub enum PublishError {
     #[error("{0}")]
     BadRequest(String),
     /// The body is larger than the node accepts.
-    #[error("the body is larger than {limit} bytes (limits.max_notification_bytes plus {ENVELOPE_OVERHEAD} bytes of envelope): send a smaller notification")]
+    #[error("the body is larger than {limit} bytes, the most this endpoint takes (/v1/publish: limits.max_notification_bytes plus {ENVELOPE_OVERHEAD} bytes of envelope): send a smaller one")]
     TooLarge {
         /// The largest body accepted, in bytes.
         limit: usize,

@@ -187,11 +187,20 @@ impl Default for BusSettings {
 pub struct MemoryBusSettings {
     /// Events kept per routing key for replay.
     pub ring_size: usize,
+    /// Bytes the in-process bus may hold across every key (events kept for replay and
+    /// dedup ids); past it the oldest are dropped first.
+    pub max_bytes: usize,
 }
+
+/// The smallest `bus.memory.max_bytes` accepted: room for a notification at the default limit.
+pub const MIN_MEMORY_BUS_BYTES: usize = 1 << 20;
 
 impl Default for MemoryBusSettings {
     fn default() -> Self {
-        MemoryBusSettings { ring_size: 10_000 }
+        MemoryBusSettings {
+            ring_size: 10_000,
+            max_bytes: 64 << 20,
+        }
     }
 }
 
@@ -477,6 +486,9 @@ pub struct LimitSettings {
     /// refresh: a node killed without a goodbye stops counting within this time.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// How long `POST /v1/publish` waits for the whole body before answering 408.
+    #[serde(with = "humantime_serde")]
+    pub publish_body_timeout: Duration,
 }
 
 impl Default for LimitSettings {
@@ -495,6 +507,7 @@ impl Default for LimitSettings {
             max_logins_in_flight_per_ip: 4,
             max_password_checks: 0,
             lease_ttl: Duration::from_secs(30),
+            publish_body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -604,6 +617,9 @@ pub struct RealtimeSettings {
     pub dm_queue_ttl: Duration,
     /// Most direct messages queued for one offline user; more get `Error 429`.
     pub dm_queue_max: usize,
+    /// Most offline users with queued direct messages on a memory-bus node; a message to
+    /// one more gets `Error 429`.
+    pub dm_queue_users_max: usize,
     /// How long before the JWT's `exp` the session gets `AuthStatus token_expiring`.
     #[serde(with = "humantime_serde")]
     pub token_expiry_warning: Duration,
@@ -641,6 +657,7 @@ impl Default for RealtimeSettings {
             ack_wait: Duration::from_millis(300),
             dm_queue_ttl: Duration::from_secs(24 * 3600),
             dm_queue_max: 1000,
+            dm_queue_users_max: 100_000,
             token_expiry_warning: Duration::from_secs(60),
             custom_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(30),
@@ -801,6 +818,12 @@ impl Settings {
         if self.bus.memory.ring_size == 0 {
             return invalid("bus.memory.ring_size", "must be at least 1".into());
         }
+        if self.bus.memory.max_bytes < MIN_MEMORY_BUS_BYTES {
+            return invalid(
+                "bus.memory.max_bytes",
+                format!("must be at least {MIN_MEMORY_BUS_BYTES} (1 MiB; default 64 MiB)"),
+            );
+        }
         let limits = &self.limits;
         for (key, value) in [
             (
@@ -948,6 +971,12 @@ impl Settings {
                 "must be at least 1s (default 30s)".into(),
             );
         }
+        if self.limits.publish_body_timeout.is_zero() {
+            return invalid(
+                "limits.publish_body_timeout",
+                "must be greater than 0 (default 10s)".into(),
+            );
+        }
         self.validate_realtime()?;
         if let Err(e) = herald_telemetry::validate_level(&self.log.level) {
             return invalid("log.level", e.to_string());
@@ -994,6 +1023,12 @@ impl Settings {
             return invalid(
                 "realtime.dm_queue_max",
                 "dm_queue_max and dm_queue_ttl must be greater than 0".into(),
+            );
+        }
+        if rt.dm_queue_users_max == 0 {
+            return invalid(
+                "realtime.dm_queue_users_max",
+                "must be at least 1 (default 100000)".into(),
             );
         }
         if rt.custom_timeout.is_zero() || rt.ping_interval.is_zero() {
@@ -1229,6 +1264,9 @@ mod tests {
             assert_eq!(fe.auth_backend_timeout, Duration::from_secs(10));
             assert_eq!(s.bus.retention, Duration::from_secs(24 * 3600));
             assert_eq!(s.bus.dedup_window, Duration::from_secs(120));
+            assert_eq!(s.bus.memory.max_bytes, 64 << 20);
+            assert_eq!(l.publish_body_timeout, Duration::from_secs(10));
+            assert_eq!(s.realtime.dm_queue_users_max, 100_000);
             assert_eq!(s.server.listen, "127.0.0.1:8080");
             assert_eq!(s.auth.callout.subject, "herald.v1.auth.request");
             assert_eq!(s.auth.callout.timeout, Duration::from_secs(10));
@@ -1279,6 +1317,18 @@ mod tests {
             "limits.lease_ttl"
         );
         assert_eq!(key_of(&|s| s.rooms.burst = 0), "rooms.messages_per_second");
+        assert_eq!(
+            key_of(&|s| s.limits.publish_body_timeout = Duration::ZERO),
+            "limits.publish_body_timeout"
+        );
+        assert_eq!(
+            key_of(&|s| s.bus.memory.max_bytes = 1024),
+            "bus.memory.max_bytes"
+        );
+        assert_eq!(
+            key_of(&|s| s.realtime.dm_queue_users_max = 0),
+            "realtime.dm_queue_users_max"
+        );
     }
 
     #[test]

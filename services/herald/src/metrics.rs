@@ -89,6 +89,10 @@ fn describe() {
         "herald_bus_connected",
         "Bus connection state: 1 connected, 0 not."
     );
+    describe_gauge!(
+        "herald_bus_memory_bytes",
+        "Bytes the in-process bus holds (events kept for replay, dedup ids), held to bus.memory.max_bytes."
+    );
 }
 
 fn build() -> PrometheusHandle {
@@ -168,4 +172,9 @@ pub fn slow_consumer() {
 /// NATS connection state (1 connected, 0 not).
 pub fn bus_connected(up: bool) {
     gauge!("herald_bus_connected").set(if up { 1.0 } else { 0.0 });
+}
+
+/// Bytes the in-process bus holds now.
+pub fn bus_memory_bytes(bytes: usize) {
+    gauge!("herald_bus_memory_bytes").set(bytes as f64);
 }

@@ -28,6 +28,9 @@ pub struct Application {
     state: web::Data<AppState>,
 }
 
+/// How often an idle in-process bus drops expired events and dedup ids.
+const MEMORY_BUS_SWEEP: Duration = Duration::from_secs(10);
+
 impl Application {
     /// Connects the bus, starts the directory and binds the listeners.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
@@ -38,11 +41,22 @@ impl Application {
         let bus = match settings.bus.kind {
             BusKind::Memory => {
                 metrics::bus_connected(true);
-                Bus::Memory(MemoryBus::new(
+                let bus = MemoryBus::with_max_bytes(
                     settings.bus.memory.ring_size,
                     settings.bus.retention,
                     settings.bus.dedup_window,
-                ))
+                    settings.bus.memory.max_bytes,
+                );
+                // Publishing evicts as it goes; this lets an idle bus drop expired events too.
+                let sweeper = bus.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(MEMORY_BUS_SWEEP);
+                    loop {
+                        tick.tick().await;
+                        sweeper.sweep();
+                    }
+                });
+                Bus::Memory(bus)
             }
             BusKind::Nats => {
                 metrics::bus_connected(false);
@@ -98,7 +112,8 @@ impl Application {
                 .route("/jmap/ws", web::get().to(dialect::jmap::upgrade))
                 .route("/api/v1/ws/connect", web::get().to(dialect::rooms::upgrade))
                 .route("/ws", web::get().to(dialect::realtime::upgrade))
-                .route("/v1/publish", web::post().to(http::publish::publish));
+                .route("/v1/publish", web::post().to(http::publish::publish))
+                .route("/v1/revoke", web::post().to(http::publish::revoke));
             if separate_metrics {
                 app
             } else {

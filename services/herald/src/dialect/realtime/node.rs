@@ -69,6 +69,9 @@ pub struct RealtimeNode {
     cluster: Option<Arc<ClusterLimits>>,
     /// `realtime.dm_queue_ttl`.
     queue_ttl: Duration,
+    /// `realtime.dm_queue_users_max`: users with a queue on a memory-bus node, so DMs to
+    /// a million made-up users cannot grow the map without end.
+    queue_users_max: usize,
     queues: Queues,
     /// `/ws` sessions per user on this node (presence on the memory bus).
     local_users: Mutex<HashMap<String, usize>>,
@@ -131,6 +134,7 @@ impl RealtimeNode {
             bus: bus.clone(),
             cluster,
             queue_ttl: settings.realtime.dm_queue_ttl.min(settings.bus.retention),
+            queue_users_max: settings.realtime.dm_queue_users_max,
             queues,
             local_users: Mutex::default(),
             pending: Pending::default(),
@@ -366,6 +370,28 @@ impl RealtimeNode {
         Ok(self.queue_entry(user_id).await?.map_or(0, |(q, _)| q.count))
     }
 
+    /// Whether a message to offline `user_id` can be queued: on a memory-bus node, the
+    /// user already has a queue or fewer than `realtime.dm_queue_users_max` users do
+    /// (expired queues are dropped to make room). In NATS mode the KV bucket holds them.
+    pub fn queue_has_room(&self, user_id: &str) -> bool {
+        let Queues::Memory(map) = &self.queues else {
+            return true;
+        };
+        let mut map = map.lock().expect("queue lock");
+        self.make_room(&mut map, user_id)
+    }
+
+    fn make_room(&self, map: &mut HashMap<String, (Queued, Instant)>, user_id: &str) -> bool {
+        if map.contains_key(user_id) || map.len() < self.queue_users_max {
+            return true;
+        }
+        map.retain(|_, (_, at)| at.elapsed() <= self.queue_ttl);
+        if map.capacity() > 4 * map.len() + 1024 {
+            map.shrink_to_fit();
+        }
+        map.len() < self.queue_users_max
+    }
+
     /// Records that a direct message stored at `seq` waits for `user_id`. Concurrent
     /// writers (other nodes, other senders) are resolved with the KV revision: the
     /// earliest `since` wins and every message is counted.
@@ -382,6 +408,12 @@ impl RealtimeNode {
         };
         if let Queues::Memory(map) = &self.queues {
             let mut map = map.lock().expect("queue lock");
+            if !self.make_room(&mut map, user_id) {
+                return Err(format!(
+                    "the node holds queues for {} offline users (realtime.dm_queue_users_max); retry later",
+                    self.queue_users_max
+                ));
+            }
             let old = map
                 .get(user_id)
                 .filter(|(_, at)| at.elapsed() <= self.queue_ttl)

@@ -664,6 +664,9 @@ impl RtSession {
                     Err(e) => return Err((503, format!("cannot read the offline queue: {e}; retry"))),
                     Ok(_) => {}
                 }
+                if !state.realtime.queue_has_room(&target) {
+                    return Err((429, format!("the node holds offline queues for {} users (realtime.dm_queue_users_max): retry later", state.settings.realtime.dm_queue_users_max)));
+                }
             }
             Ok(target)
         };

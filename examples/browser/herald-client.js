@@ -463,26 +463,41 @@ export class HeraldClient {
         const attempt = this.attempt;
         this.attempt = 0;
         this.startKeepalive();
-        if (this.dialect === "ws") {
+        const announce = () => {
+            this.emit("connected", { url, attempt, welcome, reconnects: this.reconnects });
+            for (const w of this.connectWaiters.splice(0))
+                w.resolve();
+        };
+        if (this.dialect === "ws" && this.topics.size > 0) {
             // Each pattern resumes from its own last seq: one global maximum could skip an
             // older event of another pattern still in flight at the disconnect.
             const fresh = [];
+            const subscribed = [];
             for (const t of this.topics) {
                 const since = this.topicSeq.get(t);
                 if (since === undefined)
                     fresh.push(t);
                 else
-                    this.sendJson({ type: "Subscribe", data: { topics: [t], since }, id: this.nextId() });
+                    subscribed.push(this.request("Subscribe", { topics: [t], since }, "subscribed"));
             }
             if (fresh.length)
-                this.sendJson({ type: "Subscribe", data: { topics: fresh }, id: this.nextId() });
+                subscribed.push(this.request("Subscribe", { topics: fresh }, "subscribed"));
+            // `connected` means subscribed: an event published after it is not missed.
+            const ws = this.ws;
+            void Promise.allSettled(subscribed).then((results) => {
+                for (const r of results) {
+                    if (r.status === "rejected")
+                        this.emit("error", r.reason instanceof Error ? r.reason : new Error(String(r.reason)));
+                }
+                if (this.ws === ws && this.established)
+                    announce();
+            });
+            return;
         }
         if (this.dialect === "rooms")
             for (const room of this.rooms)
                 this.sendJson({ type: "join_room", room });
-        this.emit("connected", { url, attempt, welcome, reconnects: this.reconnects });
-        for (const w of this.connectWaiters.splice(0))
-            w.resolve();
+        announce();
     }
     everConnected = false;
     handleFrame(frame, url) {

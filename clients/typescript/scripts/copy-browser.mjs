@@ -1,5 +1,6 @@
 // Copies the compiled client next to the browser example, which `herald serve` embeds
-// (the Rust build must not need npm). test/bundle.test.mjs fails when the copy is stale.
+// (the Rust build must not need npm): `npm run bundle-demo`, then commit it and rebuild
+// herald. test/unit.test.mjs fails when the committed copy differs from a fresh build.
 import { copyFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";

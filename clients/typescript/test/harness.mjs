@@ -214,11 +214,23 @@ export class Cluster {
   }
 
   /** Starts a herald node named `name` on a free port; resolves once `/readyz` is 200. */
-  async startNode(name, { port } = {}) {
+  async startNode(name, { port, embedded = false } = {}) {
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("HERALD")));
     env.NO_COLOR = "1";
+    const argv = [findHerald(), "serve"];
+    if (embedded) {
+      // The embedded demo config (what a new user runs), moved onto this NATS.
+      Object.assign(env, {
+        HERALD__SERVER__LISTEN: "127.0.0.1:0",
+        HERALD__BUS__KIND: "nats",
+        HERALD__BUS__NATS__URLS: this.natsUrl,
+        HERALD__SHUTDOWN__DRAIN_SECONDS: "1",
+      });
+    } else {
+      argv.push("--config", this.configFile);
+    }
     if (port) env.HERALD__SERVER__LISTEN = `127.0.0.1:${port}`;
-    const p = new Proc(`herald-${name}`, [findHerald(), "serve", "--config", this.configFile], path.join(this.dir, `herald-${name}-${Date.now()}.log`), env);
+    const p = new Proc(`herald-${name}`, argv, path.join(this.dir, `herald-${name}-${Date.now()}.log`), env);
     this.procs.push(p);
     await waitFor(() => {
       if (p.exitCode !== undefined) throw new Error(`${p.name} exited\n${p.tail()}`);

@@ -112,3 +112,21 @@ describe("examples/browser in headless Chromium", { timeout: 300_000 }, () => {
     assert.equal(evs.length >= 27, true);
   });
 });
+
+describe("/demo outside the demo configuration", { timeout: 60_000 }, () => {
+  test("a node without the demo credentials does not serve the demo page", async () => {
+    const cluster = await Cluster.start({
+      nodes: 1,
+      config: { auth: { publish_tokens: ["a-real-token"], providers: ["static"], static: { aliases: [], tokens: [] } } },
+    });
+    try {
+      const node = cluster.node("A");
+      for (const p of ["/demo", "/demo/herald-client.js"]) {
+        const res = await fetch(`${node.http}${p}`);
+        assert.equal(res.status, 404, p);
+      }
+    } finally {
+      await cluster.stop();
+    }
+  });
+});

@@ -693,8 +693,10 @@ export class HeraldClient {
         const ws = this.ws;
         this.ws = undefined;
         if (ws) {
-            ws.onopen = ws.onmessage = ws.onerror = null;
+            ws.onopen = ws.onmessage = null;
             ws.onclose = null;
+            // Node's `ws` throws an error event nobody listens to (closing while connecting).
+            ws.onerror = () => { };
         }
         for (const [id, p] of this.pending) {
             clearTimeout(p.timer);

@@ -46,3 +46,19 @@ test("the browser example's herald-client.js is the current build (npm run bundl
   assert.ok(built === committed,
     "examples/browser/herald-client.js is stale: run `npm run bundle-demo` in clients/typescript, commit it, and rebuild herald (it is compiled in)");
 });
+
+test("close() during the handshake stops cleanly (no stray error event from ws)", async () => {
+  const { default: WebSocket } = await import("ws");
+  const net = await import("node:net");
+  const silent = net.createServer(() => {}).listen(0, "127.0.0.1"); // accepts, never answers the upgrade
+  await new Promise((r) => silent.once("listening", r));
+  const client = new HeraldClient({ urls: `ws://127.0.0.1:${silent.address().port}/v1/ws`, WebSocket });
+  const closed = [];
+  client.on("closed", (c) => closed.push(c));
+  const connecting = client.connect();
+  await new Promise((r) => setTimeout(r, 200));
+  await client.close();
+  await assert.rejects(connecting, /closed by the client/);
+  assert.deepEqual(closed, [{ code: 1000, reason: "closed by the client" }]);
+  silent.close();
+});

@@ -162,7 +162,7 @@ export interface NewRelease extends DeliveryFields {
   [field: string]: unknown;
 }
 
-/** One of the 21 Forward Email events, as `/v1/ws` delivers it. */
+/** One of the 21 Forward Email events, or the `newRelease` broadcast, as `/v1/ws` delivers it. */
 export type ForwardEmailNotification =
   | NewMessage
   | MessagesTransferred
@@ -175,7 +175,7 @@ export type ForwardEmailNotification =
   | ContactEvent
   | NewRelease;
 
-/** The 21 event names. */
+/** The event names: the 21 mail, calendar and contact events and `newRelease`. */
 export type ForwardEmailEventName = ForwardEmailNotification["event"];
 
 /** Control frames of `/v1/ws` (not notifications). */

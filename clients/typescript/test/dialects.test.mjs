@@ -119,6 +119,25 @@ describe("dialects through the client (two nodes on NATS)", { timeout: 300_000 }
     await client.close();
   });
 
+  test("a rejected JWT (HTTP 401 on /ws, close 4401 on rooms) makes the client ask the jwt callback, then connect", async () => {
+    const [a] = await bothNodes();
+    for (const [url, dialect] of [[a.ws("/ws"), "ws"], [a.ws("/api/v1/ws/connect"), "rooms"]]) {
+      let calls = 0;
+      const jwt = async () => {
+        calls++;
+        // The first token expired an hour ago (beyond any leeway); the second is good.
+        return demoJwt({ sub: "42", exp: Math.floor(Date.now() / 1000) + (calls === 1 ? -3600 : 3600) });
+      };
+      const client = new HeraldClient({ urls: url, auth: { jwt }, WebSocket, backoff: { initialMs: 100, maxMs: 500 } });
+      const log = recorder(client);
+      await client.connect();
+      assert.equal(calls, 2, `${dialect}: ${JSON.stringify(log)}`);
+      assert.equal(log.reconnecting.length, 1, `${dialect}: ${JSON.stringify(log)}`);
+      assert.deepEqual(log.closed, []);
+      await client.close();
+    }
+  });
+
   test("/jmap/ws: push resumes from the last pushState on the other node", async () => {
     const [a, b] = await bothNodes();
     const client = new HeraldClient({ urls: [a.ws("/jmap/ws"), b.ws("/jmap/ws")], dialect: "jmap", auth: { user: DEMO.user, password: DEMO.password }, WebSocket, backoff: { initialMs: 100, maxMs: 500 } });

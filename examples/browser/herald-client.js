@@ -120,6 +120,9 @@ export class HeraldClient {
     decoder;
     reconnectTimer;
     livenessTimer;
+    connectTimer;
+    /** The URL of the current attempt or session. */
+    currentUrl = "";
     keepaliveTimer;
     /** Set by an HTTP refusal (Node's `ws`): status and Retry-After of the failed upgrade. */
     refusal;
@@ -394,7 +397,23 @@ export class HeraldClient {
             return;
         }
         this.ws = ws;
+        this.currentUrl = base;
         ws.binaryType = "arraybuffer";
+        // A handshake or welcome that never comes (a host that accepts TCP and then says
+        // nothing) must not hold the client: count it as a failed attempt and move on.
+        const connectMs = this.opts.connectTimeoutMs ?? 15_000;
+        clearTimeout(this.connectTimer);
+        this.connectTimer = setTimeout(() => {
+            if (this.ws !== ws || this.established)
+                return;
+            try {
+                ws.close();
+            }
+            catch {
+                /* not open yet */
+            }
+            this.onSocketClosed(1006, `no session within ${connectMs} ms`, base);
+        }, connectMs);
         this.watchRefusal(ws);
         ws.onopen = () => {
             if (authFrame)
@@ -460,6 +479,7 @@ export class HeraldClient {
         if (!first)
             this.reconnects++;
         this.everConnected = true;
+        clearTimeout(this.connectTimer);
         const attempt = this.attempt;
         this.attempt = 0;
         this.startKeepalive();
@@ -663,7 +683,7 @@ export class HeraldClient {
             /* already closing */
         }
         // Do not wait for the closing handshake of a socket that may be dead.
-        this.onSocketClosed(1000, reason, "");
+        this.onSocketClosed(1000, reason, this.currentUrl);
     }
     armLiveness() {
         clearTimeout(this.livenessTimer);
@@ -689,6 +709,7 @@ export class HeraldClient {
     }
     detach() {
         clearTimeout(this.livenessTimer);
+        clearTimeout(this.connectTimer);
         clearInterval(this.keepaliveTimer);
         const ws = this.ws;
         this.ws = undefined;

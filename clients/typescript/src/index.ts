@@ -90,6 +90,8 @@ export interface HeraldClientOptions {
   authTransport?: AuthTransport;
   /** Reconnect delays. */
   backoff?: BackoffOptions;
+  /** An attempt without a session (upgrade and welcome) after this long is abandoned (default 15 000 ms). */
+  connectTimeoutMs?: number;
   /** A connection silent this long is considered dead and replaced (default 75 000 ms). */
   livenessTimeoutMs?: number;
   /** How often the client sends its own keepalive on `/ws`, `/jmap/ws` and rooms (default 30 000 ms). */
@@ -255,6 +257,9 @@ export class HeraldClient {
   private decoder: MsgpackDecoder | undefined;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   private livenessTimer: ReturnType<typeof setTimeout> | undefined;
+  private connectTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The URL of the current attempt or session. */
+  private currentUrl = "";
   private keepaliveTimer: ReturnType<typeof setInterval> | undefined;
   /** Set by an HTTP refusal (Node's `ws`): status and Retry-After of the failed upgrade. */
   private refusal: { status: number; retryAfterMs?: number } | undefined;
@@ -514,7 +519,21 @@ export class HeraldClient {
       return;
     }
     this.ws = ws;
+    this.currentUrl = base;
     ws.binaryType = "arraybuffer";
+    // A handshake or welcome that never comes (a host that accepts TCP and then says
+    // nothing) must not hold the client: count it as a failed attempt and move on.
+    const connectMs = this.opts.connectTimeoutMs ?? 15_000;
+    clearTimeout(this.connectTimer);
+    this.connectTimer = setTimeout(() => {
+      if (this.ws !== ws || this.established) return;
+      try {
+        ws.close();
+      } catch {
+        /* not open yet */
+      }
+      this.onSocketClosed(1006, `no session within ${connectMs} ms`, base);
+    }, connectMs);
     this.watchRefusal(ws);
     ws.onopen = () => {
       if (authFrame) ws.send(JSON.stringify(authFrame));
@@ -578,6 +597,7 @@ export class HeraldClient {
     const first = this.reconnects === 0 && !this.everConnected;
     if (!first) this.reconnects++;
     this.everConnected = true;
+    clearTimeout(this.connectTimer);
     const attempt = this.attempt;
     this.attempt = 0;
     this.startKeepalive();
@@ -763,7 +783,7 @@ export class HeraldClient {
       /* already closing */
     }
     // Do not wait for the closing handshake of a socket that may be dead.
-    this.onSocketClosed(1000, reason, "");
+    this.onSocketClosed(1000, reason, this.currentUrl);
   }
 
   private armLiveness(): void {
@@ -788,6 +808,7 @@ export class HeraldClient {
 
   private detach(): void {
     clearTimeout(this.livenessTimer);
+    clearTimeout(this.connectTimer);
     clearInterval(this.keepaliveTimer);
     const ws = this.ws;
     this.ws = undefined;

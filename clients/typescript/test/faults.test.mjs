@@ -186,6 +186,21 @@ describe("client across faults (two nodes on NATS)", { timeout: 600_000 }, () =>
     }
   });
 
+  test("a node that accepts TCP and then says nothing: the attempt is abandoned and the next URL used", async () => {
+    const [a, b] = await bothNodes();
+    const proxy = await FreezableProxy.start(a.port);
+    proxy.freeze();
+    const { client, log } = recordingClient([`ws://127.0.0.1:${proxy.port}/v1/ws`, b.ws("/v1/ws")], { connectTimeoutMs: 1500 });
+    try {
+      await client.connect();
+      assert.match(log.reconnecting[0]?.reason ?? "", /no session within 1500 ms/, JSON.stringify(log.reconnecting));
+      assert.equal(log.connected[0].url, b.ws("/v1/ws"));
+    } finally {
+      await client.close();
+      proxy.close();
+    }
+  });
+
   test("revocation (4001) stops the client with `closed` and no reconnect", async () => {
     const [a, b] = await bothNodes();
     const { client, log } = recordingClient([a.ws("/v1/ws"), b.ws("/v1/ws")]);

@@ -103,8 +103,10 @@ impl Application {
         let separate_metrics = !settings.server.metrics_listen.is_empty();
         let app_state = state.clone();
         let drain = Duration::from_secs(settings.shutdown.drain_seconds);
+        // The demo page logs in with the demo alias: only where those credentials work.
+        let demo = settings.uses_demo_credentials();
         let server = HttpServer::new(move || {
-            let app = App::new()
+            let mut app = App::new()
                 .app_data(app_state.clone())
                 .route("/healthz", web::get().to(http::healthz))
                 .route("/readyz", web::get().to(http::readyz))
@@ -114,6 +116,12 @@ impl Application {
                 .route("/ws", web::get().to(dialect::realtime::upgrade))
                 .route("/v1/publish", web::post().to(http::publish::publish))
                 .route("/v1/revoke", web::post().to(http::publish::revoke));
+            if demo {
+                app = app
+                    .route("/demo", web::get().to(http::demo::index))
+                    .route("/demo/", web::get().to(http::demo::index))
+                    .route("/demo/herald-client.js", web::get().to(http::demo::client));
+            }
             if separate_metrics {
                 app
             } else {

@@ -1,5 +1,6 @@
-//! Plain HTTP endpoints: health, readiness, metrics and publishing.
+//! Plain HTTP endpoints: health, readiness, metrics, publishing and the browser demo.
 
+pub mod demo;
 pub mod publish;
 
 use std::sync::atomic::Ordering;

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod codec;
+pub mod connection;
 pub mod forwardemail;
 pub mod jmap;
 pub mod lifecycle;

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::websocket::{self, CloseCode, CloseReason, Inbound, Message, ProtocolError};
+use crate::websocket::{self, Inbound};
 use actix::prelude::*;
 use actix_web::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -24,12 +24,12 @@ use crate::auth::{Credentials, Principal};
 use crate::bus::{Bus, BusMessage};
 use crate::dialect::admission::{admit, authenticate, bearer, Admitted};
 use crate::dialect::codec::Codec;
-use crate::dialect::lifecycle;
+use crate::dialect::connection::{self, Connection, Data, Session};
 use crate::dialect::Refusal;
 use crate::limits::Slot;
 use crate::metrics;
-use crate::outbox::{Frame, Outbox, OutboxReceiver};
-use crate::registry::{now_ms, Join, Member, RoutingKey, SessionId};
+use crate::outbox::{Frame, OutboxReceiver};
+use crate::registry::{now_ms, Join, Member, RoutingKey};
 
 /// Seconds since the epoch: the unit of every time field inside `data` (`server_time`,
 /// `sent_at`, `last_seen`, `expires_at`), as document 003's examples show them.
@@ -170,27 +170,21 @@ fn error(code: u16, message: impl Into<String>, details: Value, id: Option<&Valu
 
 /// One `/ws` session.
 pub struct RtSession {
-    id: SessionId,
+    conn: Connection,
     /// Cluster-unique id shown to clients (`connection_id`, `delivered_to`).
     connection_id: String,
-    state: Arc<AppState>,
     ip: IpAddr,
     user_id: String,
     principal: Principal,
     /// Patterns this session may subscribe to / broadcast on.
     may_subscribe: Vec<String>,
     may_publish: Vec<String>,
-    outbox: Outbox,
-    /// Topic patterns joined.
+    /// Topic patterns joined (each a registry membership of the connection).
     topics: BTreeSet<String>,
-    /// Whether the user registry was joined (left once on stop).
-    joined_user: bool,
     /// Presence lease, released when the session stops.
     presence: Option<PresenceLease>,
     /// Inbound message rate (`realtime.messages_per_second`, `realtime.burst`).
     limiter: DefaultDirectRateLimiter,
-    alive: bool,
-    _node_slot: Slot<()>,
 }
 
 impl RtSession {
@@ -200,61 +194,40 @@ impl RtSession {
         node_slot: Slot<()>,
         inbound: Inbound,
     ) -> OutboxReceiver {
-        lifecycle::start_session(
-            &state.clone(),
-            inbound,
-            "slow consumer: reconnect and Subscribe with since=<last seq>",
-            |_, outbox| {
-                let rt = &state.settings.realtime;
-                let quota = Quota::per_second(
-                    std::num::NonZeroU32::new(rt.messages_per_second)
-                        .unwrap_or(std::num::NonZeroU32::MIN),
-                )
-                .allow_burst(
-                    std::num::NonZeroU32::new(rt.burst).unwrap_or(std::num::NonZeroU32::MIN),
-                );
-                let id = crate::state::next_session_id();
-                RtSession {
-                    id,
-                    connection_id: state.realtime.connection_id(id),
-                    may_subscribe: permissions(&principal, "subscribe", &rt.default_subscribe),
-                    may_publish: permissions(&principal, "publish", &rt.default_publish),
-                    limiter: RateLimiter::direct(quota),
-                    state,
-                    ip,
-                    user_id,
-                    principal,
-                    outbox,
-                    topics: BTreeSet::new(),
-                    joined_user: false,
-                    presence: None,
-                    alive: true,
-                    _node_slot: node_slot,
-                }
-            },
-        )
+        let rt = &state.settings.realtime;
+        let at_least_one = |n| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = Quota::per_second(at_least_one(rt.messages_per_second))
+            .allow_burst(at_least_one(rt.burst));
+        let may_subscribe = permissions(&principal, "subscribe", &rt.default_subscribe);
+        let may_publish = permissions(&principal, "publish", &rt.default_publish);
+        let ping_interval = rt.ping_interval;
+        Connection::start(state, inbound, node_slot, ping_interval, |conn, _| {
+            RtSession {
+                connection_id: conn.state.realtime.connection_id(conn.id),
+                conn,
+                may_subscribe,
+                may_publish,
+                limiter: RateLimiter::direct(quota),
+                ip,
+                user_id,
+                principal,
+                topics: BTreeSet::new(),
+                presence: None,
+            }
+        })
     }
 
     fn member(&self) -> Member {
         Member {
-            id: self.id,
-            outbox: self.outbox.clone(),
+            id: self.conn.id,
+            outbox: self.conn.outbox.clone(),
             codec: Codec::Realtime,
             relay: None,
         }
     }
 
     fn send(&self, frame: Frame) {
-        let _ = self.outbox.push(frame);
-    }
-
-    /// Queues a close frame and stops the actor.
-    fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
-        self.outbox.close(Some(CloseReason {
-            code: CloseCode::from(code),
-            description: Some(reason.to_owned()),
-        }));
-        ctx.stop();
+        let _ = self.conn.outbox.push(frame);
     }
 
     /// Welcome, presence, the user registry (with the offline queue's replay), then writing.
@@ -273,7 +246,7 @@ impl RtSession {
             }),
             None,
         ));
-        let state = Arc::clone(&self.state);
+        let state = Arc::clone(&self.conn.state);
         let user_id = self.user_id.clone();
         let member = self.member();
         let setup = async move {
@@ -293,19 +266,11 @@ impl RtSession {
             }
             lease
         };
-        self.joined_user = true;
+        self.conn.track(RoutingKey::User(self.user_id.clone()));
         ctx.wait(setup.into_actor(self).map(|lease, act, _| {
             act.presence = Some(lease);
-            act.outbox.open();
+            act.conn.outbox.open();
         }));
-    }
-
-    fn keepalive(&mut self, ctx: &mut Context<Self>) {
-        if !self.alive {
-            return self.close(1008, "keepalive timeout: no pong since the last ping", ctx);
-        }
-        self.alive = false;
-        self.outbox.ping();
     }
 
     /// Schedules `AuthStatus token_expiring` ahead of the JWT's `exp` and the 4401 close at it.
@@ -316,13 +281,14 @@ impl RtSession {
         let exp_ms = exp.saturating_mul(1000);
         let now = now_ms();
         let lead = self
+            .conn
             .state
             .settings
             .realtime
             .token_expiry_warning
             .as_millis() as u64;
         let warn_in = Duration::from_millis(exp_ms.saturating_sub(lead).saturating_sub(now));
-        ctx.run_later(warn_in, move |act, _| {
+        connection::later(ctx, warn_in, move |act, _| {
             act.send(frame(
                 "AuthStatus",
                 json!({
@@ -334,20 +300,16 @@ impl RtSession {
                 None,
             ));
         });
-        ctx.run_later(
+        self.conn.close_after(
             Duration::from_millis(exp_ms.saturating_sub(now)),
-            |act, ctx| {
-                act.close(
-                    TOKEN_EXPIRED,
-                    "token expired; reconnect with a fresh token",
-                    ctx,
-                )
-            },
+            TOKEN_EXPIRED,
+            "token expired; reconnect with a fresh token",
+            ctx,
         );
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        let max = self.state.settings.realtime.max_message_bytes;
+        let max = self.conn.state.settings.realtime.max_message_bytes;
         if text.len() > max {
             return self.send(error(
                 400,
@@ -473,7 +435,7 @@ impl RtSession {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let max = self.state.settings.realtime.max_subscriptions;
+        let max = self.conn.state.settings.realtime.max_subscriptions;
         if self.topics.len() + new.len() > max {
             return self.send(error(
                 429,
@@ -483,19 +445,19 @@ impl RtSession {
             ));
         }
         self.topics.extend(new.iter().cloned());
-        let directory = self.state.directory.clone();
         let member = self.member();
-        let joins = new.into_iter().map(move |topic| {
-            let directory = directory.clone();
-            let join = Join {
-                key: RoutingKey::Topic(topic),
-                member: member.clone(),
-                since,
-                announces_resync: true,
-            };
-            async move { directory.join(join).await }
-        });
-        let joins = join_all(joins.collect::<Vec<_>>());
+        let joins = new
+            .into_iter()
+            .map(|topic| {
+                self.conn.join(Join {
+                    key: RoutingKey::Topic(topic),
+                    member: member.clone(),
+                    since,
+                    announces_resync: true,
+                })
+            })
+            .collect::<Vec<_>>();
+        let joins = join_all(joins);
         ctx.wait(joins.into_actor(self).map(move |_, act, _| {
             let active = act.topics.len();
             act.answer_status("subscribed", topics, active, id.as_ref());
@@ -529,9 +491,7 @@ impl RtSession {
         };
         for topic in &topics {
             if self.topics.remove(topic) {
-                self.state
-                    .directory
-                    .leave(RoutingKey::Topic(topic.clone()), self.id);
+                self.conn.leave(&RoutingKey::Topic(topic.clone()));
             }
         }
         self.answer_status(
@@ -654,7 +614,7 @@ impl RtSession {
         });
         let subject = format!("herald.v1.user.{target}");
         let target = target.to_owned();
-        let state = Arc::clone(&self.state);
+        let state = Arc::clone(&self.conn.state);
         let max = state.settings.realtime.dm_queue_max;
         // An offline user's full queue is refused before anything is stored.
         let check = async move {
@@ -723,7 +683,7 @@ impl RtSession {
         let Value::Object(payload) = payload else {
             return;
         };
-        let state = Arc::clone(&self.state);
+        let state = Arc::clone(&self.conn.state);
         let public_id = id.clone().unwrap_or_else(|| message_id.clone().into());
         let message = BusMessage {
             subject,
@@ -780,7 +740,7 @@ impl RtSession {
                     ),
                 }
             };
-            let outbox = act.outbox.clone();
+            let outbox = act.conn.outbox.clone();
             ctx.spawn(work.into_actor(act).map(move |frame, _, _| {
                 let _ = outbox.push(frame);
             }));
@@ -801,7 +761,7 @@ impl RtSession {
                 id.as_ref(),
             ));
         }
-        let Bus::Nats(nats) = &self.state.bus else {
+        let Bus::Nats(nats) = &self.conn.state.bus else {
             return self.send(error(
                 503,
                 "custom X- types need a NATS responder; this node runs on the in-process bus (bus.kind = \"memory\")",
@@ -819,7 +779,7 @@ impl RtSession {
             "username": self.principal.username,
             "connection_id": self.connection_id,
         });
-        let timeout = self.state.settings.realtime.custom_timeout;
+        let timeout = self.conn.state.settings.realtime.custom_timeout;
         let kind = request.kind;
         let work = async move {
             let reply = tokio::time::timeout(
@@ -864,7 +824,7 @@ impl RtSession {
                 ),
             }
         };
-        let outbox = self.outbox.clone();
+        let outbox = self.conn.outbox.clone();
         ctx.spawn(work.into_actor(self).map(move |frame, _, _| {
             let _ = outbox.push(frame);
         }));
@@ -874,7 +834,7 @@ impl RtSession {
     /// binary_received` and, in `details` as document 003 nests them, the payload's size,
     /// the type's name and its SHA-256.
     fn on_binary(&mut self, bytes: &Bytes) {
-        let max = self.state.settings.realtime.max_message_bytes;
+        let max = self.conn.state.settings.realtime.max_message_bytes;
         if bytes.len() > max {
             return self.send(error(
                 400,
@@ -974,29 +934,15 @@ impl Actor for RtSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        metrics::session_delta(DIALECT, 1.0);
-        let interval = self.state.settings.realtime.ping_interval;
-        ctx.run_interval(interval, |act, ctx| act.keepalive(ctx));
-        ctx.add_stream(lifecycle::draining(&self.state));
-        ctx.add_stream(lifecycle::revocations(&self.state, &self.principal));
+        self.conn.watch_revocations(&self.principal, ctx);
         self.watch_expiry(ctx);
         self.go_live(ctx);
     }
 
+    /// Releases the presence lease: the last session of a user announces it offline.
     fn stopped(&mut self, _: &mut Self::Context) {
-        metrics::session_delta(DIALECT, -1.0);
-        for topic in std::mem::take(&mut self.topics) {
-            self.state
-                .directory
-                .leave(RoutingKey::Topic(topic), self.id);
-        }
-        if self.joined_user {
-            self.state
-                .directory
-                .leave(RoutingKey::User(self.user_id.clone()), self.id);
-        }
         if let Some(lease) = self.presence.take() {
-            let state = Arc::clone(&self.state);
+            let state = Arc::clone(&self.conn.state);
             let user_id = self.user_id.clone();
             tokio::spawn(async move {
                 if let Some(dedup) = state.realtime.session_closed(&user_id, lease).await {
@@ -1007,16 +953,24 @@ impl Actor for RtSession {
                 }
             });
         }
-        tracing::debug!(session = self.id, ip = %self.ip, "/ws session closed");
+        tracing::debug!(session = self.conn.id, ip = %self.ip, "/ws session closed");
     }
 }
 
-impl StreamHandler<Result<Message, ProtocolError>> for RtSession {
-    fn handle(&mut self, item: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
-        self.alive = true;
-        let data = matches!(item, Ok(Message::Text(_) | Message::Binary(_)));
-        if data && self.limiter.check().is_err() {
-            let rt = &self.state.settings.realtime;
+impl Session for RtSession {
+    const DIALECT: &'static str = DIALECT;
+    const SLOW_REASON: &'static str =
+        "slow consumer: reconnect and Subscribe with since=<last seq>";
+    const OVERFLOW_REASON: &'static str = "frame too big: far over realtime.max_message_bytes";
+    const ECHO_CLOSE: bool = false;
+
+    fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    fn on_data(&mut self, data: Data, ctx: &mut Context<Self>) {
+        if self.limiter.check().is_err() {
+            let rt = &self.conn.state.settings.realtime;
             return self.send(error(
                 429,
                 format!(
@@ -1027,34 +981,12 @@ impl StreamHandler<Result<Message, ProtocolError>> for RtSession {
                 None,
             ));
         }
-        match item {
-            Ok(Message::Text(text)) => self.on_text(&text, ctx),
-            Ok(Message::Binary(bytes)) => self.on_binary(&bytes),
-            Ok(Message::Ping(data)) => self.outbox.pong(data),
-            Ok(Message::Close(_)) => {
-                self.outbox.close(None);
-                ctx.stop();
-            }
-            Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop) => {}
-            Err(ProtocolError::Overflow) => self.close(
-                1009,
-                "frame too big: far over realtime.max_message_bytes",
-                ctx,
-            ),
-            Err(error) => {
-                tracing::debug!(session = self.id, %error, "protocol error; closing");
-                let (code, reason) = websocket::protocol_close(&error);
-                self.close(code, reason, ctx);
-            }
+        match data {
+            Data::Text(text) => self.on_text(&text, ctx),
+            Data::Binary(bytes) => self.on_binary(&bytes),
         }
     }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
 }
-
-lifecycle::session_closes!(RtSession);
 
 #[cfg(test)]
 mod tests {

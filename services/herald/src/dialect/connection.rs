@@ -22,6 +22,7 @@ use futures_util::Stream;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::lifecycle::{self, Revoked};
+use super::Dialect;
 use crate::limits::Slot;
 use crate::metrics;
 use crate::outbox::{Frame, Outbox, OutboxReceiver};
@@ -48,8 +49,8 @@ pub enum Data {
 
 /// What a dialect's session actor adds to its [`Connection`].
 pub trait Session: Actor<Context = Context<Self>> {
-    /// Metrics label of the dialect.
-    const DIALECT: &'static str;
+    /// The dialect.
+    const DIALECT: Dialect;
     /// Close reason (with 1013) when the session overflows its outbound budget: how the
     /// client resumes.
     const SLOW_REASON: &'static str;
@@ -99,8 +100,8 @@ pub struct Connection {
     joined: Vec<RoutingKey>,
     /// Whether the client showed life since the last keepalive round.
     alive: bool,
-    /// Metrics label.
-    dialect: &'static str,
+    /// Labels the session gauge.
+    dialect: Dialect,
     /// The session's place under the node's connection cap.
     _node_slot: Slot<()>,
 }
@@ -151,7 +152,7 @@ impl Connection {
         state: Arc<AppState>,
         outbox: Outbox,
         node_slot: Slot<()>,
-        dialect: &'static str,
+        dialect: Dialect,
     ) -> Connection {
         metrics::session_delta(dialect, 1.0);
         Connection {
@@ -473,7 +474,7 @@ mod tests {
     }
 
     impl<const ECHO: bool> Session for Probe<ECHO> {
-        const DIALECT: &'static str = "v1";
+        const DIALECT: Dialect = Dialect::ForwardEmail;
         const SLOW_REASON: &'static str = "slow consumer: reconnect";
         const OVERFLOW_REASON: &'static str = "frame too big (probe)";
         const ECHO_CLOSE: bool = ECHO;

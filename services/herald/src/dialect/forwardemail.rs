@@ -22,15 +22,12 @@ use crate::dialect::admission::{
 };
 use crate::dialect::codec::{self, Codec};
 use crate::dialect::connection::{Connection, Data, Session};
-use crate::dialect::Refusal;
+use crate::dialect::{Dialect, Refusal};
 use crate::limits::Slot;
 use crate::metrics;
 use crate::outbox::{Frame, OutboxReceiver};
 use crate::registry::{Join, Member, RoutingKey};
 use crate::state::AppState;
-
-/// Dialect label in metrics.
-const DIALECT: &str = "v1";
 
 /// How a session wants its frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +166,7 @@ pub async fn upgrade(
     let Admitted { ip, node_slot } = admit(&req, &state).await?;
     let phase = match request.auth {
         AuthMode::Header(credentials) => Phase::Live(Identity::Alias(
-            login_alias(&state, DIALECT, &credentials, ip).await?,
+            login_alias(&state, Dialect::ForwardEmail, &credentials, ip).await?,
         )),
         AuthMode::Frame => {
             let max = state.limits.settings.max_pending_auth_per_ip;
@@ -184,7 +181,7 @@ pub async fn upgrade(
         }
         AuthMode::Anonymous => {
             if !settings.forwardemail.allow_anonymous {
-                metrics::auth_failure(DIALECT);
+                metrics::auth_failure(Dialect::ForwardEmail);
                 return Err(Refusal::Unauthorized(
                     "credentials required: Authorization: Basic, or ?auth=message".into(),
                 )
@@ -203,7 +200,7 @@ pub async fn upgrade(
     };
     let max_frame = state.limits.settings.max_client_frame_bytes;
     let (handshake, inbound) = websocket::accept(&req, body, &[], max_frame)?;
-    let outbox = FeSession::start_with(
+    let outbox = ForwardEmailSession::start_with(
         state.into_inner(),
         ip,
         (request.format, request.since),
@@ -249,7 +246,7 @@ struct AuthFrame {
 }
 
 /// One `/v1/ws` session.
-pub struct FeSession {
+pub struct ForwardEmailSession {
     conn: Connection,
     ip: IpAddr,
     format: Format,
@@ -258,7 +255,7 @@ pub struct FeSession {
     phase: Phase,
 }
 
-impl FeSession {
+impl ForwardEmailSession {
     /// Starts the session; the connection writes the returned outbox (opened once the
     /// session is live: frames queue until then).
     fn start_with(
@@ -271,7 +268,7 @@ impl FeSession {
     ) -> OutboxReceiver {
         let ping_interval = state.settings.forwardemail.ping_interval;
         Connection::start(state, inbound, node_slot, ping_interval, |conn, _| {
-            FeSession {
+            ForwardEmailSession {
                 conn,
                 ip,
                 format,
@@ -365,7 +362,7 @@ impl FeSession {
         let ip = self.ip;
         let check = async move {
             Ok::<_, Refusal>(Identity::Alias(
-                login_alias(&state, DIALECT, &credentials, ip).await?,
+                login_alias(&state, Dialect::ForwardEmail, &credentials, ip).await?,
             ))
         };
         ctx.wait(check.into_actor(self).map(|result, act, ctx| {
@@ -379,7 +376,7 @@ impl FeSession {
     }
 }
 
-impl Actor for FeSession {
+impl Actor for ForwardEmailSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -398,8 +395,8 @@ impl Actor for FeSession {
     }
 }
 
-impl Session for FeSession {
-    const DIALECT: &'static str = DIALECT;
+impl Session for ForwardEmailSession {
+    const DIALECT: Dialect = Dialect::ForwardEmail;
     const SLOW_REASON: &'static str = "slow consumer: reconnect with since=<last seq>";
     const OVERFLOW_REASON: &'static str = "frame too big (limits.max_client_frame_bytes)";
     const ECHO_CLOSE: bool = true;

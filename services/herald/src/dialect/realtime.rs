@@ -20,9 +20,6 @@ pub use session::upgrade;
 use crate::dialect::codec::{Decoded, Encoded};
 use crate::outbox::Frame;
 
-/// Dialect label in metrics and auth provider lists.
-pub const DIALECT: &str = "realtime";
-
 /// The frame telling a client its `since` is older than retention: refetch.
 pub fn resync_frame() -> Option<Frame> {
     Some(Frame::Text(ByteString::from_static(

@@ -23,15 +23,12 @@ use super::{Change, DataType, RESYNC};
 use crate::dialect::admission::{admit, authorization, login_alias, Admitted, AliasLogin};
 use crate::dialect::codec::Codec;
 use crate::dialect::connection::{Connection, Data, Session};
-use crate::dialect::Refusal;
+use crate::dialect::{Dialect, Refusal};
 use crate::limits::Slot;
 use crate::metrics;
 use crate::outbox::{Frame, OutboxReceiver};
 use crate::registry::{Join, Member, Relayed, RoutingKey};
 use crate::state::AppState;
-
-/// Dialect label in metrics and the auth callout.
-const DIALECT: &str = "jmap";
 
 /// Whether the client offered the `jmap` subprotocol (RFC 8887 §3).
 fn offers_jmap(req: &HttpRequest) -> bool {
@@ -59,13 +56,13 @@ pub async fn upgrade(
         .find(|(k, _)| k == "alias_id")
         .map(|(_, v)| v.into_owned());
     let credentials = authorization(&req, alias_id)?.ok_or_else(|| {
-        metrics::auth_failure(DIALECT);
+        metrics::auth_failure(Dialect::Jmap);
         Refusal::Unauthorized(
             "credentials required: Authorization: Basic base64(alias:password) or Bearer <JWT>"
                 .into(),
         )
     })?;
-    let login = login_alias(&state, DIALECT, &credentials, ip).await?;
+    let login = login_alias(&state, Dialect::Jmap, &credentials, ip).await?;
     let max_frame = state.settings.jmap.max_frame_bytes;
     let (handshake, inbound) = websocket::accept(&req, body, &["jmap"], max_frame)?;
     let outbox = JmapSession::start_with(state.into_inner(), login, node_slot, inbound);
@@ -258,7 +255,7 @@ impl Handler<Relayed> for JmapSession {
 }
 
 impl Session for JmapSession {
-    const DIALECT: &'static str = DIALECT;
+    const DIALECT: Dialect = Dialect::Jmap;
     const SLOW_REASON: &'static str =
         "slow consumer: reconnect and enable push with your pushState";
     const OVERFLOW_REASON: &'static str = "frame over jmap.max_frame_bytes (maxSizeRequest)";

@@ -19,13 +19,13 @@ use serde_json::{json, Map, Value};
 use sha2::Digest;
 
 use super::node::PresenceLease;
-use super::{covers, validate_pattern, DIALECT};
+use super::{covers, validate_pattern};
 use crate::auth::{Credentials, Principal};
 use crate::bus::{Bus, BusMessage};
 use crate::dialect::admission::{admit, authenticate, bearer, Admitted};
 use crate::dialect::codec::Codec;
 use crate::dialect::connection::{self, Connection, Data, Session};
-use crate::dialect::Refusal;
+use crate::dialect::{Dialect, Refusal};
 use crate::limits::Slot;
 use crate::metrics;
 use crate::outbox::{Frame, OutboxReceiver};
@@ -81,7 +81,7 @@ fn token_of(req: &HttpRequest) -> Result<(String, Option<String>), Refusal> {
             return Ok((token.to_owned(), Some(protocol.to_owned())));
         }
     }
-    metrics::auth_failure(DIALECT);
+    metrics::auth_failure(Dialect::Realtime);
     Err(Refusal::Unauthorized(
         "a JWT is required: ?token=<JWT>, Authorization: Bearer <JWT>, or subprotocol access_token.<JWT>".into(),
     ))
@@ -113,7 +113,8 @@ pub async fn upgrade(
 ) -> Result<HttpResponse, actix_web::Error> {
     let (token, echo) = token_of(&req)?;
     let Admitted { ip, node_slot } = admit(&req, &state).await?;
-    let principal = authenticate(&state, DIALECT, &Credentials::User { token }, ip).await?;
+    let principal =
+        authenticate(&state, Dialect::Realtime, &Credentials::User { token }, ip).await?;
     let user_id = principal
         .user_id
         .clone()
@@ -127,7 +128,7 @@ pub async fn upgrade(
     let protocols: Vec<&str> = echo.as_deref().into_iter().collect();
     let frame_cap = state.settings.realtime.max_message_bytes.saturating_mul(4);
     let (handshake, inbound) = websocket::accept(&req, body, &protocols, frame_cap)?;
-    let outbox = RtSession::start_with(
+    let outbox = RealtimeSession::start_with(
         state.into_inner(),
         (ip, user_id, principal),
         node_slot,
@@ -169,7 +170,7 @@ fn error(code: u16, message: impl Into<String>, details: Value, id: Option<&Valu
 }
 
 /// One `/ws` session.
-pub struct RtSession {
+pub struct RealtimeSession {
     conn: Connection,
     /// Cluster-unique id shown to clients (`connection_id`, `delivered_to`).
     connection_id: String,
@@ -187,7 +188,7 @@ pub struct RtSession {
     limiter: DefaultDirectRateLimiter,
 }
 
-impl RtSession {
+impl RealtimeSession {
     fn start_with(
         state: Arc<AppState>,
         (ip, user_id, principal): (IpAddr, String, Principal),
@@ -202,7 +203,7 @@ impl RtSession {
         let may_publish = permissions(&principal, "publish", &rt.default_publish);
         let ping_interval = rt.ping_interval;
         Connection::start(state, inbound, node_slot, ping_interval, |conn, _| {
-            RtSession {
+            RealtimeSession {
                 connection_id: conn.state.realtime.connection_id(conn.id),
                 conn,
                 may_subscribe,
@@ -930,7 +931,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-impl Actor for RtSession {
+impl Actor for RealtimeSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -957,8 +958,8 @@ impl Actor for RtSession {
     }
 }
 
-impl Session for RtSession {
-    const DIALECT: &'static str = DIALECT;
+impl Session for RealtimeSession {
+    const DIALECT: Dialect = Dialect::Realtime;
     const SLOW_REASON: &'static str =
         "slow consumer: reconnect and Subscribe with since=<last seq>";
     const OVERFLOW_REASON: &'static str = "frame too big: far over realtime.max_message_bytes";

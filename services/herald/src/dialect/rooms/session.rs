@@ -22,15 +22,12 @@ use crate::bus::{Bus, BusMessage};
 use crate::dialect::admission::{admit, authenticate, bearer, user_place, Admitted, UserPlace};
 use crate::dialect::codec::Codec;
 use crate::dialect::connection::{Connection, Data, Session};
-use crate::dialect::Refusal;
+use crate::dialect::{Dialect, Refusal};
 use crate::limits::Slot;
 use crate::metrics;
 use crate::outbox::{Frame, OutboxReceiver};
 use crate::registry::{Join, Member};
 use crate::state::AppState;
-
-/// Dialect label in metrics and auth provider lists.
-const DIALECT: &str = "rooms";
 
 /// Close codes of this dialect (SPEC §4.4).
 pub mod close {
@@ -169,20 +166,21 @@ impl RoomsSession {
         let token = self.token.take();
         let check = async move {
             let Some(token) = token else {
-                metrics::auth_failure(DIALECT);
+                metrics::auth_failure(Dialect::Rooms);
                 return Err(Refusal::Unauthorized(
                     "missing token: connect with ?token=<JWT>".into(),
                 ));
             };
-            let principal = authenticate(&state, DIALECT, &Credentials::User { token }, ip).await?;
+            let principal =
+                authenticate(&state, Dialect::Rooms, &Credentials::User { token }, ip).await?;
             let user_id = principal.user_id.clone().ok_or_else(|| {
-                metrics::auth_failure(DIALECT);
+                metrics::auth_failure(Dialect::Rooms);
                 Refusal::Unauthorized("the token names no user (auth.jwt.user_claim)".into())
             })?;
             let cap = state.settings.rooms.max_connections_per_user;
             let place = user_place(
                 &state,
-                DIALECT,
+                Dialect::Rooms,
                 &user_id,
                 (cap, "rooms.max_connections_per_user"),
             )
@@ -472,7 +470,7 @@ impl Actor for RoomsSession {
 }
 
 impl Session for RoomsSession {
-    const DIALECT: &'static str = DIALECT;
+    const DIALECT: Dialect = Dialect::Rooms;
     const SLOW_REASON: &'static str = "slow consumer: reconnect";
     const OVERFLOW_REASON: &'static str = "frame too big (rooms.max_frame_bytes)";
     const ECHO_CLOSE: bool = false;

@@ -19,7 +19,6 @@ use actix::{Actor, ActorContext, ActorFuture, AsyncContext, Context};
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::Stream;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::lifecycle::{self, Revoked};
 use super::Dialect;
@@ -119,27 +118,27 @@ impl Connection {
         ping_interval: Duration,
         make: impl FnOnce(Connection, &mut Context<S>) -> S,
     ) -> OutboxReceiver {
-        let (evict, evictions) = tokio::sync::mpsc::unbounded_channel();
+        // A oneshot, not the actor's mailbox (a generic core cannot implement a dialect's
+        // `Handler`) nor an mpsc channel (which allocates a block of slots per session).
+        let (evict, eviction) = tokio::sync::oneshot::channel();
+        let evict = std::sync::Mutex::new(Some(evict));
         let (outbox, receiver) = Outbox::new(
             state.limits.settings.max_buffered_bytes,
             S::SLOW_REASON,
-            // Fires once per session (the outbox marks itself overflowed first).
             Box::new(move || {
-                let _ = evict.send(Evict {
-                    code: 1013,
-                    reason: S::SLOW_REASON,
-                });
+                let evict = evict.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(evict) = evict {
+                    let _ = evict.send(Evict {
+                        code: 1013,
+                        reason: S::SLOW_REASON,
+                    });
+                }
             }),
         );
         let conn = Connection::new(state, outbox, node_slot, S::DIALECT);
         S::create(move |ctx| {
             watch(ctx, inbound, receive::<S>, |_, ctx| ctx.stop());
-            watch(
-                ctx,
-                UnboundedReceiverStream::new(evictions),
-                evicted,
-                ignore,
-            );
+            watch(ctx, futures_util::stream::once(eviction), evicted, ignore);
             watch(ctx, lifecycle::draining(&conn.state), drain, ignore);
             ctx.run_interval(ping_interval, |act, ctx| act.keepalive(ctx));
             make(conn, ctx)
@@ -338,7 +337,13 @@ fn revoked<S: Session>(act: &mut S, revoked: Revoked, ctx: &mut Context<S>) {
 }
 
 /// The outbox overflowed (or another eviction): close as the eviction says.
-fn evicted<S: Session>(act: &mut S, evict: Evict, ctx: &mut Context<S>) {
+fn evicted<S: Session>(
+    act: &mut S,
+    evict: Result<Evict, tokio::sync::oneshot::error::RecvError>,
+    ctx: &mut Context<S>,
+) {
+    // The sender is gone without firing: the outbox was dropped, the session is ending.
+    let Ok(evict) = evict else { return };
     if evict.code == 1013 {
         metrics::slow_consumer();
     }
@@ -421,6 +426,7 @@ mod tests {
     use metrics_exporter_prometheus::PrometheusBuilder;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
     use tokio::time::timeout;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
 
     use super::*;
     use crate::auth::Authenticator;

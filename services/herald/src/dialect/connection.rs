@@ -19,6 +19,7 @@ use actix::{Actor, ActorContext, ActorFuture, AsyncContext, Context};
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::Stream;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::lifecycle::{self, Revoked};
 use super::Dialect;
@@ -305,6 +306,15 @@ fn drain<S: Session>(act: &mut S, draining: bool, ctx: &mut Context<S>) {
             act.conn().close(1001, "node shutting down; reconnect", ctx)
         });
     }
+}
+
+/// A limiter of a session's inbound data frames: `per_second`, in bursts of `burst` (0
+/// counts as 1: a setting cannot stop a session from sending at all).
+pub fn rate_limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
+    let at_least_one = |n| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
+    RateLimiter::direct(
+        Quota::per_second(at_least_one(per_second)).allow_burst(at_least_one(burst)),
+    )
 }
 
 /// Runs `f` after `delay`, unless `delay` is beyond [`MAX_TIMER`] (a token that expires

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::DefaultDirectRateLimiter;
 use serde_json::{json, Value};
 
 use super::frames::{error, frame, now_secs};
@@ -58,9 +58,7 @@ impl RealtimeSession {
         inbound: Inbound,
     ) -> OutboxReceiver {
         let rt = &state.settings.realtime;
-        let at_least_one = |n| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
-        let quota = Quota::per_second(at_least_one(rt.messages_per_second))
-            .allow_burst(at_least_one(rt.burst));
+        let limiter = connection::rate_limiter(rt.messages_per_second, rt.burst);
         let may_subscribe = permissions(&principal, "subscribe", &rt.default_subscribe);
         let may_publish = permissions(&principal, "publish", &rt.default_publish);
         let ping_interval = rt.ping_interval;
@@ -70,7 +68,7 @@ impl RealtimeSession {
                 conn,
                 may_subscribe,
                 may_publish,
-                limiter: RateLimiter::direct(quota),
+                limiter,
                 ip,
                 user_id,
                 principal,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::websocket::{self, Inbound};
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::DefaultDirectRateLimiter;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -21,7 +21,7 @@ use crate::auth::{Credentials, Principal};
 use crate::bus::{Bus, BusMessage};
 use crate::dialect::admission::{admit, authenticate, bearer, user_place, Admitted, UserPlace};
 use crate::dialect::codec::Codec;
-use crate::dialect::connection::{Connection, Data, Session};
+use crate::dialect::connection::{self, Connection, Data, Session};
 use crate::dialect::{Dialect, Refusal};
 use crate::limits::Slot;
 use crate::metrics;
@@ -125,14 +125,12 @@ impl RoomsSession {
         inbound: Inbound,
     ) -> OutboxReceiver {
         let rooms = &state.settings.rooms;
-        let at_least_one = |n| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
-        let quota = Quota::per_second(at_least_one(rooms.messages_per_second))
-            .allow_burst(at_least_one(rooms.burst));
+        let limiter = connection::rate_limiter(rooms.messages_per_second, rooms.burst);
         let ping_interval = rooms.ping_interval;
         Connection::start(state, inbound, node_slot, ping_interval, |conn, _| {
             conn.outbox.open();
             RoomsSession {
-                limiter: RateLimiter::direct(quota),
+                limiter,
                 conn,
                 ip,
                 token,

@@ -318,14 +318,14 @@ pub struct DialectProviders {
 }
 
 impl DialectProviders {
-    /// The list configured for `dialect` (a metrics label: `v1`, `jmap`, ...).
-    pub fn of(&self, dialect: &str) -> &[String] {
+    /// The list configured for `dialect` (keyed by its label: `v1`, `jmap`, ...).
+    pub fn of(&self, dialect: crate::dialect::Dialect) -> &[String] {
+        use crate::dialect::Dialect;
         match dialect {
-            "v1" => &self.v1,
-            "jmap" => &self.jmap,
-            "realtime" => &self.realtime,
-            "rooms" => &self.rooms,
-            _ => &[],
+            Dialect::ForwardEmail => &self.v1,
+            Dialect::Jmap => &self.jmap,
+            Dialect::Realtime => &self.realtime,
+            Dialect::Rooms => &self.rooms,
         }
     }
 }

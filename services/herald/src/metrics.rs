@@ -3,20 +3,19 @@
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-/// Dialects that label per-dialect series (present at 0 from the start).
-const DIALECTS: &[&str] = &["v1", "jmap", "realtime", "rooms"];
+use crate::dialect::Dialect;
 
 /// Reasons a notification is dropped (`herald_events_dropped_total{reason}`).
 const DROP_REASONS: &[&str] = &["slow_consumer", "closed"];
 
-/// Installs the global recorder and registers every series at zero, so dashboards and
+/// Installs the global recorder and registers every series at zero (each dialect's too), so dashboards and
 /// alerts see them before the first event; returns the handle `/metrics` renders from.
 pub fn install() -> PrometheusHandle {
     let handle = build();
     describe();
-    for dialect in DIALECTS {
+    for dialect in Dialect::ALL {
         session_delta(dialect, 0.0);
-        counter!("herald_auth_failures_total", "dialect" => *dialect).absolute(0);
+        counter!("herald_auth_failures_total", "dialect" => dialect.label()).absolute(0);
     }
     for reason in DROP_REASONS {
         counter!("herald_events_dropped_total", "reason" => *reason).absolute(0);
@@ -110,8 +109,8 @@ fn build() -> PrometheusHandle {
 }
 
 /// A session opened (`delta` = 1) or closed (`delta` = -1) on `dialect`.
-pub fn session_delta(dialect: &'static str, delta: f64) {
-    gauge!("herald_sessions", "dialect" => dialect).increment(delta);
+pub fn session_delta(dialect: Dialect, delta: f64) {
+    gauge!("herald_sessions", "dialect" => dialect.label()).increment(delta);
 }
 
 /// A registry actor started (1) or stopped (-1).
@@ -150,8 +149,8 @@ pub fn bus_decode_error() {
 }
 
 /// A refused credential.
-pub fn auth_failure(dialect: &'static str) {
-    counter!("herald_auth_failures_total", "dialect" => dialect).increment(1);
+pub fn auth_failure(dialect: Dialect) {
+    counter!("herald_auth_failures_total", "dialect" => dialect.label()).increment(1);
 }
 
 /// An auth callout's outcome: `allow`, `deny`, `timeout` or `error`.

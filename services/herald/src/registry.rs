@@ -283,7 +283,7 @@ impl Registry {
             let codec = Codec::ALL[i];
             codec.encode(&decoded, &self.settings.codec).unwrap_or_else(|reason| {
                 failed = true;
-                tracing::warn!(subject = %message.subject, dialect = codec.dialect(), %reason, "skipping undecodable bus message");
+                tracing::warn!(subject = %message.subject, dialect = codec.dialect().label(), %reason, "skipping undecodable bus message");
                 Vec::new()
             })
         });
@@ -353,7 +353,7 @@ impl Registry {
             (self.per_codec[i] > 0).then(|| {
                 tracing::debug_span!(
                     "herald.deliver",
-                    dialect = Codec::ALL[i].dialect(),
+                    dialect = Codec::ALL[i].dialect().label(),
                     format = Codec::ALL[i].format_name(),
                     recipients = self.per_codec[i],
                     bytes = bytes[i],

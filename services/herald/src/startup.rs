@@ -13,6 +13,7 @@ use actix_web::{web, App, HttpServer};
 use crate::auth::Authenticator;
 use crate::bus::{Bus, MemoryBus, NatsBus};
 use crate::config::{BusKind, Settings};
+use crate::dialect::Dialect;
 use crate::directory::Directory;
 use crate::limits::Limits;
 use crate::registry::RegistrySettings;
@@ -110,10 +111,19 @@ impl Application {
                 .app_data(app_state.clone())
                 .route("/healthz", web::get().to(http::healthz))
                 .route("/readyz", web::get().to(http::readyz))
-                .route("/v1/ws", web::get().to(dialect::forwardemail::upgrade))
-                .route("/jmap/ws", web::get().to(dialect::jmap::upgrade))
-                .route("/api/v1/ws/connect", web::get().to(dialect::rooms::upgrade))
-                .route("/ws", web::get().to(dialect::realtime::upgrade))
+                .route(
+                    Dialect::ForwardEmail.path(),
+                    web::get().to(dialect::forwardemail::upgrade),
+                )
+                .route(Dialect::Jmap.path(), web::get().to(dialect::jmap::upgrade))
+                .route(
+                    Dialect::Rooms.path(),
+                    web::get().to(dialect::rooms::upgrade),
+                )
+                .route(
+                    Dialect::Realtime.path(),
+                    web::get().to(dialect::realtime::upgrade),
+                )
                 .route("/v1/publish", web::post().to(http::publish::publish))
                 .route("/v1/revoke", web::post().to(http::publish::revoke));
             if demo {

@@ -31,6 +31,16 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// the code. Longer reasons are cut (browsers drop the connection over an oversized one).
 const MAX_CLOSE_REASON_BYTES: usize = 123;
 
+/// Cuts a close reason to [`MAX_CLOSE_REASON_BYTES`], at a character boundary: every
+/// close the node writes goes through here, whoever queued it.
+pub fn cut_close_reason(text: &mut String) {
+    let mut end = text.len().min(MAX_CLOSE_REASON_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+}
+
 /// A checked upgrade request, waiting for the session's outbox to become the response body.
 pub struct Handshake(actix_http::ResponseBuilder);
 
@@ -94,11 +104,7 @@ impl Body {
         self.done = true;
         let reason = reason.map(|mut reason| {
             if let Some(text) = reason.description.as_mut() {
-                let mut end = text.len().min(MAX_CLOSE_REASON_BYTES);
-                while !text.is_char_boundary(end) {
-                    end -= 1;
-                }
-                text.truncate(end);
+                cut_close_reason(text);
             }
             reason
         });
@@ -422,6 +428,28 @@ mod tests {
         let header = FrameHeader::parse(&[0xC1, 0xFE, 1, 0]).expect("16-bit length");
         assert_eq!((header.opcode, header.len), (1, 256));
         assert!(header.reserved_bits, "RSV1");
+    }
+
+    #[test]
+    fn close_reasons_are_cut_at_123_bytes_on_a_character_boundary() {
+        let mut short = "token expired".to_owned();
+        cut_close_reason(&mut short);
+        assert_eq!(short, "token expired");
+        let mut long = "x".repeat(200);
+        cut_close_reason(&mut long);
+        assert_eq!(long.len(), 123);
+        // 'é' is two bytes: the 123rd byte would split the 62nd one.
+        let mut accented = format!("x{}", "é".repeat(100));
+        cut_close_reason(&mut accented);
+        assert_eq!(accented.len(), 123);
+        assert!(accented.ends_with('é'));
+        let mut split = "é".repeat(100);
+        cut_close_reason(&mut split);
+        assert_eq!(
+            split.len(),
+            122,
+            "the character across byte 123 is dropped whole"
+        );
     }
 
     #[test]

@@ -575,3 +575,21 @@ async fn fragmented_messages_are_put_together_and_count_whole_against_the_limit(
     let close = ws.read_frame(PROMPT).await;
     assert_eq!(close.close_code(), Some(1009), "{close:?}");
 }
+
+#[tokio::test]
+async fn a_long_close_reason_is_cut_at_123_bytes_as_on_every_dialect() {
+    // RFC 6455 leaves 123 bytes for the reason beside the code; rooms used to cut at 120.
+    let node = memory_node(|c| c.set("rooms.max_connections_per_user", 1)).await;
+    let token = token(&"7".repeat(150), "long", None);
+    let _first = RoomsClient::connect(&node, &token).await;
+    let mut second = RoomsClient::open(&node, &token).await;
+    match second.next_frame(PROMPT).await {
+        Some(herald_tests::Frame::Close(code, reason)) => {
+            assert_eq!(code, Some(4429), "{reason}");
+            assert!(reason.starts_with("user 777"), "{reason}");
+            assert_eq!(reason.len(), 123, "cut at the RFC 6455 limit: {reason}");
+        }
+        other => panic!("expected the 4429 close, got {other:?}"),
+    }
+    assert_eq!(node.get_status("/readyz").await, 200);
+}

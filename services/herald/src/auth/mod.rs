@@ -24,6 +24,7 @@ pub use static_file::{hash_password, verify_password};
 
 use crate::bus::Bus;
 use crate::config::{Secret, Settings};
+use crate::dialect::Dialect;
 
 /// Who a session is.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -284,7 +285,7 @@ fn cache_key(salt: &[u8; 32], credentials: &Credentials, order: &[usize]) -> Cac
 pub struct Authenticator {
     providers: Vec<Provider>,
     /// Which providers (indices into `providers`) each dialect asks, in order.
-    dialects: std::collections::HashMap<&'static str, Vec<usize>>,
+    dialects: [Vec<usize>; Dialect::ALL.len()],
     cache: Cache<CacheKey, Cached>,
     ttl: Duration,
     negative_ttl: Duration,
@@ -321,20 +322,16 @@ impl Authenticator {
             });
         }
         let cache = &auth.cache;
-        let dialects = ["v1", "jmap", "realtime", "rooms"]
-            .into_iter()
-            .map(|dialect| {
-                let names = match auth.dialects.of(dialect) {
-                    [] => &auth.providers[..],
-                    names => names,
-                };
-                let order = names
-                    .iter()
-                    .filter_map(|n| auth.providers.iter().position(|p| p == n))
-                    .collect();
-                (dialect, order)
-            })
-            .collect();
+        let dialects = Dialect::ALL.map(|dialect| {
+            let names = match auth.dialects.of(dialect) {
+                [] => &auth.providers[..],
+                names => names,
+            };
+            names
+                .iter()
+                .filter_map(|n| auth.providers.iter().position(|p| p == n))
+                .collect()
+        });
         Ok(Arc::new(Authenticator {
             providers,
             dialects,
@@ -385,18 +382,15 @@ impl Authenticator {
         &self,
         credentials: &Credentials,
         ip: IpAddr,
-        dialect: &str,
+        dialect: Dialect,
     ) -> Result<Principal, AuthError> {
-        let (dialect, order) = self
-            .dialects
-            .get_key_value(dialect)
-            .map_or(("v1", &[][..]), |(d, o)| (*d, o.as_slice()));
+        let order = self.dialects[dialect.index()].as_slice();
         let key = cache_key(&self.salt, credentials, order);
         // Concurrent logins with the same credentials (a reconnect storm) share one check.
         let cached = self
             .cache
             .try_get_with(key, async {
-                let verdict = self.check(credentials, ip, (dialect, order)).await;
+                let verdict = self.check(credentials, ip, (dialect.label(), order)).await;
                 let default_ttl = match verdict.result {
                     Ok(_) => self.ttl,
                     // Says nothing about the credentials: the next try must check again.

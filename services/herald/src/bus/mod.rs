@@ -89,6 +89,23 @@ pub enum BusError {
     Connect(String),
 }
 
+/// Why a request-reply ([`Bus::request`]) got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The in-process bus: no service can subscribe to it, so nothing ever answers.
+    #[error("the in-process bus has no responders")]
+    InProcess,
+    /// Nothing subscribes to the subject.
+    #[error("no responders")]
+    NoResponders,
+    /// No answer within the timeout.
+    #[error("no answer in time")]
+    TimedOut,
+    /// The request failed otherwise.
+    #[error(transparent)]
+    Failed(async_nats::RequestError),
+}
+
 /// Whether `subject` (or pattern) is a routed event family that is stored and sequenced:
 /// `alias`, `broadcast`, `topic`, `user`, `room` — never `control`, `auth` or `custom`.
 pub fn is_streamed(subject: &str) -> bool {
@@ -144,6 +161,27 @@ impl Bus {
         match self {
             Bus::Memory(_) => Ok(None),
             Bus::Nats(bus) => bus.last_sequence().await,
+        }
+    }
+
+    /// Sends `body` to whatever answers `subject` and waits up to `timeout` for its reply
+    /// (NATS request-reply; the in-process bus has no responders).
+    pub async fn request(
+        &self,
+        subject: String,
+        body: Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<Bytes, RequestError> {
+        let Bus::Nats(bus) = self else {
+            return Err(RequestError::InProcess);
+        };
+        match tokio::time::timeout(timeout, bus.client().request(subject, body)).await {
+            Ok(Ok(reply)) => Ok(reply.payload),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                Err(RequestError::NoResponders)
+            }
+            Ok(Err(e)) => Err(RequestError::Failed(e)),
+            Err(_) => Err(RequestError::TimedOut),
         }
     }
 

@@ -10,7 +10,7 @@ use herald_protocol::subject::validate_identifier;
 
 use crate::auth::{AuthError, Credentials, Principal};
 use crate::cluster_limits::Lease;
-use crate::dialect::Refusal;
+use crate::dialect::{Dialect, Refusal};
 use crate::limits::{client_ip, Slot};
 use crate::metrics;
 use crate::state::AppState;
@@ -156,7 +156,7 @@ pub const LOGINS_BUSY_RETRY_AFTER: u64 = 1;
 /// `limits.failed_logins_per_ip` of them.
 pub async fn authenticate(
     state: &AppState,
-    dialect: &'static str,
+    dialect: Dialect,
     credentials: &Credentials,
     ip: IpAddr,
 ) -> Result<Principal, Refusal> {
@@ -267,7 +267,7 @@ pub struct UserPlace {
 /// cluster-wide in NATS mode) or refuses with 429/4429; `setting` names the cap's key.
 pub async fn user_place(
     state: &AppState,
-    dialect: &'static str,
+    dialect: Dialect,
     user_id: &str,
     (max, setting): (usize, &'static str),
 ) -> Result<UserPlace, Refusal> {
@@ -281,7 +281,7 @@ pub async fn user_place(
     let node = state
         .limits
         .per_user
-        .try_acquire((dialect, user_id.to_owned()), max)
+        .try_acquire((dialect.label(), user_id.to_owned()), max)
         .ok_or_else(full)?;
     let cluster = match &state.cluster {
         Some(cluster) => cluster
@@ -310,7 +310,7 @@ pub struct AliasLogin {
 /// under `limits.max_sessions_per_alias`.
 pub async fn login_alias(
     state: &AppState,
-    dialect: &'static str,
+    dialect: Dialect,
     credentials: &Credentials,
     ip: IpAddr,
 ) -> Result<AliasLogin, Refusal> {

@@ -10,6 +10,7 @@ use herald_protocol::{Envelope, Subject, WireFormat};
 use serde_json::{json, Map, Value};
 
 use crate::bus::BusMessage;
+use crate::dialect::Dialect;
 use crate::outbox::Frame;
 
 /// Number of codecs, the size of per-codec arrays.
@@ -48,13 +49,13 @@ impl Codec {
         self as usize
     }
 
-    /// The dialect label used in metrics and spans.
-    pub fn dialect(self) -> &'static str {
+    /// The dialect whose frames these are.
+    pub fn dialect(self) -> Dialect {
         match self {
-            Codec::V1Json | Codec::V1MsgPack | Codec::V1Msgpackr => "v1",
-            Codec::Jmap => "jmap",
-            Codec::Realtime => "realtime",
-            Codec::Rooms => "rooms",
+            Codec::V1Json | Codec::V1MsgPack | Codec::V1Msgpackr => Dialect::ForwardEmail,
+            Codec::Jmap => Dialect::Jmap,
+            Codec::Realtime => Dialect::Realtime,
+            Codec::Rooms => Dialect::Rooms,
         }
     }
 

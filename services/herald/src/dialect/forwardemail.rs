@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use crate::websocket::{self, CloseCode, CloseReason, Inbound, Message, ProtocolError};
+use crate::websocket::{self, Inbound};
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::join_all;
@@ -21,16 +21,13 @@ use crate::dialect::admission::{
     ALIAS_FULL_RETRY_AFTER,
 };
 use crate::dialect::codec::{self, Codec};
-use crate::dialect::lifecycle;
-use crate::dialect::Refusal;
+use crate::dialect::connection::{Connection, Data, Session};
+use crate::dialect::{Dialect, Refusal};
 use crate::limits::Slot;
 use crate::metrics;
-use crate::outbox::{Frame, Outbox, OutboxReceiver};
-use crate::registry::{Join, Member, RoutingKey, SessionId};
+use crate::outbox::{Frame, OutboxReceiver};
+use crate::registry::{Join, Member, RoutingKey};
 use crate::state::AppState;
-
-/// Dialect label in metrics.
-const DIALECT: &str = "v1";
 
 /// How a session wants its frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +166,7 @@ pub async fn upgrade(
     let Admitted { ip, node_slot } = admit(&req, &state).await?;
     let phase = match request.auth {
         AuthMode::Header(credentials) => Phase::Live(Identity::Alias(
-            login_alias(&state, DIALECT, &credentials, ip).await?,
+            login_alias(&state, Dialect::ForwardEmail, &credentials, ip).await?,
         )),
         AuthMode::Frame => {
             let max = state.limits.settings.max_pending_auth_per_ip;
@@ -184,7 +181,7 @@ pub async fn upgrade(
         }
         AuthMode::Anonymous => {
             if !settings.forwardemail.allow_anonymous {
-                metrics::auth_failure(DIALECT);
+                metrics::auth_failure(Dialect::ForwardEmail);
                 return Err(Refusal::Unauthorized(
                     "credentials required: Authorization: Basic, or ?auth=message".into(),
                 )
@@ -203,7 +200,7 @@ pub async fn upgrade(
     };
     let max_frame = state.limits.settings.max_client_frame_bytes;
     let (handshake, inbound) = websocket::accept(&req, body, &[], max_frame)?;
-    let outbox = FeSession::start_with(
+    let outbox = ForwardEmailSession::start_with(
         state.into_inner(),
         ip,
         (request.format, request.since),
@@ -249,24 +246,18 @@ struct AuthFrame {
 }
 
 /// One `/v1/ws` session.
-pub struct FeSession {
-    id: SessionId,
-    state: std::sync::Arc<AppState>,
+pub struct ForwardEmailSession {
+    conn: Connection,
     ip: IpAddr,
     format: Format,
     /// `?since=`: what the registries replay before going live.
     since: Option<u64>,
     phase: Phase,
-    /// Opened once the session is live (frames queue until then).
-    outbox: Outbox,
-    joined: Vec<RoutingKey>,
-    /// Whether the client showed life since the last keepalive round.
-    alive: bool,
-    _node_slot: Slot<()>,
 }
 
-impl FeSession {
-    /// Starts the session; the connection writes the returned outbox.
+impl ForwardEmailSession {
+    /// Starts the session; the connection writes the returned outbox (opened once the
+    /// session is live: frames queue until then).
     fn start_with(
         state: std::sync::Arc<AppState>,
         ip: IpAddr,
@@ -275,23 +266,16 @@ impl FeSession {
         node_slot: Slot<()>,
         inbound: Inbound,
     ) -> OutboxReceiver {
-        lifecycle::start_session(
-            &state.clone(),
-            inbound,
-            "slow consumer: reconnect with since=<last seq>",
-            |_, outbox| FeSession {
-                id: crate::state::next_session_id(),
-                state,
+        let ping_interval = state.settings.forwardemail.ping_interval;
+        Connection::start(state, inbound, node_slot, ping_interval, |conn, _| {
+            ForwardEmailSession {
+                conn,
                 ip,
                 format,
                 since,
                 phase,
-                outbox,
-                joined: Vec::new(),
-                alive: true,
-                _node_slot: node_slot,
-            },
-        )
+            }
+        })
     }
 
     /// Sends `connected`, joins the registries, then starts writing: frames the registries
@@ -308,41 +292,36 @@ impl FeSession {
             ),
         };
         if let Identity::Alias(AliasLogin { principal, .. }) = &identity {
-            ctx.add_stream(lifecycle::revocations(&self.state, principal));
+            self.conn.watch_revocations(principal, ctx);
         }
         self.phase = Phase::Live(identity);
         if let Some(frame) = self.format.frame(&connected) {
-            let _ = self.outbox.push(frame);
+            let _ = self.conn.outbox.push(frame);
         }
         let member = Member {
-            id: self.id,
-            outbox: self.outbox.clone(),
+            id: self.conn.id,
+            outbox: self.conn.outbox.clone(),
             codec: self.format.codec(),
             relay: None,
         };
-        let directory = self.state.directory.clone();
         let joins = keys
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, key)| Join {
-                key: key.clone(),
-                member: member.clone(),
-                since: self.since,
-                announces_resync: i == 0,
+            .map(|(i, key)| {
+                self.conn.join(Join {
+                    key,
+                    member: member.clone(),
+                    since: self.since,
+                    announces_resync: i == 0,
+                })
             })
             .collect::<Vec<_>>();
-        let joins = async move { join_all(joins.into_iter().map(|j| directory.join(j))).await };
-        self.joined = keys;
-        ctx.wait(joins.into_actor(self).map(|_, act, _| act.outbox.open()));
-    }
-
-    /// Queues a close frame and stops the actor.
-    fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
-        self.outbox.close(Some(CloseReason {
-            code: CloseCode::from(code),
-            description: Some(reason.to_owned()),
-        }));
-        ctx.stop();
+        let joins = async move { join_all(joins).await };
+        ctx.wait(
+            joins
+                .into_actor(self)
+                .map(|_, act, _| act.conn.outbox.open()),
+        );
     }
 
     fn on_auth_frame(&mut self, text: &str, ctx: &mut Context<Self>) {
@@ -364,7 +343,7 @@ impl FeSession {
                 alias_id,
                 ..
             }) => bearer_credentials(&token, alias_id),
-            _ => return self.close(
+            _ => return self.conn.close(
                 4400,
                 "first frame must be {\"event\":\"auth\",\"username\",\"password\"[,\"alias_id\"]} or {\"event\":\"auth\",\"token\":\"<JWT>\"[,\"alias_id\"]}",
                 ctx,
@@ -372,100 +351,80 @@ impl FeSession {
         };
         let credentials = match credentials {
             Ok(c) => c,
-            Err(refusal) => return self.close(refusal.close_code(), &refusal.to_string(), ctx),
+            Err(refusal) => {
+                return self
+                    .conn
+                    .close(refusal.close_code(), &refusal.to_string(), ctx)
+            }
         };
         self.phase = Phase::Authenticating;
-        let state = std::sync::Arc::clone(&self.state);
+        let state = std::sync::Arc::clone(&self.conn.state);
         let ip = self.ip;
         let check = async move {
             Ok::<_, Refusal>(Identity::Alias(
-                login_alias(&state, DIALECT, &credentials, ip).await?,
+                login_alias(&state, Dialect::ForwardEmail, &credentials, ip).await?,
             ))
         };
-        ctx.wait(check.into_actor(self).map(|result, act, ctx| match result {
-            Ok(identity) => act.go_live(identity, ctx),
-            Err(refusal) => act.close(refusal.close_code(), &refusal.to_string(), ctx),
+        ctx.wait(check.into_actor(self).map(|result, act, ctx| {
+            match result {
+                Ok(identity) => act.go_live(identity, ctx),
+                Err(refusal) => act
+                    .conn
+                    .close(refusal.close_code(), &refusal.to_string(), ctx),
+            }
         }));
-    }
-
-    fn keepalive(&mut self, ctx: &mut Context<Self>) {
-        if !matches!(self.phase, Phase::Live(_)) {
-            return;
-        }
-        if !self.alive {
-            return self.close(1008, "keepalive timeout: no pong since the last ping", ctx);
-        }
-        self.alive = false;
-        self.outbox.ping();
-        let _ = self.outbox.push(ping_frame(self.format));
     }
 }
 
-impl Actor for FeSession {
+impl Actor for ForwardEmailSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        metrics::session_delta(DIALECT, 1.0);
-        let interval = self.state.settings.forwardemail.ping_interval;
-        ctx.run_interval(interval, |act, ctx| act.keepalive(ctx));
-        ctx.add_stream(lifecycle::draining(&self.state));
         match std::mem::replace(&mut self.phase, Phase::Authenticating) {
             Phase::Live(identity) => self.go_live(identity, ctx),
             other => {
                 self.phase = other;
-                let timeout = self.state.settings.forwardemail.auth_frame_timeout;
+                let timeout = self.conn.state.settings.forwardemail.auth_frame_timeout;
                 ctx.run_later(timeout, |act, ctx| {
                     if matches!(act.phase, Phase::AwaitingAuth { .. }) {
-                        act.close(4408, "no auth frame in time", ctx);
+                        act.conn.close(4408, "no auth frame in time", ctx);
                     }
                 });
             }
         }
     }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        metrics::session_delta(DIALECT, -1.0);
-        for key in self.joined.drain(..) {
-            self.state.directory.leave(key, self.id);
-        }
-    }
 }
 
-impl StreamHandler<Result<Message, ProtocolError>> for FeSession {
-    fn handle(&mut self, item: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
-        self.alive = true;
-        match item {
-            Ok(Message::Text(text)) => {
-                if matches!(self.phase, Phase::AwaitingAuth { .. }) {
-                    self.on_auth_frame(&text, ctx);
-                }
-            }
-            Ok(Message::Binary(_)) => {
-                if matches!(self.phase, Phase::AwaitingAuth { .. }) {
-                    self.close(4400, "the auth frame must be a JSON text frame", ctx);
-                }
-            }
-            Ok(Message::Ping(data)) => self.outbox.pong(data),
-            Ok(Message::Close(reason)) => {
-                // RFC 6455 §5.5.1: the answering close echoes the client's status code.
-                self.outbox.close(reason);
-                ctx.stop();
-            }
-            Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop) => {}
-            Err(ProtocolError::Overflow) => {
-                self.close(1009, "frame too big (limits.max_client_frame_bytes)", ctx)
-            }
-            Err(error) => {
-                tracing::debug!(session = self.id, %error, "protocol error; closing");
-                let (code, reason) = websocket::protocol_close(&error);
-                self.close(code, reason, ctx);
+impl Session for ForwardEmailSession {
+    const DIALECT: Dialect = Dialect::ForwardEmail;
+    const SLOW_REASON: &'static str = "slow consumer: reconnect with since=<last seq>";
+    const OVERFLOW_REASON: &'static str = "frame too big (limits.max_client_frame_bytes)";
+    const ECHO_CLOSE: bool = true;
+
+    fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Only the auth frame of an `?auth=message` session is read: the channel is
+    /// read-only.
+    fn on_data(&mut self, data: Data, ctx: &mut Context<Self>) {
+        if !matches!(self.phase, Phase::AwaitingAuth { .. }) {
+            return;
+        }
+        match data {
+            Data::Text(text) => self.on_auth_frame(&text, ctx),
+            Data::Binary(_) => {
+                self.conn
+                    .close(4400, "the auth frame must be a JSON text frame", ctx)
             }
         }
     }
 
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        ctx.stop();
+    /// Live sessions only: an app-level `ping` event follows the protocol ping, for
+    /// clients whose WebSocket API hides protocol pings.
+    fn keepalive(&mut self, ctx: &mut Context<Self>) {
+        if matches!(self.phase, Phase::Live(_)) && self.conn.keepalive(ctx) {
+            let _ = self.conn.outbox.push(ping_frame(self.format));
+        }
     }
 }
-
-lifecycle::session_closes!(FeSession);

@@ -1,10 +1,8 @@
-//! What every session actor watches besides its socket, whatever its dialect: the
-//! revocation of its credentials and the node's drain. Sessions add these streams and
-//! close the way their dialect says.
+//! What every session watches besides its socket, whatever its dialect: the revocation
+//! of its credentials and the node's drain ([`super::connection`] closes on them).
 
 use std::time::Duration;
 
-use actix::AsyncContext;
 use futures_util::{Stream, StreamExt};
 use std::sync::Arc;
 
@@ -12,9 +10,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::auth::Principal;
 use crate::control::{Check, Revocation};
-use crate::outbox::{Outbox, OutboxReceiver};
 use crate::state::AppState;
-use crate::websocket::{Inbound, Message, ProtocolError};
 
 /// Why a session closes on a revocation.
 #[derive(Debug, Clone, Copy)]
@@ -24,51 +20,6 @@ pub enum Revoked {
     /// More revocations arrived at once than the node keeps, and some the session did not
     /// check: close with 1013, so the client re-authenticates.
     Unverifiable,
-}
-
-/// Closes a session from outside: a slow consumer (1013, counted), an expired token, ...
-#[derive(actix::Message)]
-#[rtype(result = "()")]
-pub struct Evict {
-    /// WebSocket close code.
-    pub code: u16,
-    /// Close reason sent to the client.
-    pub reason: &'static str,
-}
-
-/// Starts a session actor reading `inbound`, with an outbound queue bounded by
-/// `limits.max_buffered_bytes` (overflowing it evicts the session with 1013 and
-/// `slow_reason`, how the client resumes). `make` builds the actor around its queue; the
-/// connection writes the returned receiving half ([`crate::websocket::Handshake::respond`]).
-pub fn start_session<A>(
-    state: &AppState,
-    inbound: Inbound,
-    slow_reason: &'static str,
-    make: impl FnOnce(&mut actix::Context<A>, Outbox) -> A,
-) -> OutboxReceiver
-where
-    A: actix::Actor<Context = actix::Context<A>>
-        + actix::Handler<Evict>
-        + actix::StreamHandler<Result<Message, ProtocolError>>,
-{
-    let mut receiver = None;
-    A::create(|ctx| {
-        ctx.add_stream(inbound);
-        let session = ctx.address();
-        let (outbox, rx) = Outbox::new(
-            state.limits.settings.max_buffered_bytes,
-            slow_reason,
-            Box::new(move || {
-                session.do_send(Evict {
-                    code: 1013,
-                    reason: slow_reason,
-                })
-            }),
-        );
-        receiver = Some(rx);
-        make(ctx, outbox)
-    });
-    receiver.expect("Actor::create runs its closure before returning")
 }
 
 /// Fires once the credentials of `principal` are revoked on any node: each time
@@ -108,64 +59,3 @@ pub fn drain_delay(state: &AppState) -> Duration {
     let window = state.settings.shutdown.drain_seconds.max(1) * 1000;
     Duration::from_millis(rand::random_range(0..window))
 }
-
-/// Implements how every session actor closes from outside: with 1001 at [`drain_delay`]
-/// once [`draining`], with 4001 (or 1013, see [`Revoked`]) when [`revocations`] fires,
-/// and as an [`Evict`] says. The actor needs a `state: Arc<AppState>` field and a
-/// `close(&mut self, code, reason, ctx)` method.
-macro_rules! session_closes {
-    ($session:ty) => {
-        /// Node shutdown: close with 1001 within the drain window.
-        impl actix::StreamHandler<bool> for $session {
-            fn handle(&mut self, draining: bool, ctx: &mut Self::Context) {
-                if draining {
-                    actix::AsyncContext::run_later(
-                        ctx,
-                        $crate::dialect::lifecycle::drain_delay(&self.state),
-                        |act, ctx| act.close(1001, "node shutting down; reconnect", ctx),
-                    );
-                }
-            }
-
-            fn finished(&mut self, _: &mut Self::Context) {}
-        }
-
-        impl actix::StreamHandler<$crate::dialect::lifecycle::Revoked> for $session {
-            fn handle(
-                &mut self,
-                revoked: $crate::dialect::lifecycle::Revoked,
-                ctx: &mut Self::Context,
-            ) {
-                match revoked {
-                    $crate::dialect::lifecycle::Revoked::Credentials => {
-                        self.close($crate::control::REVOKED, "credentials revoked", ctx)
-                    }
-                    $crate::dialect::lifecycle::Revoked::Unverifiable => self.close(
-                        1013,
-                        "too many revocations at once to re-check this session; reconnect",
-                        ctx,
-                    ),
-                }
-            }
-
-            fn finished(&mut self, _: &mut Self::Context) {}
-        }
-
-        impl actix::Handler<$crate::dialect::lifecycle::Evict> for $session {
-            type Result = ();
-
-            fn handle(
-                &mut self,
-                evict: $crate::dialect::lifecycle::Evict,
-                ctx: &mut Self::Context,
-            ) {
-                if evict.code == 1013 {
-                    $crate::metrics::slow_consumer();
-                }
-                self.close(evict.code, evict.reason, ctx);
-            }
-        }
-    };
-}
-
-pub(crate) use session_closes;

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod codec;
+pub mod connection;
 pub mod forwardemail;
 pub mod jmap;
 pub mod lifecycle;
@@ -11,6 +12,61 @@ pub mod rooms;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+
+/// The client dialects: the one list of them. Their labels and paths are contract (metric
+/// label values, `[auth.dialects]` keys, the auth callout's `dialect`, URLs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// Forward Email's real-time API (`[forwardemail]`, module [`forwardemail`]).
+    ForwardEmail,
+    /// JMAP push over WebSocket, RFC 8887 (`[jmap]`, module [`jmap`]).
+    Jmap,
+    /// The generic realtime protocol (`[realtime]`, module [`realtime`]).
+    Realtime,
+    /// Rooms (`[rooms]`, module [`rooms`]).
+    Rooms,
+}
+
+impl Dialect {
+    /// Every dialect, in [`Dialect::index`] order.
+    pub const ALL: [Dialect; 4] = [
+        Dialect::ForwardEmail,
+        Dialect::Jmap,
+        Dialect::Realtime,
+        Dialect::Rooms,
+    ];
+
+    /// Position in per-dialect arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The label in metrics (`dialect="v1"`), `[auth.dialects]` keys and the auth callout.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Dialect::ForwardEmail => "v1",
+            Dialect::Jmap => "jmap",
+            Dialect::Realtime => "realtime",
+            Dialect::Rooms => "rooms",
+        }
+    }
+
+    /// The path the dialect's WebSocket is served on.
+    pub const fn path(self) -> &'static str {
+        match self {
+            Dialect::ForwardEmail => "/v1/ws",
+            Dialect::Jmap => "/jmap/ws",
+            Dialect::Realtime => "/ws",
+            Dialect::Rooms => "/api/v1/ws/connect",
+        }
+    }
+}
+
+impl std::fmt::Display for Dialect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
 
 /// Why an upgrade (or an auth frame) was refused; maps to an HTTP status before the
 /// upgrade and to a close code after it.
@@ -83,5 +139,41 @@ impl ResponseError for Refusal {
             _ => {}
         }
         response.json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_paths_stay_what_users_see() {
+        let labels = Dialect::ALL.map(Dialect::label);
+        assert_eq!(labels, ["v1", "jmap", "realtime", "rooms"]);
+        let paths = Dialect::ALL.map(Dialect::path);
+        assert_eq!(paths, ["/v1/ws", "/jmap/ws", "/ws", "/api/v1/ws/connect"]);
+        for (i, dialect) in Dialect::ALL.into_iter().enumerate() {
+            assert_eq!(dialect.index(), i);
+            assert_eq!(dialect.to_string(), dialect.label());
+        }
+    }
+
+    #[test]
+    fn auth_dialects_keys_are_the_labels() {
+        let providers = crate::config::DialectProviders {
+            v1: vec!["a".into()],
+            jmap: vec!["b".into()],
+            realtime: vec!["c".into()],
+            rooms: vec!["d".into()],
+        };
+        let keys = serde_json::to_value(&providers).expect("serialises");
+        for dialect in Dialect::ALL {
+            assert_eq!(
+                keys[dialect.label()],
+                serde_json::json!(providers.of(dialect)),
+                "[auth.dialects] {} is the list of {dialect:?}",
+                dialect.label()
+            );
+        }
     }
 }

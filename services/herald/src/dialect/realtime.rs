@@ -7,21 +7,21 @@
 //! matching). Broadcasts and direct messages go through the bus like any producer's
 //! event; [`node::RealtimeNode`] counts their recipients across the cluster.
 
+mod commands;
+mod frames;
 mod node;
 mod session;
+mod upgrade;
 
 use bytestring::ByteString;
 use herald_protocol::Subject;
 use serde_json::{json, Value};
 
 pub use node::RealtimeNode;
-pub use session::upgrade;
+pub use upgrade::upgrade;
 
 use crate::dialect::codec::{Decoded, Encoded};
 use crate::outbox::Frame;
-
-/// Dialect label in metrics and auth provider lists.
-pub const DIALECT: &str = "realtime";
 
 /// The frame telling a client its `since` is older than retention: refetch.
 pub fn resync_frame() -> Option<Frame> {

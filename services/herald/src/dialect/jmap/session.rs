@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::websocket::{self, CloseCode, CloseReason, Inbound, Message, ProtocolError};
+use crate::websocket::{self, Inbound};
 use actix::prelude::*;
 use actix_web::http::header::SEC_WEBSOCKET_PROTOCOL;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -22,16 +22,13 @@ use super::request::{self, ClientFrame};
 use super::{Change, DataType, RESYNC};
 use crate::dialect::admission::{admit, authorization, login_alias, Admitted, AliasLogin};
 use crate::dialect::codec::Codec;
-use crate::dialect::lifecycle;
-use crate::dialect::Refusal;
+use crate::dialect::connection::{Connection, Data, Session};
+use crate::dialect::{Dialect, Refusal};
 use crate::limits::Slot;
 use crate::metrics;
-use crate::outbox::{Frame, Outbox, OutboxReceiver};
-use crate::registry::{Join, Member, Relayed, RoutingKey, SessionId};
+use crate::outbox::{Frame, OutboxReceiver};
+use crate::registry::{Join, Member, Relayed, RoutingKey};
 use crate::state::AppState;
-
-/// Dialect label in metrics and the auth callout.
-const DIALECT: &str = "jmap";
 
 /// Whether the client offered the `jmap` subprotocol (RFC 8887 §3).
 fn offers_jmap(req: &HttpRequest) -> bool {
@@ -59,13 +56,13 @@ pub async fn upgrade(
         .find(|(k, _)| k == "alias_id")
         .map(|(_, v)| v.into_owned());
     let credentials = authorization(&req, alias_id)?.ok_or_else(|| {
-        metrics::auth_failure(DIALECT);
+        metrics::auth_failure(Dialect::Jmap);
         Refusal::Unauthorized(
             "credentials required: Authorization: Basic base64(alias:password) or Bearer <JWT>"
                 .into(),
         )
     })?;
-    let login = login_alias(&state, DIALECT, &credentials, ip).await?;
+    let login = login_alias(&state, Dialect::Jmap, &credentials, ip).await?;
     let max_frame = state.settings.jmap.max_frame_bytes;
     let (handshake, inbound) = websocket::accept(&req, body, &["jmap"], max_frame)?;
     let outbox = JmapSession::start_with(state.into_inner(), login, node_slot, inbound);
@@ -74,12 +71,8 @@ pub async fn upgrade(
 
 /// One `/jmap/ws` session.
 pub struct JmapSession {
-    id: SessionId,
-    state: Arc<AppState>,
+    conn: Connection,
     login: AliasLogin,
-    outbox: Outbox,
-    /// Whether the session is a member of its alias's registry.
-    joined: bool,
     /// While push is enabled: the types pushed (`None`: every type).
     push: Option<Option<BTreeSet<DataType>>>,
     /// The last sequence that changed each type: its state string.
@@ -92,9 +85,6 @@ pub struct JmapSession {
     seen: u64,
     /// Changes at or below this were covered by the client's `pushState`.
     floor: u64,
-    /// Whether the client showed life since the last keepalive round.
-    alive: bool,
-    _node_slot: Slot<()>,
 }
 
 impl JmapSession {
@@ -105,29 +95,20 @@ impl JmapSession {
         node_slot: Slot<()>,
         inbound: Inbound,
     ) -> OutboxReceiver {
-        lifecycle::start_session(
-            &state.clone(),
-            inbound,
-            "slow consumer: reconnect and enable push with your pushState",
-            |_, outbox| {
-                outbox.open();
-                JmapSession {
-                    id: crate::state::next_session_id(),
-                    state,
-                    login,
-                    outbox,
-                    joined: false,
-                    push: None,
-                    states: BTreeMap::new(),
-                    pending: BTreeSet::new(),
-                    flush_scheduled: false,
-                    seen: 0,
-                    floor: 0,
-                    alive: true,
-                    _node_slot: node_slot,
-                }
-            },
-        )
+        let ping_interval = state.settings.jmap.ping_interval;
+        Connection::start(state, inbound, node_slot, ping_interval, |conn, _| {
+            conn.outbox.open();
+            JmapSession {
+                conn,
+                login,
+                push: None,
+                states: BTreeMap::new(),
+                pending: BTreeSet::new(),
+                flush_scheduled: false,
+                seen: 0,
+                floor: 0,
+            }
+        })
     }
 
     fn key(&self) -> RoutingKey {
@@ -137,38 +118,27 @@ impl JmapSession {
     /// Joins the alias's registry, replaying changes after `since`; frames are handled
     /// only once the join is in place.
     fn join(&mut self, since: Option<u64>, ctx: &mut Context<Self>) {
-        if self.joined {
-            self.state.directory.leave(self.key(), self.id);
-        }
-        let join = Join {
-            key: self.key(),
+        let key = self.key();
+        self.conn.leave(&key);
+        let join = self.conn.join(Join {
+            key,
             member: Member {
-                id: self.id,
-                outbox: self.outbox.clone(),
+                id: self.conn.id,
+                outbox: self.conn.outbox.clone(),
                 codec: Codec::Jmap,
                 relay: Some(ctx.address().recipient()),
             },
             since,
             announces_resync: true,
-        };
-        self.joined = true;
-        let directory = self.state.directory.clone();
-        ctx.wait(async move { directory.join(join).await }.into_actor(self));
+        });
+        ctx.wait(join.into_actor(self));
     }
 
     fn send(&self, value: &Value) {
         let _ = self
+            .conn
             .outbox
             .push(Frame::Text(ByteString::from(value.to_string())));
-    }
-
-    /// Queues a close frame and stops the actor.
-    fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
-        self.outbox.close(Some(CloseReason {
-            code: CloseCode::from(code),
-            description: Some(reason.to_owned()),
-        }));
-        ctx.stop();
     }
 
     fn pushed(&self, kind: DataType) -> bool {
@@ -188,7 +158,7 @@ impl JmapSession {
         }
         if !self.pending.is_empty() && !self.flush_scheduled {
             self.flush_scheduled = true;
-            ctx.run_later(self.state.settings.jmap.coalesce_window, |act, _| {
+            ctx.run_later(self.conn.state.settings.jmap.coalesce_window, |act, _| {
                 act.flush_scheduled = false;
                 act.flush();
             });
@@ -217,7 +187,7 @@ impl JmapSession {
     /// The client's `pushState` is older than retention (or not one of ours): report every
     /// pushed type as changed, at the stream's newest sequence.
     fn resync(&mut self, ctx: &mut Context<Self>) {
-        let bus = self.state.bus.clone();
+        let bus = self.conn.state.bus.clone();
         ctx.spawn(
             async move { bus.last_sequence().await.ok().flatten() }
                 .into_actor(self)
@@ -229,7 +199,7 @@ impl JmapSession {
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        match request::parse(text, self.state.settings.jmap.max_calls_in_request) {
+        match request::parse(text, self.conn.state.settings.jmap.max_calls_in_request) {
             ClientFrame::Reply(reply) => self.send(&reply),
             ClientFrame::Enable { types, push_state } => {
                 self.push = Some(types.map(|t| t.into_iter().collect()));
@@ -250,34 +220,14 @@ impl JmapSession {
             }
         }
     }
-
-    fn keepalive(&mut self, ctx: &mut Context<Self>) {
-        if !self.alive {
-            return self.close(1008, "keepalive timeout: no pong since the last ping", ctx);
-        }
-        self.alive = false;
-        self.outbox.ping();
-    }
 }
 
 impl Actor for JmapSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        metrics::session_delta(DIALECT, 1.0);
-        ctx.run_interval(self.state.settings.jmap.ping_interval, |act, ctx| {
-            act.keepalive(ctx)
-        });
-        ctx.add_stream(lifecycle::draining(&self.state));
-        ctx.add_stream(lifecycle::revocations(&self.state, &self.login.principal));
+        self.conn.watch_revocations(&self.login.principal, ctx);
         self.join(None, ctx);
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        metrics::session_delta(DIALECT, -1.0);
-        if self.joined {
-            self.state.directory.leave(self.key(), self.id);
-        }
     }
 }
 
@@ -304,42 +254,32 @@ impl Handler<Relayed> for JmapSession {
     }
 }
 
-impl StreamHandler<Result<Message, ProtocolError>> for JmapSession {
-    fn handle(&mut self, item: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
-        self.alive = true;
-        match item {
-            Ok(Message::Text(text)) => self.on_text(&text, ctx),
-            Ok(Message::Binary(_)) => self.send(&request::request_error(
+impl Session for JmapSession {
+    const DIALECT: Dialect = Dialect::Jmap;
+    const SLOW_REASON: &'static str =
+        "slow consumer: reconnect and enable push with your pushState";
+    const OVERFLOW_REASON: &'static str = "frame over jmap.max_frame_bytes (maxSizeRequest)";
+    const ECHO_CLOSE: bool = true;
+
+    fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    fn on_data(&mut self, data: Data, ctx: &mut Context<Self>) {
+        match data {
+            Data::Text(text) => self.on_text(&text, ctx),
+            Data::Binary(_) => self.send(&request::request_error(
                 "notJSON",
                 "JMAP frames are JSON text frames, not binary (RFC 8887 §4)",
                 None,
             )),
-            Ok(Message::Ping(data)) => self.outbox.pong(data),
-            Ok(Message::Close(reason)) => {
-                // RFC 6455 §5.5.1: the answering close echoes the client's status code.
-                self.outbox.close(reason);
-                ctx.stop();
-            }
-            Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop) => {}
-            Err(ProtocolError::Overflow) => {
-                self.send(&request::too_big(self.state.settings.jmap.max_frame_bytes));
-                self.close(
-                    1009,
-                    "frame over jmap.max_frame_bytes (maxSizeRequest)",
-                    ctx,
-                );
-            }
-            Err(error) => {
-                tracing::debug!(session = self.id, %error, "protocol error; closing");
-                let (code, reason) = websocket::protocol_close(&error);
-                self.close(code, reason, ctx);
-            }
         }
     }
 
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        ctx.stop();
+    fn overflow_notice(&self) -> Option<Frame> {
+        let max = self.conn.state.settings.jmap.max_frame_bytes;
+        Some(Frame::Text(ByteString::from(
+            request::too_big(max).to_string(),
+        )))
     }
 }
-
-lifecycle::session_closes!(JmapSession);

@@ -9,10 +9,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::websocket::{self, CloseCode, CloseReason, Inbound, Message, ProtocolError};
+use crate::websocket::{self, Inbound};
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::DefaultDirectRateLimiter;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -21,16 +21,13 @@ use crate::auth::{Credentials, Principal};
 use crate::bus::{Bus, BusMessage};
 use crate::dialect::admission::{admit, authenticate, bearer, user_place, Admitted, UserPlace};
 use crate::dialect::codec::Codec;
-use crate::dialect::lifecycle;
-use crate::dialect::Refusal;
+use crate::dialect::connection::{self, Connection, Data, Session};
+use crate::dialect::{Dialect, Refusal};
 use crate::limits::Slot;
 use crate::metrics;
-use crate::outbox::{Frame, Outbox, OutboxReceiver};
-use crate::registry::{Join, Member, SessionId};
+use crate::outbox::{Frame, OutboxReceiver};
+use crate::registry::{Join, Member};
 use crate::state::AppState;
-
-/// Dialect label in metrics and auth provider lists.
-const DIALECT: &str = "rooms";
 
 /// Close codes of this dialect (SPEC §4.4).
 pub mod close {
@@ -45,12 +42,6 @@ pub mod close {
     /// A client frame over `rooms.max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
 }
-
-/// Tokens expiring later than this get no expiry timer (they outlive any session).
-const MAX_EXPIRY_TIMER: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// Longest close reason sent (a close frame's payload is at most 125 bytes with the code).
-const MAX_CLOSE_REASON: usize = 120;
 
 /// `GET /api/v1/ws/connect?token=<JWT>`: admits the client (HTTP refusals), upgrades, and
 /// leaves the token to the session.
@@ -110,22 +101,17 @@ struct User {
 
 /// One rooms session.
 pub struct RoomsSession {
-    id: SessionId,
-    state: Arc<AppState>,
+    conn: Connection,
     ip: IpAddr,
     /// The JWT until it is checked (then dropped: sessions never keep tokens).
     token: Option<String>,
     /// `Some` once the token is checked.
     user: Option<User>,
-    outbox: Outbox,
-    /// Rooms joined: each is one registry membership, left exactly once.
+    /// Rooms joined: each is one registry membership of the connection.
     rooms: HashSet<Room>,
-    /// Whether the client showed life since the last keepalive round.
-    alive: bool,
     /// Inbound frame rate (`rooms.messages_per_second`, `rooms.burst`), checked for every
     /// data frame: joins, leaves and messages each put an event on the bus.
     limiter: DefaultDirectRateLimiter,
-    _node_slot: Slot<()>,
 }
 
 impl RoomsSession {
@@ -138,44 +124,20 @@ impl RoomsSession {
         node_slot: Slot<()>,
         inbound: Inbound,
     ) -> OutboxReceiver {
-        lifecycle::start_session(
-            &state.clone(),
-            inbound,
-            "slow consumer: reconnect",
-            |_, outbox| {
-                outbox.open();
-                let rooms = &state.settings.rooms;
-                let at_least_one =
-                    |n| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
-                let quota = Quota::per_second(at_least_one(rooms.messages_per_second))
-                    .allow_burst(at_least_one(rooms.burst));
-                RoomsSession {
-                    limiter: RateLimiter::direct(quota),
-                    id: crate::state::next_session_id(),
-                    state,
-                    ip,
-                    token,
-                    user: None,
-                    outbox,
-                    rooms: HashSet::new(),
-                    alive: true,
-                    _node_slot: node_slot,
-                }
-            },
-        )
-    }
-
-    /// Queues a close frame after what is queued and stops the actor.
-    fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
-        let mut end = reason.len().min(MAX_CLOSE_REASON);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.outbox.close(Some(CloseReason {
-            code: CloseCode::from(code),
-            description: Some(reason[..end].to_owned()),
-        }));
-        ctx.stop();
+        let rooms = &state.settings.rooms;
+        let limiter = connection::rate_limiter(rooms.messages_per_second, rooms.burst);
+        let ping_interval = rooms.ping_interval;
+        Connection::start(state, inbound, node_slot, ping_interval, |conn, _| {
+            conn.outbox.open();
+            RoomsSession {
+                limiter,
+                conn,
+                ip,
+                token,
+                user: None,
+                rooms: HashSet::new(),
+            }
+        })
     }
 
     /// Closes with the rooms code of an admission or auth refusal.
@@ -186,36 +148,37 @@ impl RoomsSession {
             Refusal::TooMany { .. } => close::TOO_MANY,
             Refusal::Unavailable { .. } | Refusal::AuthTimeout => close::INTERNAL,
         };
-        self.close(code, &refusal.to_string(), ctx);
+        self.conn.close(code, &refusal.to_string(), ctx);
     }
 
     fn push(&self, frame: Frame) {
         // A refused push means the session is closing already (slow consumer, gone).
-        let _ = self.outbox.push(frame);
+        let _ = self.conn.outbox.push(frame);
     }
 
     /// Checks the token and takes the user's place, then welcomes the client. Client
     /// frames wait meanwhile (`ctx.wait`).
     fn authenticate(&mut self, ctx: &mut Context<Self>) {
-        let state = Arc::clone(&self.state);
+        let state = Arc::clone(&self.conn.state);
         let ip = self.ip;
         let token = self.token.take();
         let check = async move {
             let Some(token) = token else {
-                metrics::auth_failure(DIALECT);
+                metrics::auth_failure(Dialect::Rooms);
                 return Err(Refusal::Unauthorized(
                     "missing token: connect with ?token=<JWT>".into(),
                 ));
             };
-            let principal = authenticate(&state, DIALECT, &Credentials::User { token }, ip).await?;
+            let principal =
+                authenticate(&state, Dialect::Rooms, &Credentials::User { token }, ip).await?;
             let user_id = principal.user_id.clone().ok_or_else(|| {
-                metrics::auth_failure(DIALECT);
+                metrics::auth_failure(Dialect::Rooms);
                 Refusal::Unauthorized("the token names no user (auth.jwt.user_claim)".into())
             })?;
             let cap = state.settings.rooms.max_connections_per_user;
             let place = user_place(
                 &state,
-                DIALECT,
+                Dialect::Rooms,
                 &user_id,
                 (cap, "rooms.max_connections_per_user"),
             )
@@ -235,19 +198,16 @@ impl RoomsSession {
         place: UserPlace,
         ctx: &mut Context<Self>,
     ) {
-        ctx.add_stream(lifecycle::revocations(&self.state, &principal));
+        self.conn.watch_revocations(&principal, ctx);
         if let Some(exp) = principal.claims.get("exp").and_then(Value::as_u64) {
             let left = exp
                 .saturating_mul(1000)
                 .saturating_sub(crate::registry::now_ms());
-            // Beyond a year the session will have reconnected long before: no timer.
-            if left <= MAX_EXPIRY_TIMER.as_millis() as u64 {
-                ctx.run_later(Duration::from_millis(left), |act, ctx| {
-                    act.close(close::UNAUTHORIZED, "token expired", ctx)
-                });
-            }
+            let left = Duration::from_millis(left);
+            self.conn
+                .close_after(left, close::UNAUTHORIZED, "token expired", ctx);
         }
-        let id_value = typed_user_id(&principal, &user_id, &self.state);
+        let id_value = typed_user_id(&principal, &user_id, &self.conn.state);
         let sender = Value::String(
             principal
                 .username
@@ -267,7 +227,10 @@ impl RoomsSession {
         };
         self.push(server_frame(welcome));
         self.user = Some(User {
-            access: Access::from_claims(&principal.claims, self.state.settings.rooms.default_allow),
+            access: Access::from_claims(
+                &principal.claims,
+                self.conn.state.settings.rooms.default_allow,
+            ),
             id: user_id,
             id_value,
             sender,
@@ -326,7 +289,7 @@ impl RoomsSession {
         let Some(user) = &self.user else { return };
         let announce = presence(&room, "user_joined", user);
         if !user.access.allows(&room, &user.id) {
-            return self.close(
+            return self.conn.close(
                 close::FORBIDDEN,
                 &format!("this token may not join room {room}"),
                 ctx,
@@ -340,7 +303,7 @@ impl RoomsSession {
                 &format!("already in room {name}"),
             ));
         }
-        let max = self.state.settings.rooms.max_rooms_per_connection;
+        let max = self.conn.state.settings.rooms.max_rooms_per_connection;
         if self.rooms.len() >= max {
             return self.push(error_frame(
                 Some(&name),
@@ -348,25 +311,24 @@ impl RoomsSession {
                 &format!("a session may be in at most {max} rooms (rooms.max_rooms_per_connection): leave one first"),
             ));
         }
-        let directory = self.state.directory.clone();
-        let join = Join {
+        let join = self.conn.join(Join {
             key: room.key(),
             member: Member {
-                id: self.id,
-                outbox: self.outbox.clone(),
+                id: self.conn.id,
+                outbox: self.conn.outbox.clone(),
                 codec: Codec::Rooms,
                 relay: None,
             },
             since: None,
             announces_resync: false,
-        };
+        });
         self.rooms.insert(room);
-        let bus = self.state.bus.clone();
+        let bus = self.conn.state.bus.clone();
         // Joined first, then announced: the joiner gets its own `user_joined` as the sign
         // that events of the room reach it from now on.
         ctx.wait(
             async move {
-                directory.join(join).await;
+                join.await;
                 publish_logged(&bus, announce).await;
             }
             .into_actor(self),
@@ -387,8 +349,8 @@ impl RoomsSession {
             ));
         }
         let announce = presence(&room, "user_left", user);
-        self.state.directory.leave(room.key(), self.id);
-        let bus = self.state.bus.clone();
+        self.conn.leave(&room.key());
+        let bus = self.conn.state.bus.clone();
         ctx.wait(async move { publish_logged(&bus, announce).await }.into_actor(self));
     }
 
@@ -418,13 +380,13 @@ impl RoomsSession {
             Some(data) => data,
         };
         let message = room_event(&room, "message", data, Some(user));
-        let bus = self.state.bus.clone();
+        let bus = self.conn.state.bus.clone();
         ctx.wait(
             async move { bus.publish(message).await }
                 .into_actor(self)
                 .map(move |result, act, _| {
                     if let Err(error) = result {
-                        tracing::warn!(session = act.id, room = %name, %error, "send_message not published");
+                        tracing::warn!(session = act.conn.id, room = %name, %error, "send_message not published");
                         act.push(error_frame(
                             Some(&name),
                             "unavailable",
@@ -433,14 +395,6 @@ impl RoomsSession {
                     }
                 }),
         );
-    }
-
-    fn keepalive(&mut self, ctx: &mut Context<Self>) {
-        if !self.alive {
-            return self.close(1008, "keepalive timeout: no pong since the last ping", ctx);
-        }
-        self.alive = false;
-        self.outbox.ping();
     }
 }
 
@@ -488,29 +442,22 @@ impl Actor for RoomsSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        metrics::session_delta(DIALECT, 1.0);
-        ctx.run_interval(self.state.settings.rooms.ping_interval, |act, ctx| {
-            act.keepalive(ctx)
-        });
-        ctx.add_stream(lifecycle::draining(&self.state));
         self.authenticate(ctx);
     }
 
+    /// Announces `user_left` in every room still joined (the connection leaves their
+    /// registries).
     fn stopped(&mut self, _: &mut Self::Context) {
-        metrics::session_delta(DIALECT, -1.0);
         let announces: Vec<BusMessage> = self
             .rooms
             .drain()
-            .map(|room| {
-                self.state.directory.leave(room.key(), self.id);
-                match &self.user {
-                    Some(user) => presence(&room, "user_left", user),
-                    None => room_event(&room, "user_left", Value::Null, None),
-                }
+            .map(|room| match &self.user {
+                Some(user) => presence(&room, "user_left", user),
+                None => room_event(&room, "user_left", Value::Null, None),
             })
             .collect();
         if !announces.is_empty() {
-            let bus = self.state.bus.clone();
+            let bus = self.conn.state.bus.clone();
             actix_web::rt::spawn(async move {
                 for message in announces {
                     publish_logged(&bus, message).await;
@@ -520,14 +467,21 @@ impl Actor for RoomsSession {
     }
 }
 
-impl StreamHandler<Result<Message, ProtocolError>> for RoomsSession {
-    fn handle(&mut self, item: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
-        self.alive = true;
-        let data = matches!(item, Ok(Message::Text(_) | Message::Binary(_)));
-        if data && self.limiter.check().is_err() {
+impl Session for RoomsSession {
+    const DIALECT: Dialect = Dialect::Rooms;
+    const SLOW_REASON: &'static str = "slow consumer: reconnect";
+    const OVERFLOW_REASON: &'static str = "frame too big (rooms.max_frame_bytes)";
+    const ECHO_CLOSE: bool = false;
+
+    fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    fn on_data(&mut self, data: Data, ctx: &mut Context<Self>) {
+        if self.limiter.check().is_err() {
             // Dropped before parsing: a flood costs the node one small answer per frame,
             // and the output budget closes a flooder that does not read them (1013).
-            let rooms = &self.state.settings.rooms;
+            let rooms = &self.conn.state.settings.rooms;
             return self.push(error_frame(
                 None,
                 "rate_limited",
@@ -537,34 +491,13 @@ impl StreamHandler<Result<Message, ProtocolError>> for RoomsSession {
                 ),
             ));
         }
-        match item {
-            Ok(Message::Text(text)) => self.on_text(&text, ctx),
-            Ok(Message::Binary(_)) => self.push(error_frame(
+        match data {
+            Data::Text(text) => self.on_text(&text, ctx),
+            Data::Binary(_) => self.push(error_frame(
                 None,
                 "bad_frame",
                 "frames are JSON text, not binary",
             )),
-            Ok(Message::Ping(data)) => self.outbox.pong(data),
-            Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop) => {}
-            Ok(Message::Close(_)) => {
-                self.outbox.close(None);
-                ctx.stop();
-            }
-            // A single frame over the limit, or fragments adding up to more than it.
-            Err(ProtocolError::Overflow) => {
-                self.close(close::TOO_BIG, "frame too big (rooms.max_frame_bytes)", ctx)
-            }
-            Err(error) => {
-                tracing::debug!(session = self.id, %error, "protocol error; closing");
-                let (code, reason) = websocket::protocol_close(&error);
-                self.close(code, reason, ctx);
-            }
         }
     }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
 }
-
-lifecycle::session_closes!(RoomsSession);

@@ -201,6 +201,11 @@ pub fn broadcast_wildcard() -> String {
     format!("{PREFIX}.broadcast.*")
 }
 
+/// The subscription for a `/ws` topic pattern (`*` one token, `>` the rest).
+pub fn topic_pattern(pattern: &str) -> String {
+    format!("{PREFIX}.topic.{pattern}")
+}
+
 /// NATS subject matching: `*` matches one token, a final `>` one or more.
 pub fn matches(pattern: &str, subject: &str) -> bool {
     let mut subject_tokens = subject.split('.');

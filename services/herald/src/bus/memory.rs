@@ -314,7 +314,7 @@ impl MemoryBus {
         }
         streams.last_seq = seq;
         message.seq = Some(seq);
-        message.stored_ms = Some(crate::registry::now_ms());
+        message.stored_ms = Some(herald_protocol::now_ms());
         let name = sequence_key(&message.subject);
         let key = match streams.keys.get_key_value(name) {
             Some((key, _)) => Arc::clone(key),
@@ -359,6 +359,13 @@ impl MemoryBus {
     /// Bytes the bus holds now (its own estimate, the figure held to `max_bytes`).
     pub fn held_bytes(&self) -> usize {
         self.inner.streams.lock().expect("bus lock").bytes
+    }
+
+    /// Live subscriptions of `pattern`: the directory's tests watch registries unsubscribe.
+    #[cfg(test)]
+    pub(crate) fn subscribers(&self, pattern: &str) -> usize {
+        let subs = self.inner.subscriptions.lock().expect("bus lock");
+        subs.get(pattern).map_or(0, Vec::len)
     }
 
     /// Hands `message` to every matching subscription.

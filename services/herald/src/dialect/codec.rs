@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 use herald_protocol::notification::{self, Enrichment};
-use herald_protocol::{Envelope, Subject, WireFormat};
+use herald_protocol::{Envelope, EnvelopeError, Event, Subject, SubjectError, WireFormat};
 use serde_json::{json, Map, Value};
 
 use crate::bus::BusMessage;
@@ -67,45 +67,103 @@ impl Codec {
         }
     }
 
-    /// The dialect's "you missed too much, refetch" frame, if it has one.
-    pub fn resync_frame(self) -> Option<Frame> {
+    /// The dialect's "you missed too much, refetch" item, if it has one.
+    pub fn resync(self) -> Option<Item> {
         match self {
-            Codec::V1Json => Frame::encode(WireFormat::Json, &json!({"event": "resyncRequired"})),
+            Codec::V1Json => Frame::encode(WireFormat::Json, &json!({"event": "resyncRequired"}))
+                .map(Item::Frame),
             Codec::V1MsgPack => {
                 Frame::encode(WireFormat::MessagePack, &json!({"event": "resyncRequired"}))
+                    .map(Item::Frame)
             }
-            Codec::V1Msgpackr => Some(msgpackr_frame(&json!({"event": "resyncRequired"}))),
-            Codec::Jmap => Some(Frame::Text(ByteString::from_static(
-                crate::dialect::jmap::RESYNC,
+            Codec::V1Msgpackr => Some(Item::Frame(msgpackr_frame(
+                &json!({"event": "resyncRequired"}),
             ))),
-            Codec::Realtime => crate::dialect::realtime::resync_frame(),
+            Codec::Jmap => Some(Item::Resync),
+            Codec::Realtime => crate::dialect::realtime::resync_frame().map(Item::Frame),
             Codec::Rooms => None,
         }
     }
 
-    /// This codec's frames for one event (several when `/v1/ws` splits it), each with its
+    /// This codec's items for one event (several when `/v1/ws` splits it), each with its
     /// publish timestamp for the latency histogram; `Err` says why the event does not
     /// fit this dialect.
     pub fn encode(
         self,
         decoded: &Decoded,
         settings: &CodecSettings,
-    ) -> Result<Vec<Encoded>, String> {
+    ) -> Result<Vec<(Item, Option<u64>)>, EncodeError> {
+        let frame = |(frame, published): Encoded| vec![(Item::Frame(frame), published)];
         match self {
             Codec::V1Json | Codec::V1MsgPack | Codec::V1Msgpackr => Ok(decoded
                 .v1_notifications()?
                 .iter()
                 .filter_map(|n| v1_frame(self, n, settings))
+                .map(|(frame, published)| (Item::Frame(frame), published))
                 .collect()),
-            Codec::Jmap => crate::dialect::jmap::encode(decoded).map(|f| vec![f]),
-            Codec::Realtime => crate::dialect::realtime::encode(decoded).map(|f| vec![f]),
-            Codec::Rooms => crate::dialect::rooms::encode(decoded).map(|f| vec![f]),
+            Codec::Jmap => crate::dialect::jmap::encode(decoded)
+                .map(|change| vec![(change, Some(decoded.timestamp_ms))]),
+            Codec::Realtime => crate::dialect::realtime::encode(decoded).map(frame),
+            Codec::Rooms => crate::dialect::rooms::encode(decoded).map(frame),
         }
     }
 }
 
 /// One encoded frame and its publish timestamp (ms since the epoch).
 pub type Encoded = (Frame, Option<u64>);
+
+/// What a codec makes of an event for one member: a frame for its socket, or a typed
+/// event for a session actor that works on each event itself (`/jmap/ws` filters and
+/// coalesces), so nothing is encoded only to be parsed again.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A frame, written to the socket as is.
+    Frame(Frame),
+    /// A catalog event of the member's alias changed something.
+    Change(Event),
+    /// The member missed events that can no longer be replayed: it must refetch.
+    Resync,
+}
+
+/// What a relayed event is charged against `limits.max_buffered_bytes` while it waits in
+/// the session actor's mailbox: about what the mailbox holds for it (envelope, message).
+pub const RELAYED_BYTES: usize = 64;
+
+impl Item {
+    /// Bytes the item holds while queued, counted against `limits.max_buffered_bytes`.
+    pub fn len(&self) -> usize {
+        match self {
+            Item::Frame(frame) => frame.len(),
+            Item::Change(_) | Item::Resync => RELAYED_BYTES,
+        }
+    }
+
+    /// Whether the item holds no bytes (an empty frame).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why an event does not become a dialect's frames. Logged and counted in
+/// `herald_bus_decode_errors_total`; the event is skipped for that dialect.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EncodeError {
+    /// The subject is not a herald subject.
+    #[error(transparent)]
+    Subject(#[from] SubjectError),
+    /// The body is not a valid envelope (or names an event its subject does not).
+    #[error(transparent)]
+    Envelope(Arc<EnvelopeError>),
+    /// The event is valid but not one this dialect carries, as the text says.
+    #[error("{0}")]
+    Unfit(String),
+}
+
+impl From<EnvelopeError> for EncodeError {
+    fn from(error: EnvelopeError) -> Self {
+        EncodeError::Envelope(Arc::new(error))
+    }
+}
 
 /// What codecs need besides the event.
 #[derive(Debug, Clone)]
@@ -130,20 +188,19 @@ pub struct Decoded {
     /// A notification id that is the same on every node (`Nats-Msg-Id`, else derived).
     pub fallback_id: String,
     /// `/v1/ws` notifications, built once for both of its encodings.
-    v1: std::sync::OnceLock<Result<Notifications, String>>,
+    v1: std::sync::OnceLock<Result<Notifications, EncodeError>>,
 }
 
 impl Decoded {
     /// Decodes a bus message, or says why it cannot be.
-    pub fn new(message: &BusMessage) -> Result<Decoded, String> {
-        let subject = Subject::parse(&message.subject).map_err(|e| e.to_string())?;
-        let envelope =
-            Envelope::decode(&message.payload, message.json).map_err(|e| e.to_string())?;
+    pub fn new(message: &BusMessage) -> Result<Decoded, EncodeError> {
+        let subject = Subject::parse(&message.subject)?;
+        let envelope = Envelope::decode(&message.payload, message.json)?;
         Ok(Decoded {
             subject,
             envelope,
             seq: message.seq,
-            timestamp_ms: message.stored_ms.unwrap_or_else(crate::registry::now_ms),
+            timestamp_ms: message.stored_ms.unwrap_or_else(herald_protocol::now_ms),
             fallback_id: notification::derive_notification_id(
                 &message.subject,
                 message.msg_id.as_deref(),
@@ -156,7 +213,7 @@ impl Decoded {
 
     /// The catalog event and alias of an alias or broadcast event, checking that the
     /// envelope agrees with its subject.
-    pub fn catalog_event(&self) -> Result<(herald_protocol::Event, Option<&str>), String> {
+    pub fn catalog_event(&self) -> Result<(Event, Option<&str>), EncodeError> {
         let (event, alias_id) = match &self.subject {
             Subject::Alias { alias_id, event } => {
                 if let Some(id) = self
@@ -165,24 +222,25 @@ impl Decoded {
                     .as_deref()
                     .filter(|id| id != alias_id)
                 {
-                    return Err(format!(
+                    return Err(EncodeError::Unfit(format!(
                         "envelope aliasId {id:?} does not match the subject's alias {alias_id:?}"
-                    ));
+                    )));
                 }
                 (*event, Some(alias_id.as_str()))
             }
             Subject::Broadcast(event) => (*event, None),
-            other => return Err(format!("{other} carries no mailbox event")),
+            other => {
+                return Err(EncodeError::Unfit(format!(
+                    "{other} carries no mailbox event"
+                )))
+            }
         };
-        let event = self
-            .envelope
-            .event_for_subject(event)
-            .map_err(|e| e.to_string())?;
+        let event = self.envelope.event_for_subject(event)?;
         Ok((event, alias_id))
     }
 
     /// The enriched `/v1/ws` notifications of this event (split when UID lists are long).
-    fn v1_notifications(&self) -> Result<Notifications, String> {
+    fn v1_notifications(&self) -> Result<Notifications, EncodeError> {
         self.v1
             .get_or_init(|| {
                 let (event, alias_id) = self.catalog_event()?;
@@ -243,12 +301,14 @@ mod tests {
     fn msgpackr_resync_frame_is_what_msgpackr_writes() {
         // `new (require("msgpackr").Encoder)().pack({event: "resyncRequired"})`, 2.1.3.
         let expected: &[u8] = b"\xd4\x72\x40\x91\xa5event\xaeresyncRequired";
-        match Codec::V1Msgpackr.resync_frame() {
-            Some(Frame::Binary(bytes)) => assert_eq!(&bytes[..], expected),
+        match Codec::V1Msgpackr.resync() {
+            Some(Item::Frame(Frame::Binary(bytes))) => assert_eq!(&bytes[..], expected),
             other => panic!("expected a binary frame, got {other:?}"),
         }
-        match Codec::V1MsgPack.resync_frame() {
-            Some(Frame::Binary(bytes)) => assert_eq!(bytes[0], 0x81, "a plain one-entry map"),
+        match Codec::V1MsgPack.resync() {
+            Some(Item::Frame(Frame::Binary(bytes))) => {
+                assert_eq!(bytes[0], 0x81, "a plain one-entry map")
+            }
             other => panic!("expected a binary frame, got {other:?}"),
         }
     }

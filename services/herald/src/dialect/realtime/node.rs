@@ -31,7 +31,8 @@ use crate::bus::{Bus, BusMessage};
 use crate::cluster_limits::{ClusterLimits, Lease};
 use crate::config::Settings;
 use crate::dialect::codec::Decoded;
-use crate::registry::{now_ms, DeliveryObserver, SessionId};
+use crate::registry::{DeliveryObserver, SessionId};
+use herald_protocol::now_ms;
 
 /// Subjects delivery reports are sent on (`herald.realtime.ack.<message_id>`).
 pub const ACK_PREFIX: &str = "herald.realtime.ack";

@@ -29,7 +29,8 @@ use crate::dialect::Refusal;
 use crate::limits::Slot;
 use crate::metrics;
 use crate::outbox::{Frame, Outbox, OutboxReceiver};
-use crate::registry::{now_ms, Join, Member, RoutingKey, SessionId};
+use crate::registry::{Join, Member, RoutingKey, SessionId};
+use herald_protocol::now_ms;
 
 /// Seconds since the epoch: the unit of every time field inside `data` (`server_time`,
 /// `sent_at`, `last_seen`, `expires_at`), as document 003's examples show them.

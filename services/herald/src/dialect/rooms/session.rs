@@ -239,7 +239,7 @@ impl RoomsSession {
         if let Some(exp) = principal.claims.get("exp").and_then(Value::as_u64) {
             let left = exp
                 .saturating_mul(1000)
-                .saturating_sub(crate::registry::now_ms());
+                .saturating_sub(herald_protocol::now_ms());
             // Beyond a year the session will have reconnected long before: no timer.
             if left <= MAX_EXPIRY_TIMER.as_millis() as u64 {
                 ctx.run_later(Duration::from_millis(left), |act, ctx| {

@@ -209,7 +209,7 @@ struct Subscriber {
 
 /// The key a sequence is monotonic for: the alias for alias events, else the subject.
 pub fn sequence_key(subject: &str) -> &str {
-    if subject.starts_with("herald.v1.alias.") {
+    if herald_protocol::subject::is_alias(subject) {
         subject.rsplit_once('.').map_or(subject, |(key, _)| key)
     } else {
         subject
@@ -394,7 +394,7 @@ impl MemoryBus {
     pub fn replay(&self, pattern: &str, since: u64) -> Replay {
         let key = pattern
             .strip_suffix(".*")
-            .filter(|_| pattern.starts_with("herald.v1.alias."))
+            .filter(|_| herald_protocol::subject::is_alias(pattern))
             .unwrap_or(pattern);
         let mut guard = self.inner.streams.lock().expect("bus lock");
         let streams = &mut *guard;

@@ -35,7 +35,7 @@ use crate::registry::{DeliveryObserver, SessionId};
 use herald_protocol::now_ms;
 
 /// Subjects delivery reports are sent on (`herald.realtime.ack.<message_id>`).
-pub const ACK_PREFIX: &str = "herald.realtime.ack";
+pub const ACK_PREFIX: &str = herald_protocol::subject::REALTIME_ACK;
 /// The reserved payload field naming a stored event's report subject.
 pub const ACK_FIELD: &str = "ack";
 /// The KV bucket of offline direct-message queues.

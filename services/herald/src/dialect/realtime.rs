@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 pub use node::RealtimeNode;
 pub use session::upgrade;
 
-use crate::dialect::codec::{Decoded, EncodeError, Encoded};
+use crate::codec::{Decoded, EncodeError, Encoded};
 use crate::outbox::Frame;
 
 /// Dialect label in metrics and auth provider lists.

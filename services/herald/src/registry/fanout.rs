@@ -6,7 +6,7 @@ use tracing::field::Empty;
 
 use super::{Registry, CODECS};
 use crate::bus::BusMessage;
-use crate::dialect::codec::{Codec, Decoded, Item};
+use crate::codec::{Codec, Decoded, Item};
 use crate::metrics;
 use crate::outbox::{Delivery, PushError};
 
@@ -60,7 +60,8 @@ impl Registry {
                 return Vec::new();
             }
             let codec = Codec::ALL[i];
-            codec.encode(&decoded, &self.settings.codec).unwrap_or_else(|reason| {
+            let encoder = self.settings.encoders[i];
+            encoder.encode(&decoded, &self.settings.codec).unwrap_or_else(|reason| {
                 failed = true;
                 tracing::warn!(subject = %message.subject, dialect = codec.dialect(), %reason, "skipping undecodable bus message");
                 Vec::new()
@@ -233,7 +234,7 @@ mod bench {
 
     use super::*;
     use crate::bus::{Bus, MemoryBus};
-    use crate::dialect::codec::CodecSettings;
+    use crate::codec::CodecSettings;
     use crate::outbox::Outbox;
     use crate::registry::{Member, MemberState, RegistrySettings, RoutingKey, SessionId};
 
@@ -243,6 +244,7 @@ mod bench {
             codec: CodecSettings {
                 max_notification_bytes: 1 << 20,
             },
+            encoders: &crate::dialect::codec::ENCODERS,
             node: "bench".into(),
             max_buffered_bytes: 1 << 20,
             on_delivered: None,

@@ -21,7 +21,7 @@ use actix::prelude::*;
 use herald_protocol::subject::{self, Subject};
 
 use crate::bus::{Bus, BusMessage};
-use crate::dialect::codec::{CodecSettings, Decoded, Item, CODECS};
+use crate::codec::{CodecSettings, Decoded, Encoders, Item, CODECS};
 use crate::metrics;
 
 pub use fanout::MAX_TRACED_WRITES;
@@ -131,6 +131,8 @@ pub trait DeliveryObserver: Send + Sync + std::fmt::Debug {
 pub struct RegistrySettings {
     /// What codecs need (`limits.max_notification_bytes`).
     pub codec: CodecSettings,
+    /// Each codec's encoder (the dialects' `ENCODERS`).
+    pub encoders: &'static Encoders,
     /// This node's name, on every `herald.receive` span.
     pub node: String,
     /// A session's output budget (`limits.max_buffered_bytes`), also for frames held

@@ -7,7 +7,7 @@ use actix::prelude::*;
 
 use super::{Registry, SessionId, CODECS};
 use crate::bus::{BusError, BusMessage, Replay};
-use crate::dialect::codec::Item;
+use crate::codec::Item;
 use crate::metrics;
 use crate::outbox::Delivery;
 
@@ -30,13 +30,14 @@ impl Registry {
             return;
         };
         let codec = state.member.codec;
+        let encoder = self.settings.encoders[codec.index()];
         let mut wanted = [false; CODECS];
         wanted[codec.index()] = true;
         let mut upto = since;
         let mut out: Vec<(Option<u64>, Item)> = Vec::new();
         let resync = |out: &mut Vec<_>| {
             if announce {
-                out.extend(codec.resync().map(|item| (None, item)));
+                out.extend(encoder.resync().map(|item| (None, item)));
             }
         };
         match replay {
@@ -127,7 +128,8 @@ impl Registry {
                         Ok(Replay::ResyncRequired) | Err(_) => {
                             tracing::warn!(key = ?act.key, "cannot fill the reconnect gap; asking clients to resync");
                             for state in act.members.values() {
-                                if let Some(item) = state.member.codec.resync() {
+                                let encoder = act.settings.encoders[state.member.codec.index()];
+                                if let Some(item) = encoder.resync() {
                                     let _ = state.member.push(item, None, Delivery::default());
                                 }
                             }

@@ -5,7 +5,7 @@
 use actix::prelude::*;
 
 use super::SessionId;
-use crate::dialect::codec::{Codec, Item};
+use crate::codec::{Codec, Item};
 use crate::outbox::{Charge, Delivery, Outbox, PushError};
 
 /// A session as a registry sees it: how it wants events and where they go.

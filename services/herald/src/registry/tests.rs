@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::bus::{Bus, MemoryBus, Replay};
-use crate::dialect::codec::Codec;
+use crate::codec::Codec;
 use crate::outbox::Outbox;
 
 #[test]
@@ -15,6 +15,7 @@ fn a_member_whose_held_frames_exceed_its_budget_becomes_a_slow_consumer() {
         codec: CodecSettings {
             max_notification_bytes: 1 << 20,
         },
+        encoders: &crate::dialect::codec::ENCODERS,
         node: "test".into(),
         max_buffered_bytes: 2_000,
         on_delivered: None,
@@ -90,7 +91,7 @@ pub(crate) mod support {
     use std::time::Duration;
 
     use crate::bus::BusMessage;
-    use crate::dialect::codec::{Codec, CodecSettings};
+    use crate::codec::{Codec, CodecSettings};
     use crate::outbox::{Frame, Outbound, Outbox, OutboxReceiver};
     use crate::registry::{Member, RegistrySettings, SessionId};
 
@@ -100,6 +101,7 @@ pub(crate) mod support {
             codec: CodecSettings {
                 max_notification_bytes: 1 << 20,
             },
+            encoders: &crate::dialect::codec::ENCODERS,
             node: "test".into(),
             max_buffered_bytes,
             on_delivered: None,
@@ -371,7 +373,7 @@ async fn until(what: &str, done: impl Fn() -> bool) {
 
 #[actix::test]
 async fn relayed_changes_are_charged_to_the_session_budget_until_handled() {
-    let budget = 3 * crate::dialect::codec::RELAYED_BYTES;
+    let budget = 3 * crate::codec::RELAYED_BYTES;
     let (_registry, bus, outbox, changes, evicted) = relay_member(true, budget).await;
     for uid in 1..=3 {
         bus.publish(new_message(uid, 0));
@@ -390,7 +392,7 @@ async fn relayed_changes_are_charged_to_the_session_budget_until_handled() {
 
 #[actix::test]
 async fn handled_relayed_changes_give_their_bytes_back() {
-    let budget = 2 * crate::dialect::codec::RELAYED_BYTES;
+    let budget = 2 * crate::codec::RELAYED_BYTES;
     let (_registry, bus, outbox, changes, _) = relay_member(false, budget).await;
     for uid in 1..=20 {
         bus.publish(new_message(uid, 0));

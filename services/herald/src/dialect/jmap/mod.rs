@@ -6,7 +6,7 @@
 use herald_protocol::Event;
 use serde::{Deserialize, Serialize};
 
-use crate::dialect::codec::{Decoded, EncodeError, Item};
+use crate::codec::{Decoded, EncodeError, Item};
 
 /// JMAP data types herald reports changes of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -29,8 +29,8 @@ use serde_json::{json, Value};
 
 use crate::bus::{Bus, BusMessage};
 use crate::cluster_limits::{ClusterLimits, Lease};
+use crate::codec::Decoded;
 use crate::config::Settings;
-use crate::dialect::codec::Decoded;
 use crate::registry::{DeliveryObserver, SessionId};
 use herald_protocol::now_ms;
 

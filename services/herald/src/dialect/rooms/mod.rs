@@ -11,7 +11,7 @@ use bytestring::ByteString;
 use herald_protocol::Subject;
 use serde_json::{json, Map, Value};
 
-use crate::dialect::codec::{Decoded, EncodeError, Encoded};
+use crate::codec::{Decoded, EncodeError, Encoded};
 use crate::outbox::Frame;
 use crate::registry::RoutingKey;
 

@@ -5,7 +5,7 @@
 use actix::prelude::*;
 
 use super::SessionId;
-use crate::codec::{Codec, Item};
+use crate::codec::{Codec, Item, RELAYED_BYTES};
 use crate::outbox::{Charge, Delivery, Outbox, PushError};
 
 /// A session as a registry sees it: how it wants events and where they go.
@@ -52,15 +52,15 @@ impl Member {
         seq: Option<u64>,
         delivery: Delivery,
     ) -> Result<(), PushError> {
-        let len = item.len();
         let relayed = match item {
             Item::Frame(frame) => return self.outbox.push_delivery(frame, delivery),
-            Item::Change(event) => {
-                let charge = self.outbox.charge(len)?;
-                Relayed::Change { event, seq, charge }
-            }
+            Item::Change(event) => Relayed::Change {
+                event,
+                seq,
+                charge: self.outbox.charge(RELAYED_BYTES)?,
+            },
             Item::Resync => Relayed::Resync {
-                charge: self.outbox.charge(len)?,
+                charge: self.outbox.charge(RELAYED_BYTES)?,
             },
         };
         match &self.relay {

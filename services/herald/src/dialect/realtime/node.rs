@@ -43,8 +43,7 @@ const QUEUE_BUCKET: &str = "HERALD_DM_QUEUE";
 /// Read-modify-write attempts on a queue entry before giving up (contention is rare).
 const QUEUE_CAS_ATTEMPTS: usize = 8;
 
-/// Why an offline user's direct-message queue could not be read or written; the sender
-/// is told (503 or 429) and may retry.
+/// Why an offline user's direct-message queue was not read or written (the sender may retry).
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// A memory-bus node already holds the most queues it may.

@@ -388,6 +388,25 @@ mod tests {
         assert_eq!(calls.load(Ordering::Relaxed), 1, "the session is told once");
     }
 
+    #[test]
+    fn a_charge_counts_against_the_budget_until_dropped() {
+        let (outbox, rx) = Outbox::new(100, "slow", Box::new(|| {}));
+        let held = outbox.charge(60).unwrap();
+        assert_eq!(
+            outbox.push(Frame::Binary(Bytes::from(vec![0; 50]))),
+            Err(PushError::SlowConsumer),
+            "frames and charges share one budget"
+        );
+        drop(held);
+        let (outbox, rx2) = Outbox::new(100, "slow", Box::new(|| {}));
+        let held = outbox.charge(60).unwrap();
+        drop(held);
+        assert!(outbox.push(Frame::Binary(Bytes::from(vec![0; 90]))).is_ok());
+        drop(rx2);
+        assert_eq!(outbox.charge(1).unwrap_err(), PushError::Closed);
+        drop(rx);
+    }
+
     async fn recv(rx: &OutboxReceiver) -> Option<Outbound> {
         std::future::poll_fn(|cx| rx.poll_item(cx)).await
     }

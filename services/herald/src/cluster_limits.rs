@@ -33,13 +33,13 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 const SESSIONS_STREAM: &str = "HERALD_SESSIONS";
 const RATE_STREAM: &str = "HERALD_RATE";
-const SESSION_PREFIX: &str = "herald.limits.session";
+const SESSION_PREFIX: &str = herald_protocol::subject::LIMITS_SESSION;
 /// Leases of `/ws` users (presence), apart from alias leases so ids never collide.
-const USER_PREFIX: &str = "herald.limits.user";
+const USER_PREFIX: &str = herald_protocol::subject::LIMITS_USER;
 /// One subject per live node, refreshed with its leases: tells a lease that expired
 /// (its node died) from one that was released.
-const NODE_PREFIX: &str = "herald.limits.node";
-const RATE_PREFIX: &str = "herald.limits.rate";
+const NODE_PREFIX: &str = herald_protocol::subject::LIMITS_NODE;
+const RATE_PREFIX: &str = herald_protocol::subject::LIMITS_RATE;
 
 /// The verdict of a cluster-wide check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,31 @@ pub enum Verdict {
 
 /// Leases refreshed in one go before pausing (see `refresh_leases`).
 const REFRESH_BATCH: usize = 100;
+
+/// A cluster-wide check NATS could not answer: the node applies per-node limits only.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+struct CheckError {
+    source: crate::bus::Source,
+}
+
+impl CheckError {
+    fn from_nats(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        CheckError {
+            source: Box::new(error),
+        }
+    }
+}
+
+/// A cap the cluster is already at: the new session is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{sessions} sessions across the cluster with this one, over the cap of {max}")]
+pub struct OverCap {
+    /// Sessions counted, the refused one included.
+    pub sessions: usize,
+    /// The cap.
+    pub max: usize,
+}
 
 /// Cluster-wide counters of one node.
 pub struct ClusterLimits {
@@ -150,7 +175,7 @@ impl ClusterLimits {
         limits
     }
 
-    async fn ensure_streams(&self) -> Result<(), String> {
+    async fn ensure_streams(&self) -> Result<(), CheckError> {
         let sessions = stream::Config {
             name: SESSIONS_STREAM.into(),
             subjects: vec![
@@ -176,39 +201,43 @@ impl ClusterLimits {
             self.jetstream
                 .create_or_update_stream(config)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(CheckError::from_nats)?;
         }
         // Count this node as live at once, not only from its next refresh.
         self.record(format!("{NODE_PREFIX}.{}", self.node)).await
     }
 
     /// Publishes `subject` to its stream, acknowledged.
-    async fn record(&self, subject: String) -> Result<(), String> {
+    async fn record(&self, subject: String) -> Result<(), CheckError> {
         self.jetstream
             .publish(subject, bytes::Bytes::new())
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(CheckError::from_nats)?
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(CheckError::from_nats)
     }
 
     /// The subjects under `filter` in `stream`, each with its message count.
-    async fn subjects(&self, stream: &str, filter: &str) -> Result<Vec<(String, usize)>, String> {
+    async fn subjects(
+        &self,
+        stream: &str,
+        filter: &str,
+    ) -> Result<Vec<(String, usize)>, CheckError> {
         self.jetstream
             .get_stream_no_info(stream)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(CheckError::from_nats)?
             .info_with_subjects(filter)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(CheckError::from_nats)?
             .try_collect()
             .await
-            .map_err(|e| e.to_string())
+            .map_err(CheckError::from_nats)
     }
 
     /// `(subjects, messages)` under `filter` in `stream`.
-    async fn count(&self, stream: &str, filter: &str) -> Result<(usize, usize), String> {
+    async fn count(&self, stream: &str, filter: &str) -> Result<(usize, usize), CheckError> {
         let subjects = self.subjects(stream, filter).await?;
         Ok((subjects.len(), subjects.iter().map(|(_, n)| n).sum()))
     }
@@ -217,7 +246,7 @@ impl ClusterLimits {
     async fn checked<T, F, Fut>(&self, what: &str, check: F) -> Option<T>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, String>>,
+        Fut: std::future::Future<Output = Result<T, CheckError>>,
     {
         let attempt = async {
             match check().await {
@@ -235,13 +264,13 @@ impl ClusterLimits {
                 None
             }
             Err(_) => {
-                self.warn_degraded(what, "NATS did not answer in time");
+                self.warn_degraded(what, &"NATS did not answer in time");
                 None
             }
         }
     }
 
-    fn warn_degraded(&self, what: &str, error: &str) {
+    fn warn_degraded(&self, what: &str, error: &dyn std::fmt::Display) {
         let mut last = self.last_warning.lock().expect("warning lock");
         if last.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
             *last = Some(std::time::Instant::now());
@@ -271,7 +300,7 @@ impl ClusterLimits {
         self: &Arc<Self>,
         alias_id: &str,
         max: usize,
-    ) -> Result<Option<Lease>, ()> {
+    ) -> Result<Option<Lease>, OverCap> {
         self.acquire_scoped("alias", alias_id, max, "max_sessions_per_alias")
             .await
     }
@@ -286,7 +315,7 @@ impl ClusterLimits {
         key: &str,
         max: usize,
         limit: &str,
-    ) -> Result<Option<Lease>, ()> {
+    ) -> Result<Option<Lease>, OverCap> {
         let family = format!("{SESSION_PREFIX}.{scope}");
         self.acquire(&family, key, max, limit)
             .await
@@ -358,7 +387,7 @@ impl ClusterLimits {
         key: &str,
         max: usize,
         limit: &str,
-    ) -> Result<Option<(Lease, usize)>, ()> {
+    ) -> Result<Option<(Lease, usize)>, OverCap> {
         let key = key_token(key);
         let lease_id = self.next_lease.fetch_add(1, Ordering::Relaxed);
         let subject = format!("{prefix}.{key}.{}.{lease_id}", self.node);
@@ -373,7 +402,7 @@ impl ClusterLimits {
             None => Ok(None),
             Some(n) if n > max => {
                 self.forget(&subject).await;
-                Err(())
+                Err(OverCap { sessions: n, max })
             }
             Some(n) => {
                 self.leases

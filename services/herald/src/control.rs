@@ -152,15 +152,20 @@ impl Revocations {
     }
 }
 
+/// A revocation body that is neither JSON nor MessagePack of the expected shape.
+#[derive(Debug, thiserror::Error)]
+#[error("revocation body must be {{\"aliasId\": \"...\"}}, {{\"token\": \"...\"}} or {{\"userId\": \"...\"}}: {source}")]
+pub struct DecodeError {
+    /// Why the MessagePack reading failed (tried after JSON).
+    #[source]
+    source: rmp_serde::decode::Error,
+}
+
 /// Decodes a revocation body (JSON, or MessagePack like every other bus body).
-pub fn decode(message: &BusMessage) -> Result<Revoke, String> {
+pub fn decode(message: &BusMessage) -> Result<Revoke, DecodeError> {
     serde_json::from_slice(&message.payload)
         .or_else(|_| rmp_serde::from_slice(&message.payload))
-        .map_err(|e| {
-            format!(
-                "revocation body must be {{\"aliasId\": \"...\"}}, {{\"token\": \"...\"}} or {{\"userId\": \"...\"}}: {e}"
-            )
-        })
+        .map_err(|source| DecodeError { source })
 }
 
 /// Listens for revocations until the bus goes away (resubscribing if the stream ends).

@@ -133,3 +133,102 @@ impl Handler<CloseAll> for DirectoryShard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bus::MemoryBus;
+    use crate::registry::tests::support::{member, new_message, next_uid, settings, uids};
+    use crate::registry::Member;
+
+    const PATTERN: &str = "herald.v1.alias.a1.*";
+
+    fn alias_a1() -> RoutingKey {
+        RoutingKey::Alias("a1".into())
+    }
+
+    fn join(member: Member) -> Join {
+        Join {
+            key: alias_a1(),
+            member,
+            since: None,
+            announces_resync: false,
+        }
+    }
+
+    async fn until_subscribers(bus: &MemoryBus, count: usize) {
+        for _ in 0..500 {
+            if bus.subscribers(PATTERN) == count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "expected {count} subscriptions, found {}",
+            bus.subscribers(PATTERN)
+        );
+    }
+
+    #[actix::test]
+    async fn members_of_a_key_share_one_registry_until_the_last_leaves() {
+        let bus = MemoryBus::new(100, Duration::from_secs(60), Duration::ZERO);
+        let directory = Directory::start(2, Bus::Memory(bus.clone()), settings(1 << 20));
+        let (first, _first_rx, _) = member(1, 1 << 20);
+        let (second, second_rx, _) = member(2, 1 << 20);
+        directory.join(join(first)).await;
+        directory.join(join(second)).await;
+        assert_eq!(bus.subscribers(PATTERN), 1, "one subscription per key");
+        directory.leave(alias_a1(), 1);
+        bus.publish(new_message(1, 0));
+        assert_eq!(
+            uids(&second_rx).await,
+            [1],
+            "the remaining member still gets events"
+        );
+        assert_eq!(bus.subscribers(PATTERN), 1);
+        directory.leave(alias_a1(), 2);
+        until_subscribers(&bus, 0).await;
+    }
+
+    #[actix::test]
+    async fn a_join_racing_the_last_leave_gets_a_live_registry() {
+        let bus = MemoryBus::new(1_000, Duration::from_secs(60), Duration::ZERO);
+        let directory = Directory::start(2, Bus::Memory(bus.clone()), settings(1 << 20));
+        for round in 0..50u64 {
+            let (leaving, _leaving_rx, _) = member(2 * round, 1 << 20);
+            let (joining, joining_rx, _) = member(2 * round + 1, 1 << 20);
+            directory.join(join(leaving)).await;
+            // The Leave retires the registry; the Join right behind it must not land in
+            // the retiring one.
+            directory.leave(alias_a1(), 2 * round);
+            let joined = directory.join(join(joining));
+            joined.await;
+            bus.publish(new_message(round, 0));
+            let uid = next_uid(&joining_rx, Duration::from_secs(5)).await;
+            assert_eq!(uid, Some(round), "round {round}");
+            directory.leave(alias_a1(), 2 * round + 1);
+        }
+        until_subscribers(&bus, 0).await;
+    }
+
+    #[actix::test]
+    async fn leaving_a_key_never_joined_or_twice_is_harmless() {
+        let bus = MemoryBus::new(100, Duration::from_secs(60), Duration::ZERO);
+        let directory = Directory::start(1, Bus::Memory(bus.clone()), settings(1 << 20));
+        directory.leave(alias_a1(), 7);
+        let (first, first_rx, _) = member(1, 1 << 20);
+        directory.join(join(first)).await;
+        directory.leave(RoutingKey::Alias("other".into()), 1);
+        bus.publish(new_message(1, 0));
+        assert_eq!(uids(&first_rx).await, [1]);
+        directory.leave(alias_a1(), 1);
+        until_subscribers(&bus, 0).await;
+        directory.leave(alias_a1(), 1);
+        let (again, again_rx, _) = member(2, 1 << 20);
+        directory.join(join(again)).await;
+        bus.publish(new_message(2, 0));
+        assert_eq!(uids(&again_rx).await, [2]);
+    }
+}

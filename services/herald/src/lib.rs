@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the typed, validated configuration tree.
 //! - [`bus`]: where events come from (in-process or NATS).
+//! - [`codec`]: an event decoded once, and the trait dialects encode it by.
 //! - [`directory`] and [`registry`]: the actor core that fans events out per routing key.
 //! - [`outbox`]: each session's byte-bounded outbound queue.
 //! - [`websocket`]: the connection after the upgrade: the outbox as the response body, and
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod cluster_limits;
+pub mod codec;
 pub mod config;
 pub mod control;
 pub mod dialect;

@@ -163,6 +163,24 @@ pub struct Outbox {
     _senders: Arc<Senders>,
 }
 
+/// Bytes charged to a session's budget by [`Outbox::charge`], given back on drop.
+pub struct Charge {
+    state: Arc<State>,
+    len: usize,
+}
+
+impl std::fmt::Debug for Charge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Charge").field("len", &self.len).finish()
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.state.buffered.fetch_sub(self.len, Ordering::Relaxed);
+    }
+}
+
 /// The receiving half: the connection's response body reads it
 /// ([`crate::websocket::Handshake::respond`]).
 pub struct OutboxReceiver {
@@ -280,6 +298,27 @@ impl Outbox {
             })
     }
 
+    /// Charges `len` bytes held outside the queue (an event relayed to the session's
+    /// actor) to the same budget as queued frames, until the returned [`Charge`] drops.
+    pub fn charge(&self, len: usize) -> Result<Charge, PushError> {
+        if self.state.overflowed.load(Ordering::Relaxed) {
+            return Err(PushError::SlowConsumer);
+        }
+        if self.state.queue().receiver_gone {
+            return Err(PushError::Closed);
+        }
+        let queued = self.state.buffered.fetch_add(len, Ordering::Relaxed) + len;
+        if queued > self.state.limit {
+            self.state.buffered.fetch_sub(len, Ordering::Relaxed);
+            self.mark_slow();
+            return Err(PushError::SlowConsumer);
+        }
+        Ok(Charge {
+            state: Arc::clone(&self.state),
+            len,
+        })
+    }
+
     /// Marks the session a slow consumer (its owner closes it with 1013), as if a push
     /// had overflowed; later pushes are refused.
     pub fn mark_slow(&self) {
@@ -347,6 +386,25 @@ mod tests {
         );
         assert_eq!(outbox.push(frame), Err(PushError::SlowConsumer));
         assert_eq!(calls.load(Ordering::Relaxed), 1, "the session is told once");
+    }
+
+    #[test]
+    fn a_charge_counts_against_the_budget_until_dropped() {
+        let (outbox, rx) = Outbox::new(100, "slow", Box::new(|| {}));
+        let held = outbox.charge(60).unwrap();
+        assert_eq!(
+            outbox.push(Frame::Binary(Bytes::from(vec![0; 50]))),
+            Err(PushError::SlowConsumer),
+            "frames and charges share one budget"
+        );
+        drop(held);
+        let (outbox, rx2) = Outbox::new(100, "slow", Box::new(|| {}));
+        let held = outbox.charge(60).unwrap();
+        drop(held);
+        assert!(outbox.push(Frame::Binary(Bytes::from(vec![0; 90]))).is_ok());
+        drop(rx2);
+        assert_eq!(outbox.charge(1).unwrap_err(), PushError::Closed);
+        drop(rx);
     }
 
     async fn recv(rx: &OutboxReceiver) -> Option<Outbound> {

@@ -75,9 +75,10 @@ impl Application {
         };
         let realtime = dialect::realtime::RealtimeNode::new(&settings, &bus, cluster.clone());
         let registry_settings = Arc::new(RegistrySettings {
-            codec: dialect::codec::CodecSettings {
+            codec: crate::codec::CodecSettings {
                 max_notification_bytes: settings.limits.max_notification_bytes,
             },
+            encoders: &dialect::codec::ENCODERS,
             node: node_name.clone(),
             max_buffered_bytes: settings.limits.max_buffered_bytes,
             on_delivered: Some(realtime.delivery_observer()),

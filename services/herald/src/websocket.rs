@@ -133,7 +133,7 @@ impl Body {
         });
         self.outbox.written(len);
         if let Some(ms) = delivery.published_ms {
-            let now = crate::registry::now_ms();
+            let now = herald_protocol::now_ms();
             metrics::delivery_latency(now.saturating_sub(ms) as f64 / 1000.0);
         }
         if let Some(span) = span {

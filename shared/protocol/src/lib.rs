@@ -18,3 +18,12 @@ pub use codec::{JsCompatible, WireFormat};
 pub use envelope::{Envelope, EnvelopeError};
 pub use event::{Event, EventFamily};
 pub use subject::{Subject, SubjectError};
+
+/// Milliseconds since the Unix epoch: the clock of stored events, notification ids and
+/// frame timestamps, kept here so every layer above reads the same one.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

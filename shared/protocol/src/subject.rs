@@ -9,6 +9,9 @@
 //! herald.v1.control.revoke            credential revocation, all nodes
 //! herald.v1.auth.request              optional auth callout (request/reply)
 //! herald.v1.custom.<type>             /ws `X-` custom types (request/reply)
+//! herald.live.<kind>.…                 stored events republished with their sequence
+//! herald.limits.{session,user,node,rate}.…   cluster-wide limits (nodes only)
+//! herald.realtime.ack.<node>.<id>      /ws delivery reports (nodes only)
 //! ```
 
 use std::fmt;
@@ -17,6 +20,22 @@ use crate::event::Event;
 
 /// Every herald subject starts with this.
 pub const PREFIX: &str = "herald.v1";
+/// Where the stream republishes stored events (with their sequence) for live delivery:
+/// `herald.live.<the subject after herald.v1.>`.
+pub const LIVE_PREFIX: &str = "herald.live";
+/// Cluster-wide session leases, by scope (`herald.limits.session.<scope>.<key>.<node>.<n>`).
+pub const LIMITS_SESSION: &str = "herald.limits.session";
+/// Cluster-wide `/ws` user leases (presence), apart from session leases.
+pub const LIMITS_USER: &str = "herald.limits.user";
+/// One subject per live node, refreshed with its leases.
+pub const LIMITS_NODE: &str = "herald.limits.node";
+/// Cluster-wide connection attempts per address.
+pub const LIMITS_RATE: &str = "herald.limits.rate";
+/// `/ws` delivery reports to the sending node (`herald.realtime.ack.<node>.<id>`).
+pub const REALTIME_ACK: &str = "herald.realtime.ack";
+/// The routed event families the stream stores and sequences (never control, auth or
+/// custom).
+pub const STREAMED_KINDS: [&str; 5] = ["alias", "broadcast", "topic", "user", "room"];
 /// Subject on which revocations are announced to every node.
 pub const CONTROL_REVOKE: &str = "herald.v1.control.revoke";
 /// Subject of the optional auth callout.
@@ -199,6 +218,56 @@ pub fn alias_wildcard(alias_id: &str) -> String {
 /// The wildcard subscription that carries every broadcast event.
 pub fn broadcast_wildcard() -> String {
     format!("{PREFIX}.broadcast.*")
+}
+
+/// Whether `subject` (or pattern) is in a routed event family: stored and sequenced.
+pub fn is_streamed(subject: &str) -> bool {
+    let Some(rest) = subject
+        .strip_prefix(PREFIX)
+        .and_then(|r| r.strip_prefix('.'))
+    else {
+        return false;
+    };
+    STREAMED_KINDS
+        .iter()
+        .any(|kind| rest.strip_prefix(kind).is_some_and(|r| r.starts_with('.')))
+}
+
+/// The subjects the stream stores: `herald.v1.<kind>.>` for each streamed kind.
+pub fn stream_subjects() -> Vec<String> {
+    STREAMED_KINDS
+        .iter()
+        .map(|kind| format!("{PREFIX}.{kind}.>"))
+        .collect()
+}
+
+/// Everything under [`PREFIX`]: what the stream republishes.
+pub fn everything() -> String {
+    format!("{PREFIX}.>")
+}
+
+/// The live subject a stored subject (or pattern) is republished on.
+pub fn live_subject(subject: &str) -> String {
+    match subject
+        .strip_prefix(PREFIX)
+        .and_then(|r| r.strip_prefix('.'))
+    {
+        Some(rest) => format!("{LIVE_PREFIX}.{rest}"),
+        None => subject.to_owned(),
+    }
+}
+
+/// Whether `subject` (or pattern) is an alias event's: `herald.v1.alias.…`.
+pub fn is_alias(subject: &str) -> bool {
+    subject
+        .strip_prefix(PREFIX)
+        .and_then(|r| r.strip_prefix(".alias."))
+        .is_some()
+}
+
+/// The subscription for a `/ws` topic pattern (`*` one token, `>` the rest).
+pub fn topic_pattern(pattern: &str) -> String {
+    format!("{PREFIX}.topic.{pattern}")
 }
 
 /// NATS subject matching: `*` matches one token, a final `>` one or more.

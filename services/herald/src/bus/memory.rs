@@ -209,7 +209,7 @@ struct Subscriber {
 
 /// The key a sequence is monotonic for: the alias for alias events, else the subject.
 pub fn sequence_key(subject: &str) -> &str {
-    if subject.starts_with("herald.v1.alias.") {
+    if herald_protocol::subject::is_alias(subject) {
         subject.rsplit_once('.').map_or(subject, |(key, _)| key)
     } else {
         subject
@@ -314,7 +314,7 @@ impl MemoryBus {
         }
         streams.last_seq = seq;
         message.seq = Some(seq);
-        message.stored_ms = Some(crate::registry::now_ms());
+        message.stored_ms = Some(herald_protocol::now_ms());
         let name = sequence_key(&message.subject);
         let key = match streams.keys.get_key_value(name) {
             Some((key, _)) => Arc::clone(key),
@@ -361,6 +361,13 @@ impl MemoryBus {
         self.inner.streams.lock().expect("bus lock").bytes
     }
 
+    /// Live subscriptions of `pattern`: the directory's tests watch registries unsubscribe.
+    #[cfg(test)]
+    pub(crate) fn subscribers(&self, pattern: &str) -> usize {
+        let subs = self.inner.subscriptions.lock().expect("bus lock");
+        subs.get(pattern).map_or(0, Vec::len)
+    }
+
     /// Hands `message` to every matching subscription.
     fn send(&self, message: &BusMessage) {
         let subject = &message.subject;
@@ -387,7 +394,7 @@ impl MemoryBus {
     pub fn replay(&self, pattern: &str, since: u64) -> Replay {
         let key = pattern
             .strip_suffix(".*")
-            .filter(|_| pattern.starts_with("herald.v1.alias."))
+            .filter(|_| herald_protocol::subject::is_alias(pattern))
             .unwrap_or(pattern);
         let mut guard = self.inner.streams.lock().expect("bus lock");
         let streams = &mut *guard;

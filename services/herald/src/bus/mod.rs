@@ -57,36 +57,45 @@ pub enum Replay {
     ResyncRequired,
 }
 
-/// A bus operation that failed.
+/// The underlying error of a bus operation (an `async_nats` error, an I/O error, ...).
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
+
+/// A bus operation that failed. Each keeps the client's error as its source; the message
+/// repeats it so a log line or a 503 body says what went wrong without walking the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// Could not subscribe (NATS unreachable and the request could not be queued).
-    #[error("cannot subscribe to {subject}: {reason}")]
+    #[error("cannot subscribe to {subject}: {source}")]
     Subscribe {
         /// Subject pattern.
         subject: String,
         /// Underlying error.
-        reason: String,
+        source: Source,
     },
     /// Could not read the stream for a replay.
-    #[error("cannot replay {subject}: {reason}")]
+    #[error("cannot replay {subject}: {source}")]
     Replay {
         /// Subject pattern.
         subject: String,
         /// Underlying error.
-        reason: String,
+        source: Source,
     },
     /// Could not publish.
-    #[error("cannot publish to {subject}: {reason} (is NATS reachable? see /readyz)")]
+    #[error("cannot publish to {subject}: {source} (is NATS reachable? see /readyz)")]
     Publish {
         /// Subject.
         subject: String,
         /// Underlying error.
-        reason: String,
+        source: Source,
     },
     /// The NATS connection options are unusable.
-    #[error("cannot set up the NATS connection: {0}")]
-    Connect(String),
+    #[error("cannot set up the NATS connection: {context}: {source}")]
+    Connect {
+        /// Which setting or step failed.
+        context: String,
+        /// Underlying error.
+        source: Source,
+    },
 }
 
 /// Why a request-reply ([`Bus::request`]) got no answer.
@@ -106,18 +115,7 @@ pub enum RequestError {
     Failed(async_nats::RequestError),
 }
 
-/// Whether `subject` (or pattern) is a routed event family that is stored and sequenced:
-/// `alias`, `broadcast`, `topic`, `user`, `room` — never `control`, `auth` or `custom`.
-pub fn is_streamed(subject: &str) -> bool {
-    ["alias", "broadcast", "topic", "user", "room"]
-        .iter()
-        .any(|kind| {
-            subject
-                .strip_prefix("herald.v1.")
-                .and_then(|r| r.strip_prefix(kind))
-                .is_some_and(|r| r.starts_with('.'))
-        })
-}
+pub use herald_protocol::subject::is_streamed;
 
 /// A stream of messages matching one subscription; unsubscribes when dropped.
 pub type Subscription = BoxStream<'static, BusMessage>;

@@ -19,25 +19,18 @@ use std::time::Duration;
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
+use herald_protocol::subject;
 use tokio::sync::watch;
 
-use super::{is_streamed, BusError, BusMessage, PublishAck, Replay, Subscription, MAX_REPLAY};
+use super::{
+    is_streamed, BusError, BusMessage, PublishAck, Replay, Source, Subscription, MAX_REPLAY,
+};
 use crate::config::{BusSettings, StreamStorage};
 use crate::metrics;
 
 const JSON: &str = "application/json";
 const CONTENT_TYPE: &str = "Content-Type";
 const NATS_MESSAGE_ID: &str = "Nats-Msg-Id";
-/// Subjects the stream stores: the routed event families, never control/auth/custom.
-const STREAM_SUBJECTS: &[&str] = &[
-    "herald.v1.alias.>",
-    "herald.v1.broadcast.>",
-    "herald.v1.topic.>",
-    "herald.v1.user.>",
-    "herald.v1.room.>",
-];
-/// Where the stream republishes stored events (with their sequence) for live delivery.
-const LIVE_PREFIX: &str = "herald.live.";
 /// Longest a node waits for the stream's state when it only wants a hint.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a replay waits for the next stored message before giving up.
@@ -74,13 +67,7 @@ fn check_server_version(found: &str) -> ServerVersion {
     }
 }
 
-/// The live subject a stored subject (or pattern) is republished on.
-pub fn live_subject(subject: &str) -> String {
-    match subject.strip_prefix("herald.v1.") {
-        Some(rest) => format!("{LIVE_PREFIX}{rest}"),
-        None => subject.to_owned(),
-    }
-}
+pub use herald_protocol::subject::live_subject;
 
 /// A NATS connection shared by every registry of the node.
 #[derive(Clone)]
@@ -150,11 +137,9 @@ impl NatsBus {
             options = options
                 .credentials_file(&nats.creds_file)
                 .await
-                .map_err(|e| {
-                    BusError::Connect(format!(
-                        "bus.nats.creds_file {:?} is unreadable: {e}",
-                        nats.creds_file
-                    ))
+                .map_err(|e| BusError::Connect {
+                    context: format!("bus.nats.creds_file {:?} is unreadable", nats.creds_file),
+                    source: e.into(),
                 })?;
         }
         if !nats.tls_ca_file.is_empty() {
@@ -173,14 +158,16 @@ impl NatsBus {
             .urls
             .iter()
             .map(|u| {
-                u.parse()
-                    .map_err(|e| BusError::Connect(format!("bus.nats.urls entry {u:?}: {e}")))
+                u.parse().map_err(|e| BusError::Connect {
+                    context: format!("bus.nats.urls entry {u:?}"),
+                    source: Box::new(e),
+                })
             })
             .collect::<Result<_, _>>()?;
-        let client = options
-            .connect(urls)
-            .await
-            .map_err(|e| BusError::Connect(e.to_string()))?;
+        let client = options.connect(urls).await.map_err(|e| BusError::Connect {
+            context: "connecting to bus.nats.urls".into(),
+            source: e.into(),
+        })?;
         let bus = NatsBus {
             jetstream: jetstream::new(client.clone()),
             client,
@@ -283,7 +270,7 @@ impl NatsBus {
             .await
             .map_err(|e| BusError::Subscribe {
                 subject: pattern.to_owned(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         Ok(subscriber.map(from_nats).boxed())
     }
@@ -293,18 +280,18 @@ impl NatsBus {
     pub async fn publish(&self, message: BusMessage) -> Result<PublishAck, BusError> {
         let headers = to_headers(&message);
         let subject = message.subject.clone();
-        let err = |e: &dyn std::fmt::Display| BusError::Publish {
+        let err = |e: Source| BusError::Publish {
             subject: subject.clone(),
-            reason: e.to_string(),
+            source: e,
         };
         if is_streamed(&message.subject) {
             let ack = self
                 .jetstream
                 .publish_with_headers(message.subject, headers, message.payload)
                 .await
-                .map_err(|e| err(&e))?
+                .map_err(|e| err(e.into()))?
                 .await
-                .map_err(|e| err(&e))?;
+                .map_err(|e| err(e.into()))?;
             return Ok(PublishAck {
                 seq: Some(ack.sequence),
                 duplicate: ack.duplicate,
@@ -313,23 +300,23 @@ impl NatsBus {
         self.client
             .publish_with_headers(message.subject, headers, message.payload)
             .await
-            .map_err(|e| err(&e))?;
-        self.client.flush().await.map_err(|e| err(&e))?;
+            .map_err(|e| err(e.into()))?;
+        self.client.flush().await.map_err(|e| err(e.into()))?;
         Ok(PublishAck::default())
     }
 
     /// The stream and its current state; errors name `subject`, the key being served.
     async fn stream(&self, subject: &str) -> Result<(stream::Stream, stream::State), BusError> {
-        let err = |e: &dyn std::fmt::Display| BusError::Replay {
+        let err = |e: Source| BusError::Replay {
             subject: subject.to_owned(),
-            reason: e.to_string(),
+            source: e,
         };
         let stream = self
             .jetstream
             .get_stream(&self.stream_name)
             .await
-            .map_err(|e| err(&e))?;
-        let state = stream.get_info().await.map_err(|e| err(&e))?.state;
+            .map_err(|e| err(e.into()))?;
+        let state = stream.get_info().await.map_err(|e| err(e.into()))?.state;
         Ok((stream, state))
     }
 
@@ -347,9 +334,9 @@ impl NatsBus {
 
     /// Every stored event matching `pattern` after `since`, read with an ordered consumer.
     pub async fn replay(&self, pattern: &str, since: u64) -> Result<Replay, BusError> {
-        let err = |e: &dyn std::fmt::Display| BusError::Replay {
+        let err = |e: Source| BusError::Replay {
             subject: pattern.to_owned(),
-            reason: e.to_string(),
+            source: e,
         };
         let (stream, state) = self.stream(pattern).await?;
         if since > state.last_sequence || since.saturating_add(1) < state.first_sequence {
@@ -367,8 +354,12 @@ impl NatsBus {
                 ..Default::default()
             })
             .await
-            .map_err(|e| err(&e))?;
-        let pending = consumer.get_info().await.map_err(|e| err(&e))?.num_pending;
+            .map_err(|e| err(e.into()))?;
+        let pending = consumer
+            .get_info()
+            .await
+            .map_err(|e| err(e.into()))?
+            .num_pending;
         if pending as usize > MAX_REPLAY {
             return Ok(Replay::ResyncRequired);
         }
@@ -376,14 +367,14 @@ impl NatsBus {
         if pending == 0 {
             return Ok(Replay::Messages(missed));
         }
-        let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+        let mut messages = consumer.messages().await.map_err(|e| err(e.into()))?;
         loop {
             let next = tokio::time::timeout(REPLAY_STALL, messages.next())
                 .await
-                .map_err(|_| err(&"the stream stopped answering mid-replay"))?;
+                .map_err(|_| err("the stream stopped answering mid-replay".into()))?;
             let Some(message) = next else { break };
-            let message = message.map_err(|e| err(&e))?;
-            let info = message.info().map_err(|e| err(&e))?;
+            let message = message.map_err(|e| err(e.into()))?;
+            let info = message.info().map_err(&err)?;
             let (seq, remaining) = (info.stream_sequence, info.pending);
             let stored_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as u64;
             let mut bus_message = from_nats(message.split().0);
@@ -401,7 +392,7 @@ impl NatsBus {
 fn stream_config(settings: &BusSettings) -> stream::Config {
     stream::Config {
         name: settings.nats.stream_name.clone(),
-        subjects: STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
+        subjects: subject::stream_subjects(),
         max_age: settings.retention,
         duplicate_window: settings.dedup_window,
         num_replicas: settings.nats.stream_replicas,
@@ -411,8 +402,8 @@ fn stream_config(settings: &BusSettings) -> stream::Config {
         },
         allow_direct: true,
         republish: Some(stream::Republish {
-            source: "herald.v1.>".into(),
-            destination: format!("{LIVE_PREFIX}>"),
+            source: subject::everything(),
+            destination: subject::live_subject(&subject::everything()),
             headers_only: false,
         }),
         ..Default::default()

@@ -247,7 +247,7 @@ pub async fn alias_place(state: &AppState, alias_id: &str) -> Result<AliasPlace,
         Some(cluster) => cluster
             .acquire_session(alias_id, max)
             .await
-            .map_err(|()| full())?,
+            .map_err(|_over_cap| full())?,
         None => None,
     };
     Ok(AliasPlace {
@@ -287,7 +287,7 @@ pub async fn user_place(
         Some(cluster) => cluster
             .acquire_scoped(&format!("{dialect}-user"), user_id, max, setting)
             .await
-            .map_err(|()| full())?,
+            .map_err(|_over_cap| full())?,
         None => None,
     };
     Ok(UserPlace {

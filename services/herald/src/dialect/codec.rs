@@ -1,203 +1,112 @@
-//! The one place a bus event becomes a dialect's frames. A registry decodes each event
-//! once into a [`Decoded`], then asks each [`Codec`] its members use for that codec's
-//! frames, so an event is encoded once per codec however many sessions receive it.
-
-use std::sync::Arc;
+//! Each dialect's [`Encode`] of events, in [`Codec`] order ([`ENCODERS`]): the table the
+//! node hands to its registries, which know codecs only by that trait.
 
 use bytestring::ByteString;
-use herald_protocol::notification::{self, Enrichment};
-use herald_protocol::{Envelope, Subject, WireFormat};
+use herald_protocol::notification;
+use herald_protocol::WireFormat;
 use serde_json::{json, Map, Value};
 
-use crate::bus::BusMessage;
-use crate::dialect::Dialect;
+use crate::codec::{CodecSettings, Decoded, Encode, EncodeError, Encoded, Encoders, Item};
 use crate::outbox::Frame;
 
-/// Number of codecs, the size of per-codec arrays.
-pub const CODECS: usize = 6;
+pub use crate::codec::Codec;
 
-/// How a member wants events: the dialect's frame shape (and, for `/v1/ws`, encoding).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Codec {
-    /// `/v1/ws` notifications as JSON text frames.
-    V1Json,
-    /// `/v1/ws` notifications as plain MessagePack maps in binary frames (`?msgpack=true`).
-    V1MsgPack,
-    /// `/v1/ws` notifications as msgpackr records in binary frames (`?msgpackr=true`).
-    V1Msgpackr,
-    /// `/jmap/ws`: a StateChange per event, which the session filters and coalesces.
-    Jmap,
-    /// `/ws`: `Broadcast`, `DirectMessage` and `Notification` frames.
-    Realtime,
-    /// `/api/v1/ws/connect`: `{type, room, data, sender, timestamp}` events.
-    Rooms,
-}
+/// Every codec's encoder, in [`Codec::index`] order.
+pub static ENCODERS: Encoders = [
+    &V1(Codec::V1Json),
+    &V1(Codec::V1MsgPack),
+    &V1(Codec::V1Msgpackr),
+    &Jmap,
+    &Realtime,
+    &Rooms,
+];
 
-impl Codec {
-    /// Every codec, in [`Codec::index`] order.
-    pub const ALL: [Codec; CODECS] = [
-        Codec::V1Json,
-        Codec::V1MsgPack,
-        Codec::V1Msgpackr,
-        Codec::Jmap,
-        Codec::Realtime,
-        Codec::Rooms,
-    ];
+/// `/v1/ws` in one of its three encodings.
+#[derive(Debug)]
+struct V1(Codec);
 
-    /// Position in per-codec arrays.
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The dialect whose frames these are.
-    pub fn dialect(self) -> Dialect {
-        match self {
-            Codec::V1Json | Codec::V1MsgPack | Codec::V1Msgpackr => Dialect::ForwardEmail,
-            Codec::Jmap => Dialect::Jmap,
-            Codec::Realtime => Dialect::Realtime,
-            Codec::Rooms => Dialect::Rooms,
-        }
-    }
-
-    /// The encoding, as named in span attributes.
-    pub fn format_name(self) -> &'static str {
-        match self {
-            Codec::V1MsgPack => "msgpack",
-            Codec::V1Msgpackr => "msgpackr",
-            _ => "json",
-        }
-    }
-
-    /// The dialect's "you missed too much, refetch" frame, if it has one.
-    pub fn resync_frame(self) -> Option<Frame> {
-        match self {
-            Codec::V1Json => Frame::encode(WireFormat::Json, &json!({"event": "resyncRequired"})),
-            Codec::V1MsgPack => {
-                Frame::encode(WireFormat::MessagePack, &json!({"event": "resyncRequired"}))
-            }
-            Codec::V1Msgpackr => Some(msgpackr_frame(&json!({"event": "resyncRequired"}))),
-            Codec::Jmap => Some(Frame::Text(ByteString::from_static(
-                crate::dialect::jmap::RESYNC,
-            ))),
-            Codec::Realtime => crate::dialect::realtime::resync_frame(),
-            Codec::Rooms => None,
-        }
-    }
-
-    /// This codec's frames for one event (several when `/v1/ws` splits it), each with its
-    /// publish timestamp for the latency histogram; `Err` says why the event does not
-    /// fit this dialect.
-    pub fn encode(
-        self,
+impl Encode for V1 {
+    fn encode(
+        &self,
         decoded: &Decoded,
         settings: &CodecSettings,
-    ) -> Result<Vec<Encoded>, String> {
-        match self {
-            Codec::V1Json | Codec::V1MsgPack | Codec::V1Msgpackr => Ok(decoded
-                .v1_notifications()?
-                .iter()
-                .filter_map(|n| v1_frame(self, n, settings))
-                .collect()),
-            Codec::Jmap => crate::dialect::jmap::encode(decoded).map(|f| vec![f]),
-            Codec::Realtime => crate::dialect::realtime::encode(decoded).map(|f| vec![f]),
-            Codec::Rooms => crate::dialect::rooms::encode(decoded).map(|f| vec![f]),
+    ) -> Result<Vec<(Item, Option<u64>)>, EncodeError> {
+        Ok(decoded
+            .notifications()?
+            .iter()
+            .filter_map(|n| v1_frame(self.0, n, settings))
+            .map(|(frame, published)| (Item::Frame(frame), published))
+            .collect())
+    }
+
+    fn resync(&self) -> Option<Item> {
+        let resync = json!({"event": "resyncRequired"});
+        match self.0 {
+            Codec::V1MsgPack => Frame::encode(WireFormat::MessagePack, &resync).map(Item::Frame),
+            Codec::V1Msgpackr => Some(Item::Frame(msgpackr_frame(&resync))),
+            _ => Frame::encode(WireFormat::Json, &resync).map(Item::Frame),
         }
     }
 }
 
-/// One encoded frame and its publish timestamp (ms since the epoch).
-pub type Encoded = (Frame, Option<u64>);
+/// `/jmap/ws`: typed changes for the session actor, which filters and coalesces them.
+#[derive(Debug)]
+struct Jmap;
 
-/// What codecs need besides the event.
-#[derive(Debug, Clone)]
-pub struct CodecSettings {
-    /// Above this, `/v1/ws` resources are truncated (`limits.max_notification_bytes`).
-    pub max_notification_bytes: usize,
+impl Encode for Jmap {
+    fn encode(
+        &self,
+        decoded: &Decoded,
+        _: &CodecSettings,
+    ) -> Result<Vec<(Item, Option<u64>)>, EncodeError> {
+        crate::dialect::jmap::encode(decoded)
+            .map(|change| vec![(change, Some(decoded.timestamp_ms))])
+    }
+
+    fn resync(&self) -> Option<Item> {
+        Some(Item::Resync)
+    }
 }
 
-/// Enriched `/v1/ws` notifications, shared by its two encodings.
-type Notifications = Arc<[Map<String, Value>]>;
+/// `/ws`: `Broadcast`, `DirectMessage` and `Notification` frames.
+#[derive(Debug)]
+struct Realtime;
 
-/// A bus event decoded once for every codec: its subject, envelope and stream facts.
-pub struct Decoded {
-    /// The parsed subject.
-    pub subject: Subject,
-    /// The decoded envelope.
-    pub envelope: Envelope,
-    /// Stream sequence, when the bus has one.
-    pub seq: Option<u64>,
-    /// When the event was stored (ms since the epoch), else now.
-    pub timestamp_ms: u64,
-    /// A notification id that is the same on every node (`Nats-Msg-Id`, else derived).
-    pub fallback_id: String,
-    /// `/v1/ws` notifications, built once for both of its encodings.
-    v1: std::sync::OnceLock<Result<Notifications, String>>,
+impl Encode for Realtime {
+    fn encode(
+        &self,
+        decoded: &Decoded,
+        _: &CodecSettings,
+    ) -> Result<Vec<(Item, Option<u64>)>, EncodeError> {
+        crate::dialect::realtime::encode(decoded).map(frame)
+    }
+
+    fn resync(&self) -> Option<Item> {
+        crate::dialect::realtime::resync_frame().map(Item::Frame)
+    }
 }
 
-impl Decoded {
-    /// Decodes a bus message, or says why it cannot be.
-    pub fn new(message: &BusMessage) -> Result<Decoded, String> {
-        let subject = Subject::parse(&message.subject).map_err(|e| e.to_string())?;
-        let envelope =
-            Envelope::decode(&message.payload, message.json).map_err(|e| e.to_string())?;
-        Ok(Decoded {
-            subject,
-            envelope,
-            seq: message.seq,
-            timestamp_ms: message.stored_ms.unwrap_or_else(crate::registry::now_ms),
-            fallback_id: notification::derive_notification_id(
-                &message.subject,
-                message.msg_id.as_deref(),
-                message.seq,
-                &message.payload,
-            ),
-            v1: std::sync::OnceLock::new(),
-        })
+/// `/api/v1/ws/connect`: room events; rooms have no resync frame.
+#[derive(Debug)]
+struct Rooms;
+
+impl Encode for Rooms {
+    fn encode(
+        &self,
+        decoded: &Decoded,
+        _: &CodecSettings,
+    ) -> Result<Vec<(Item, Option<u64>)>, EncodeError> {
+        crate::dialect::rooms::encode(decoded).map(frame)
     }
 
-    /// The catalog event and alias of an alias or broadcast event, checking that the
-    /// envelope agrees with its subject.
-    pub fn catalog_event(&self) -> Result<(herald_protocol::Event, Option<&str>), String> {
-        let (event, alias_id) = match &self.subject {
-            Subject::Alias { alias_id, event } => {
-                if let Some(id) = self
-                    .envelope
-                    .alias_id
-                    .as_deref()
-                    .filter(|id| id != alias_id)
-                {
-                    return Err(format!(
-                        "envelope aliasId {id:?} does not match the subject's alias {alias_id:?}"
-                    ));
-                }
-                (*event, Some(alias_id.as_str()))
-            }
-            Subject::Broadcast(event) => (*event, None),
-            other => return Err(format!("{other} carries no mailbox event")),
-        };
-        let event = self
-            .envelope
-            .event_for_subject(event)
-            .map_err(|e| e.to_string())?;
-        Ok((event, alias_id))
+    fn resync(&self) -> Option<Item> {
+        None
     }
+}
 
-    /// The enriched `/v1/ws` notifications of this event (split when UID lists are long).
-    fn v1_notifications(&self) -> Result<Notifications, String> {
-        self.v1
-            .get_or_init(|| {
-                let (event, alias_id) = self.catalog_event()?;
-                let info = Enrichment {
-                    event,
-                    alias_id,
-                    seq: self.seq,
-                    fallback_id: self.fallback_id.clone(),
-                    now_ms: self.timestamp_ms,
-                };
-                Ok(notification::prepare(self.envelope.payload.clone(), &info).into())
-            })
-            .clone()
-    }
+/// One frame as the only item of an event.
+fn frame((frame, published): Encoded) -> Vec<(Item, Option<u64>)> {
+    vec![(Item::Frame(frame), published)]
 }
 
 /// One `/v1/ws` notification in the codec's encoding, its resources truncated if the
@@ -244,12 +153,14 @@ mod tests {
     fn msgpackr_resync_frame_is_what_msgpackr_writes() {
         // `new (require("msgpackr").Encoder)().pack({event: "resyncRequired"})`, 2.1.3.
         let expected: &[u8] = b"\xd4\x72\x40\x91\xa5event\xaeresyncRequired";
-        match Codec::V1Msgpackr.resync_frame() {
-            Some(Frame::Binary(bytes)) => assert_eq!(&bytes[..], expected),
+        match ENCODERS[Codec::V1Msgpackr.index()].resync() {
+            Some(Item::Frame(Frame::Binary(bytes))) => assert_eq!(&bytes[..], expected),
             other => panic!("expected a binary frame, got {other:?}"),
         }
-        match Codec::V1MsgPack.resync_frame() {
-            Some(Frame::Binary(bytes)) => assert_eq!(bytes[0], 0x81, "a plain one-entry map"),
+        match ENCODERS[Codec::V1MsgPack.index()].resync() {
+            Some(Item::Frame(Frame::Binary(bytes))) => {
+                assert_eq!(bytes[0], 0x81, "a plain one-entry map")
+            }
             other => panic!("expected a binary frame, got {other:?}"),
         }
     }

@@ -441,8 +441,9 @@ mod tests {
     use super::*;
     use crate::auth::Authenticator;
     use crate::bus::{Bus, MemoryBus};
+    use crate::codec::CodecSettings;
     use crate::config::Settings;
-    use crate::dialect::codec::{Codec, CodecSettings};
+    use crate::dialect::codec::{Codec, ENCODERS};
     use crate::directory::Directory;
     use crate::limits::Limits;
     use crate::outbox::Outbound;
@@ -463,6 +464,7 @@ mod tests {
             node: "test".into(),
             max_buffered_bytes: 1 << 20,
             on_delivered: None,
+            encoders: &ENCODERS,
         });
         Arc::new(AppState {
             realtime: crate::dialect::realtime::RealtimeNode::new(&settings, &bus, None),

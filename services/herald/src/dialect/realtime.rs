@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 pub use node::RealtimeNode;
 pub use upgrade::upgrade;
 
-use crate::dialect::codec::{Decoded, Encoded};
+use crate::codec::{Decoded, EncodeError, Encoded};
 use crate::outbox::Frame;
 
 /// The frame telling a client its `since` is older than retention: refetch.
@@ -70,7 +70,7 @@ pub fn covers(allowed: &str, requested: &str) -> bool {
 /// `Notification`. `data.metadata` gets `message_id`, `sent_at` (seconds, as document 003
 /// shows it) and `seq`, and the frame a top-level `seq` to resume from with
 /// `Subscribe.since` and `timestamp` (ms, like the document client's `Date.now()`).
-pub fn encode(decoded: &Decoded) -> Result<Encoded, String> {
+pub fn encode(decoded: &Decoded) -> Result<Encoded, EncodeError> {
     let payload = &decoded.envelope.payload;
     let typed = matches!(payload.get("type"), Some(Value::String(_)));
     let mut frame = match (&decoded.subject, typed) {
@@ -84,10 +84,14 @@ pub fn encode(decoded: &Decoded) -> Result<Encoded, String> {
             "data": {"topic": topic, "payload": payload},
         }),
         (Subject::User(_), false) => json!({"type": "Notification", "data": payload}),
-        (other, _) => return Err(format!("{other} is not a /ws topic or user subject")),
+        (other, _) => {
+            return Err(EncodeError::Unfit(format!(
+                "{other} is not a /ws topic or user subject"
+            )))
+        }
     };
     let Some(map) = frame.as_object_mut() else {
-        return Err("a /ws frame is a JSON object".into());
+        return Err(EncodeError::Unfit("a /ws frame is a JSON object".into()));
     };
     if let Some(seq) = decoded.seq {
         map.insert("seq".into(), seq.into());

@@ -38,6 +38,9 @@ pub enum PublishError {
     /// The connection failed while the body was read.
     #[error("cannot read the body: {0}")]
     Body(String),
+    /// The envelope names no subject it may be published on.
+    #[error(transparent)]
+    Subject(#[from] SubjectError),
     /// The bus refused it.
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -47,7 +50,9 @@ impl ResponseError for PublishError {
     fn status_code(&self) -> StatusCode {
         match self {
             PublishError::Unauthorized => StatusCode::UNAUTHORIZED,
-            PublishError::BadRequest(_) | PublishError::Body(_) => StatusCode::BAD_REQUEST,
+            PublishError::BadRequest(_) | PublishError::Body(_) | PublishError::Subject(_) => {
+                StatusCode::BAD_REQUEST
+            }
             PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             PublishError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             PublishError::Bus(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -170,12 +175,32 @@ async fn receive(
 /// The subjects `POST /v1/publish` (and `herald publish`) may publish on.
 pub const EVENT_SUBJECTS: &str = "herald.v1.alias.<aliasId>.<event>, herald.v1.broadcast.<event>, herald.v1.topic.<topic>, herald.v1.user.<userId> or herald.v1.room.<prefix>.<id>";
 
+/// Why an envelope has no subject it may be published on.
+#[derive(Debug, thiserror::Error)]
+pub enum SubjectError {
+    /// `payload.event` is not a catalog event.
+    #[error(transparent)]
+    Event(#[from] herald_protocol::EnvelopeError),
+    /// The subject (or an id in it) is malformed.
+    #[error(transparent)]
+    Subject(#[from] herald_protocol::SubjectError),
+    /// A control, auth or custom subject.
+    #[error("subject {0:?} is not an event subject: /v1/publish accepts only {EVENT_SUBJECTS}")]
+    NotAnEvent(String),
+    /// A per-alias event without its alias.
+    #[error("{0} is a per-alias event: set \"aliasId\" (or \"subject\")")]
+    NeedsAlias(herald_protocol::Event),
+    /// Neither a subject nor an event.
+    #[error("payload.event is required (e.g. \"newMessage\")")]
+    NoEvent,
+}
+
 /// Resolves the subject an envelope is published on, validating ids and event names.
-pub fn subject_for(envelope: &Envelope) -> Result<Subject, String> {
-    let event = envelope.event().map_err(|e| e.to_string())?;
+pub fn subject_for(envelope: &Envelope) -> Result<Subject, SubjectError> {
+    let event = envelope.event()?;
     match (&envelope.subject, &envelope.alias_id, event) {
         (Some(subject), _, _) => {
-            let parsed = Subject::parse(subject).map_err(|e| e.to_string())?;
+            let parsed = Subject::parse(subject)?;
             match parsed {
                 Subject::Alias { .. }
                 | Subject::Broadcast(_)
@@ -184,19 +209,15 @@ pub fn subject_for(envelope: &Envelope) -> Result<Subject, String> {
                 | Subject::Room { .. } => Ok(parsed),
                 // Control, auth and custom subjects drive the nodes themselves: a
                 // publish token must not revoke sessions or answer auth requests.
-                Subject::ControlRevoke | Subject::AuthRequest | Subject::Custom(_) => Err(format!(
-                    "subject {subject:?} is not an event subject: /v1/publish accepts only {EVENT_SUBJECTS}"
-                )),
+                Subject::ControlRevoke | Subject::AuthRequest | Subject::Custom(_) => {
+                    Err(SubjectError::NotAnEvent(subject.clone()))
+                }
             }
         }
         (None, _, Some(event)) if event.is_broadcast() => Ok(Subject::Broadcast(event)),
-        (None, Some(alias_id), Some(event)) => {
-            Subject::alias(alias_id, event).map_err(|e| e.to_string())
-        }
-        (None, None, Some(event)) => Err(format!(
-            "{event} is a per-alias event: set \"aliasId\" (or \"subject\")"
-        )),
-        (None, _, None) => Err("payload.event is required (e.g. \"newMessage\")".into()),
+        (None, Some(alias_id), Some(event)) => Ok(Subject::alias(alias_id, event)?),
+        (None, None, Some(event)) => Err(SubjectError::NeedsAlias(event)),
+        (None, _, None) => Err(SubjectError::NoEvent),
     }
 }
 
@@ -213,7 +234,7 @@ pub async fn publish(
     };
     let mut envelope =
         Envelope::decode(&body, true).map_err(|e| PublishError::BadRequest(e.to_string()))?;
-    let subject = subject_for(&envelope).map_err(PublishError::BadRequest)?;
+    let subject = subject_for(&envelope)?;
     if let Subject::Alias { event, .. } | Subject::Broadcast(event) = &subject {
         if envelope.event().ok().flatten().is_none() {
             envelope
@@ -340,7 +361,7 @@ mod tests {
         let e = envelope(json!({"subject": "herald.v1.topic.x.y", "payload": {}}));
         assert_eq!(subject_for(&e).unwrap().to_string(), "herald.v1.topic.x.y");
         let e = envelope(json!({"payload": {"event": "newMessage"}}));
-        assert!(subject_for(&e).unwrap_err().contains("aliasId"));
+        assert!(subject_for(&e).unwrap_err().to_string().contains("aliasId"));
         for subject in [
             "herald.v1.control.revoke",
             "herald.v1.auth.request",
@@ -349,10 +370,14 @@ mod tests {
             let e = envelope(json!({"subject": subject, "payload": {}}));
             assert!(subject_for(&e)
                 .unwrap_err()
+                .to_string()
                 .contains("not an event subject"));
         }
         let e = envelope(json!({"aliasId": "a1", "payload": {}}));
-        assert!(subject_for(&e).unwrap_err().contains("payload.event"));
+        assert!(subject_for(&e)
+            .unwrap_err()
+            .to_string()
+            .contains("payload.event"));
         let e = envelope(json!({"aliasId": "a1", "payload": {"event": "bogus"}}));
         assert!(subject_for(&e).is_err());
     }

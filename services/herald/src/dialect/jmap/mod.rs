@@ -3,16 +3,10 @@
 //! client's `dataTypes`, coalesces a burst into one `StateChange`, and answers
 //! `Request` objects (`Core/echo`).
 
-use bytestring::ByteString;
 use herald_protocol::Event;
 use serde::{Deserialize, Serialize};
 
-use crate::dialect::codec::{Decoded, Encoded};
-use crate::outbox::Frame;
-
-/// The relayed frame that says "your `pushState` is older than retention": the session
-/// reports every data type it pushes as changed.
-pub const RESYNC: &str = r#"{"resync":true}"#;
+use crate::codec::{Decoded, EncodeError, Item};
 
 /// JMAP data types herald reports changes of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -72,27 +66,16 @@ impl DataType {
     }
 }
 
-/// What the registry relays to a JMAP session for one event.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Change {
-    /// The data types the event changed.
-    pub types: Vec<DataType>,
-}
-
-/// One alias event as the data types it changed (relayed to the session, not written).
-pub fn encode(decoded: &Decoded) -> Result<Encoded, String> {
+/// One alias event as a typed change relayed to the session (which maps it to the data
+/// types it changed), not a frame: the session filters and coalesces before writing.
+pub fn encode(decoded: &Decoded) -> Result<Item, EncodeError> {
     let (event, alias_id) = decoded.catalog_event()?;
     if alias_id.is_none() {
-        return Err(format!("{event} is not an account event"));
+        return Err(EncodeError::Unfit(format!(
+            "{event} is not an account event"
+        )));
     }
-    let change = Change {
-        types: DataType::changed_by(event).to_vec(),
-    };
-    let json = serde_json::to_string(&change).map_err(|e| e.to_string())?;
-    Ok((
-        Frame::Text(ByteString::from(json)),
-        Some(decoded.timestamp_ms),
-    ))
+    Ok(Item::Change(event))
 }
 
 mod request;

@@ -19,7 +19,7 @@ use bytestring::ByteString;
 use serde_json::{json, Map, Value};
 
 use super::request::{self, ClientFrame};
-use super::{Change, DataType, RESYNC};
+use super::DataType;
 use crate::dialect::admission::{admit, authorization, login_alias, Admitted, AliasLogin};
 use crate::dialect::codec::Codec;
 use crate::dialect::connection::{Connection, Data, Session};
@@ -231,25 +231,20 @@ impl Actor for JmapSession {
     }
 }
 
-/// A change (or resync marker) from the alias's registry.
+/// A change (or resync) from the alias's registry; its budget charge is given back when
+/// the message drops at the end of the handler.
 impl Handler<Relayed> for JmapSession {
     type Result = ();
 
     fn handle(&mut self, relayed: Relayed, ctx: &mut Self::Context) {
-        let Frame::Text(text) = &relayed.frame else {
-            return;
-        };
-        if &**text == RESYNC {
-            return self.resync(ctx);
-        }
-        match serde_json::from_str::<Change>(text) {
-            Ok(change) => {
-                let seq = relayed.seq.unwrap_or(self.seen + 1);
+        match relayed {
+            Relayed::Resync { .. } => self.resync(ctx),
+            Relayed::Change { event, seq, .. } => {
+                let seq = seq.unwrap_or(self.seen + 1);
                 // Changes the client's pushState already covered are not news to it.
                 let report = seq > self.floor;
-                self.changed(&change.types, seq, report, ctx);
+                self.changed(DataType::changed_by(event), seq, report, ctx);
             }
-            Err(error) => tracing::error!(%error, "undecodable JMAP change from the registry"),
         }
     }
 }

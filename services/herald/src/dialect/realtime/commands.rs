@@ -17,7 +17,8 @@ use super::session::RealtimeSession;
 use super::{covers, validate_pattern};
 use crate::bus::{BusMessage, RequestError};
 use crate::outbox::Frame;
-use crate::registry::{now_ms, Join, RoutingKey};
+use crate::registry::{Join, RoutingKey};
+use herald_protocol::now_ms;
 
 /// Topics the server publishes Presence on; clients may subscribe, never broadcast.
 const PRESENCE_PREFIX: &str = "presence.";

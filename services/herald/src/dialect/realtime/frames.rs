@@ -5,7 +5,7 @@ use bytestring::ByteString;
 use serde_json::{json, Map, Value};
 
 use crate::outbox::Frame;
-use crate::registry::now_ms;
+use herald_protocol::now_ms;
 
 /// Seconds since the epoch: the unit of every time field inside `data` (`server_time`,
 /// `sent_at`, `last_seen`, `expires_at`), as document 003's examples show them.

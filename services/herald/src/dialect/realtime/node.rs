@@ -29,18 +29,44 @@ use serde_json::{json, Value};
 
 use crate::bus::{Bus, BusMessage};
 use crate::cluster_limits::{ClusterLimits, Lease};
+use crate::codec::Decoded;
 use crate::config::Settings;
-use crate::dialect::codec::Decoded;
-use crate::registry::{now_ms, DeliveryObserver, SessionId};
+use crate::registry::{DeliveryObserver, SessionId};
+use herald_protocol::now_ms;
 
 /// Subjects delivery reports are sent on (`herald.realtime.ack.<message_id>`).
-pub const ACK_PREFIX: &str = "herald.realtime.ack";
+pub const ACK_PREFIX: &str = herald_protocol::subject::REALTIME_ACK;
 /// The reserved payload field naming a stored event's report subject.
 pub const ACK_FIELD: &str = "ack";
 /// The KV bucket of offline direct-message queues.
 const QUEUE_BUCKET: &str = "HERALD_DM_QUEUE";
 /// Read-modify-write attempts on a queue entry before giving up (contention is rare).
 const QUEUE_CAS_ATTEMPTS: usize = 8;
+
+/// Why an offline user's direct-message queue was not read or written (the sender may retry).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// A memory-bus node already holds the most queues it may.
+    #[error(
+        "the node holds queues for {0} offline users (realtime.dm_queue_users_max); retry later"
+    )]
+    Full(usize),
+    /// Other writers kept changing the queue.
+    #[error("the offline queue of {0} changed {QUEUE_CAS_ATTEMPTS} times while writing; retry")]
+    Contended(String),
+    /// The node runs on the memory bus, which has no KV store.
+    #[error("no KV store on the memory bus")]
+    NoStore,
+    /// The KV bucket could not be opened (NATS down, say).
+    #[error("cannot open KV bucket {QUEUE_BUCKET}: {0}")]
+    Open(#[source] crate::bus::Source),
+    /// A KV read failed.
+    #[error("{0}")]
+    Read(#[source] crate::bus::Source),
+    /// The queue entry could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+}
 
 /// Where an offline user's queued direct messages start.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -366,7 +392,7 @@ impl RealtimeNode {
     }
 
     /// How many direct messages are queued for `user_id`.
-    pub async fn queued(&self, user_id: &str) -> Result<usize, String> {
+    pub async fn queued(&self, user_id: &str) -> Result<usize, QueueError> {
         Ok(self.queue_entry(user_id).await?.map_or(0, |(q, _)| q.count))
     }
 
@@ -395,7 +421,7 @@ impl RealtimeNode {
     /// Records that a direct message stored at `seq` waits for `user_id`. Concurrent
     /// writers (other nodes, other senders) are resolved with the KV revision: the
     /// earliest `since` wins and every message is counted.
-    pub async fn enqueue(&self, user_id: &str, seq: u64) -> Result<(), String> {
+    pub async fn enqueue(&self, user_id: &str, seq: u64) -> Result<(), QueueError> {
         let add = |old: Option<Queued>| match old {
             Some(q) => Queued {
                 since: q.since.min(seq.saturating_sub(1)),
@@ -409,10 +435,7 @@ impl RealtimeNode {
         if let Queues::Memory(map) = &self.queues {
             let mut map = map.lock().expect("queue lock");
             if !self.make_room(&mut map, user_id) {
-                return Err(format!(
-                    "the node holds queues for {} offline users (realtime.dm_queue_users_max); retry later",
-                    self.queue_users_max
-                ));
+                return Err(QueueError::Full(self.queue_users_max));
             }
             let old = map
                 .get(user_id)
@@ -428,9 +451,7 @@ impl RealtimeNode {
                 Some((q, revision)) => (Some(q), revision),
                 None => (None, None),
             };
-            let value: bytes::Bytes = serde_json::to_vec(&add(old))
-                .map_err(|e| e.to_string())?
-                .into();
+            let value: bytes::Bytes = serde_json::to_vec(&add(old))?.into();
             let written = match revision {
                 Some(revision) => store.update(user_id, value, revision).await.is_ok(),
                 None => store.create(user_id, value).await.is_ok(),
@@ -439,9 +460,7 @@ impl RealtimeNode {
                 return Ok(());
             }
         }
-        Err(format!(
-            "the offline queue of {user_id} changed {QUEUE_CAS_ATTEMPTS} times while writing; retry"
-        ))
+        Err(QueueError::Contended(user_id.to_owned()))
     }
 
     /// Takes `user_id`'s queue: the sequence its replay starts after, if messages wait.
@@ -466,7 +485,10 @@ impl RealtimeNode {
     }
 
     /// The queue entry of `user_id` and its KV revision (`None` in memory mode).
-    async fn queue_entry(&self, user_id: &str) -> Result<Option<(Queued, Option<u64>)>, String> {
+    async fn queue_entry(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<(Queued, Option<u64>)>, QueueError> {
         match &self.queues {
             Queues::Memory(map) => {
                 let map = map.lock().expect("queue lock");
@@ -477,7 +499,10 @@ impl RealtimeNode {
             }
             Queues::Nats { .. } => {
                 let store = self.store().await?;
-                let entry = store.entry(user_id).await.map_err(|e| e.to_string())?;
+                let entry = store
+                    .entry(user_id)
+                    .await
+                    .map_err(|e| QueueError::Read(e.into()))?;
                 Ok(entry
                     .filter(|e| e.operation == kv::Operation::Put)
                     .and_then(|e| {
@@ -490,14 +515,14 @@ impl RealtimeNode {
     }
 
     /// The KV bucket, created on first use (NATS may be down when the node starts).
-    async fn store(&self) -> Result<&kv::Store, String> {
+    async fn store(&self) -> Result<&kv::Store, QueueError> {
         let Queues::Nats {
             jetstream,
             store,
             replicas,
         } = &self.queues
         else {
-            return Err("no KV store on the memory bus".into());
+            return Err(QueueError::NoStore);
         };
         store
             .get_or_try_init(|| async {
@@ -512,7 +537,7 @@ impl RealtimeNode {
                         ..Default::default()
                     })
                     .await
-                    .map_err(|e| format!("cannot open KV bucket {QUEUE_BUCKET}: {e}"))
+                    .map_err(|e| QueueError::Open(e.into()))
             })
             .await
     }

@@ -19,9 +19,10 @@ use crate::dialect::connection::{self, Connection, Data, Session};
 use crate::dialect::Dialect;
 use crate::limits::Slot;
 use crate::outbox::{Frame, OutboxReceiver};
-use crate::registry::{now_ms, Join, Member, RoutingKey};
+use crate::registry::{Join, Member, RoutingKey};
 use crate::state::AppState;
 use crate::websocket::Inbound;
+use herald_protocol::now_ms;
 
 /// The `/ws` protocol version announced in the welcome.
 const PROTOCOL_VERSION: &str = "1.0";

@@ -11,7 +11,7 @@ use bytestring::ByteString;
 use herald_protocol::Subject;
 use serde_json::{json, Map, Value};
 
-use crate::dialect::codec::{Decoded, Encoded};
+use crate::codec::{Decoded, EncodeError, Encoded};
 use crate::outbox::Frame;
 use crate::registry::RoutingKey;
 
@@ -41,20 +41,23 @@ pub const EVENT_TYPES: &[&str] = &[
 /// payload gives `type`, `data`, `sender` (and `sender_id` when it has one); herald adds
 /// `room`, `timestamp` (when the bus stored the event, the same on every node) and `seq`
 /// (SPEC §5).
-pub fn encode(decoded: &Decoded) -> Result<Encoded, String> {
+pub fn encode(decoded: &Decoded) -> Result<Encoded, EncodeError> {
     let Subject::Room { prefix, id } = &decoded.subject else {
-        return Err(format!("{} is not a room subject", decoded.subject));
+        return Err(EncodeError::Unfit(format!(
+            "{} is not a room subject",
+            decoded.subject
+        )));
     };
     let payload = &decoded.envelope.payload;
     let kind = payload
         .get("type")
         .and_then(Value::as_str)
-        .ok_or("a room event needs payload.type (a string)")?;
+        .ok_or_else(|| EncodeError::Unfit("a room event needs payload.type (a string)".into()))?;
     if !EVENT_TYPES.contains(&kind) {
-        return Err(format!(
+        return Err(EncodeError::Unfit(format!(
             "room event type {kind:?} is not one of {}; dropped",
             EVENT_TYPES.join(", ")
-        ));
+        )));
     }
     let mut frame = json!({
         "type": kind,

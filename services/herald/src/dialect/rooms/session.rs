@@ -202,7 +202,7 @@ impl RoomsSession {
         if let Some(exp) = principal.claims.get("exp").and_then(Value::as_u64) {
             let left = exp
                 .saturating_mul(1000)
-                .saturating_sub(crate::registry::now_ms());
+                .saturating_sub(herald_protocol::now_ms());
             let left = Duration::from_millis(left);
             self.conn
                 .close_after(left, close::UNAUTHORIZED, "token expired", ctx);

@@ -105,9 +105,10 @@ impl Application {
             revocations: Default::default(),
         });
 
-        let listener = TcpListener::bind(&settings.server.listen)?;
+        let listener = TcpListener::bind(settings.server.listen)?;
         let address = listener.local_addr()?;
-        let separate_metrics = !settings.server.metrics_listen.is_empty();
+        let metrics_listen = settings.server.metrics_listen;
+        let separate_metrics = metrics_listen.is_some();
         let app_state = state.clone();
         let drain = Duration::from_secs(settings.shutdown.drain_seconds);
         let server = HttpServer::new(move || {
@@ -134,8 +135,8 @@ impl Application {
         .listen(listener)?;
         let mut metrics_address = None;
         let mut metrics_server = None;
-        if separate_metrics {
-            let metrics_listener = TcpListener::bind(&settings.server.metrics_listen)?;
+        if let Some(metrics_listen) = metrics_listen {
+            let metrics_listener = TcpListener::bind(metrics_listen)?;
             metrics_address = Some(metrics_listener.local_addr()?);
             let metrics_state = state.clone();
             metrics_server = Some(

@@ -2,6 +2,7 @@
 //!
 //! - [`event`]: the catalog of event names (exact wire spelling).
 //! - [`subject`]: NATS subject builders, parsers and wildcard matching.
+//! - [`topic`]: `/ws` topic patterns ([`TopicPattern`]).
 //! - [`envelope`]: the `{aliasId, payload}` body producers publish.
 //! - [`notification`]: turning one envelope into the notifications clients receive.
 //! - [`codec`]: JSON and MessagePack encodings of frames.
@@ -13,8 +14,10 @@ pub mod event;
 pub mod msgpackr;
 pub mod notification;
 pub mod subject;
+pub mod topic;
 
 pub use codec::{JsCompatible, WireFormat};
 pub use envelope::{Envelope, EnvelopeError};
 pub use event::{Event, EventFamily};
 pub use subject::{Subject, SubjectError};
+pub use topic::TopicPattern;

@@ -15,6 +15,7 @@ use bytestring::ByteString;
 use futures_util::future::join_all;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use herald_protocol::subject::{validate_identifier, validate_topic};
+use herald_protocol::TopicPattern;
 use serde_json::{json, Map, Value};
 use sha2::Digest;
 
@@ -89,7 +90,7 @@ fn token_of(req: &HttpRequest) -> Result<(String, Option<String>), Refusal> {
 
 /// Topic patterns the principal may use for `action` (`subscribe` or `publish`): the JWT's
 /// `topics.<action>` list, else the configured default.
-fn permissions(principal: &Principal, action: &str, default: &[String]) -> Vec<String> {
+fn permissions(principal: &Principal, action: &str, default: &[TopicPattern]) -> Vec<String> {
     principal
         .claims
         .get(TOPICS_CLAIM)
@@ -102,7 +103,7 @@ fn permissions(principal: &Principal, action: &str, default: &[String]) -> Vec<S
                 .map(str::to_owned)
                 .collect()
         })
-        .unwrap_or_else(|| default.to_vec())
+        .unwrap_or_else(|| default.iter().map(|p| p.as_str().to_owned()).collect())
 }
 
 /// `GET /ws`: authenticates before the upgrade (401 on a bad token), then upgrades.

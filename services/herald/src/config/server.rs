@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::de;
 
@@ -16,13 +16,21 @@ pub struct ServerSettings {
     /// Optional second listener for `/metrics` only; empty (`None`) serves it on `listen`.
     #[serde(
         deserialize_with = "de::optional_address",
-        skip_serializing_if = "Option::is_none"
+        serialize_with = "empty_when_none"
     )]
     pub metrics_listen: Option<SocketAddr>,
     /// Trust the last `X-Forwarded-For` entry as the client address (behind a proxy only).
     pub trust_proxy: bool,
     /// `Origin` values allowed to open WebSockets; empty allows any.
     pub allowed_origins: Vec<String>,
+}
+
+/// Prints an unset address as `""`, the spelling an operator writes for "none".
+fn empty_when_none<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match addr {
+        Some(addr) => s.collect_str(addr),
+        None => s.serialize_str(""),
+    }
 }
 
 impl Default for ServerSettings {

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -162,8 +161,7 @@ pub struct Limits {
 impl Limits {
     /// Limits from validated settings.
     pub fn new(settings: &LimitSettings) -> Arc<Limits> {
-        let per_minute =
-            NonZeroU32::new(settings.connections_per_ip_per_minute).unwrap_or(NonZeroU32::MIN);
+        let per_minute = settings.connections_per_ip_per_minute;
         Arc::new(Limits {
             settings: settings.clone(),
             rate: RateLimiter::keyed(Quota::per_minute(per_minute)),
@@ -247,6 +245,8 @@ impl Limits {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
+
     use super::*;
 
     #[test]
@@ -360,7 +360,7 @@ mod tests {
     #[test]
     fn the_rate_limit_refuses_the_burst_overflow() {
         let limits = Limits::new(&LimitSettings {
-            connections_per_ip_per_minute: 2,
+            connections_per_ip_per_minute: NonZeroU32::new(2).unwrap(),
             ..LimitSettings::default()
         });
         let ip: IpAddr = "10.0.0.2".parse().unwrap();

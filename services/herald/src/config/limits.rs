@@ -1,5 +1,6 @@
 //! `[limits]`: per-address, per-alias and per-node bounds shared by every dialect.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -19,9 +20,8 @@ pub struct LimitSettings {
     /// Largest frame a `/v1/ws` client may send (1009 above it).
     #[serde(deserialize_with = "de::at_least::<1, _, _>")]
     pub max_client_frame_bytes: usize,
-    /// New connections per client address per minute.
-    #[serde(deserialize_with = "de::at_least::<1, _, _>")]
-    pub connections_per_ip_per_minute: u32,
+    /// New connections per client address per minute (a rate quota needs at least one).
+    pub connections_per_ip_per_minute: NonZeroU32,
     /// Sessions per alias.
     #[serde(deserialize_with = "de::at_least::<1, _, _>")]
     pub max_sessions_per_alias: usize,
@@ -66,7 +66,7 @@ impl Default for LimitSettings {
             max_notification_bytes: 1 << 20,
             max_buffered_bytes: 1 << 20,
             max_client_frame_bytes: 1024,
-            connections_per_ip_per_minute: 30,
+            connections_per_ip_per_minute: NonZeroU32::new(30).expect("30 is not 0"),
             max_sessions_per_alias: 10,
             max_sessions_total: 10_000,
             max_pending_auth_per_ip: 5,

@@ -58,7 +58,7 @@ fn defaults_are_the_contracts_numbers() {
         assert_eq!(l.max_notification_bytes, 1024 * 1024);
         assert_eq!(l.max_buffered_bytes, 1024 * 1024);
         assert_eq!(l.max_client_frame_bytes, 1024);
-        assert_eq!(l.connections_per_ip_per_minute, 30);
+        assert_eq!(l.connections_per_ip_per_minute.get(), 30);
         assert_eq!(l.max_sessions_per_alias, 10);
         assert_eq!(l.max_sessions_total, 10_000);
         assert_eq!(l.max_pending_auth_per_ip, 5);
@@ -219,6 +219,11 @@ fn bad_values_are_refused_while_parsing_with_their_key_path() {
             "[auth]\nbackend_timeout = \"0s\"",
             "auth.backend_timeout",
             "greater than 0",
+        ),
+        (
+            "[limits]\nconnections_per_ip_per_minute = 0",
+            "limits.connections_per_ip_per_minute",
+            "nonzero",
         ),
         (
             "[limits]\nmax_sessions_per_alias = \"lots\"",

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -19,17 +19,59 @@ const DEV_CONFIG: &str = include_str!("../../config/dev.toml");
 /// The stdout line herald prints once its socket is bound.
 const LISTENING_PREFIX: &str = "herald listening on http://";
 
-/// Finds the `herald` binary: `$HERALD_BIN`, else `<workspace>/target/debug/herald`.
+/// The `herald` binary the tests run: `$HERALD_BIN` when set (scripts/test, CI, a binary
+/// built elsewhere), else the one `cargo build -p herald` produces, built once per test
+/// process so `cargo test` alone never runs a stale binary.
 pub fn herald_binary() -> PathBuf {
-    let path = std::env::var_os("HERALD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/debug/herald"));
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| match std::env::var_os("HERALD_BIN") {
+            Some(path) => {
+                let path = PathBuf::from(path);
+                assert!(
+                    path.is_file(),
+                    "HERALD_BIN names {}, which is not a file: build it or unset HERALD_BIN",
+                    path.display()
+                );
+                path
+            }
+            None => build_herald(),
+        })
+        .clone()
+}
+
+/// Runs `cargo build -p herald` (the cargo that runs the tests, same target dir and
+/// profile as a contributor's own build) and returns the executable it reports.
+///
+/// Why not `CARGO_BIN_EXE_herald`: cargo only sets it for tests inside the `herald`
+/// package, and moving the e2e suite there would make every unit-test run link it too.
+fn build_herald() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "-p",
+            "herald",
+            "--bin",
+            "herald",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo runs (set HERALD_BIN to use a prebuilt herald instead)");
     assert!(
-        path.is_file(),
-        "herald binary not found at {}: run `cargo build -p herald` first (or set HERALD_BIN)",
-        path.display()
+        output.status.success(),
+        "`cargo build -p herald` failed ({}): fix the build above, or set HERALD_BIN",
+        output.status
     );
-    path
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| message["target"]["name"] == "herald")
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .expect("`cargo build -p herald` reports the herald executable")
 }
 
 /// A complete node configuration: `config/dev.toml` with test defaults, plus overrides.

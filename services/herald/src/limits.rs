@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,13 +51,24 @@ pub fn client_ip(
 
 /// Counted slots per key with a ceiling; a [`Slot`] gives its place back when dropped.
 pub struct Counter<K: Eq + Hash + Clone> {
-    counts: Arc<Mutex<HashMap<K, usize>>>,
+    shared: Arc<Shared<K>>,
+}
+
+/// What a [`Counter`] shares with its slots.
+struct Shared<K> {
+    counts: Mutex<HashMap<K, usize>>,
+    /// Woken whenever a key's last slot is dropped, so shutdown can wait for the last
+    /// session instead of sleeping through the whole drain window.
+    emptied: tokio::sync::Notify,
 }
 
 impl<K: Eq + Hash + Clone> Default for Counter<K> {
     fn default() -> Self {
         Counter {
-            counts: Arc::default(),
+            shared: Arc::new(Shared {
+                counts: Mutex::default(),
+                emptied: tokio::sync::Notify::new(),
+            }),
         }
     }
 }
@@ -66,7 +76,7 @@ impl<K: Eq + Hash + Clone> Default for Counter<K> {
 impl<K: Eq + Hash + Clone> Counter<K> {
     /// Takes a slot for `key` unless `max` are taken.
     pub fn try_acquire(&self, key: K, max: usize) -> Option<Slot<K>> {
-        let mut counts = self.counts.lock().expect("limits lock");
+        let mut counts = self.shared.counts.lock().expect("limits lock");
         let count = counts.entry(key.clone()).or_insert(0);
         if *count >= max {
             if *count == 0 {
@@ -76,35 +86,52 @@ impl<K: Eq + Hash + Clone> Counter<K> {
         }
         *count += 1;
         Some(Slot {
-            counts: Arc::clone(&self.counts),
+            shared: Arc::clone(&self.shared),
             key,
         })
     }
 
     /// Slots currently taken for `key`.
     pub fn count(&self, key: &K) -> usize {
-        self.counts
+        self.shared
+            .counts
             .lock()
             .expect("limits lock")
             .get(key)
             .copied()
             .unwrap_or(0)
     }
+
+    /// Resolves once no slot is taken for `key` (at once if none is).
+    pub async fn until_empty(&self, key: &K) {
+        loop {
+            // Registered before the check, so a drop between the check and the await
+            // still wakes this waiter.
+            let emptied = self.shared.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.count(key) == 0 {
+                return;
+            }
+            emptied.await;
+        }
+    }
 }
 
 /// A taken slot; dropping it frees the place.
 pub struct Slot<K: Eq + Hash + Clone> {
-    counts: Arc<Mutex<HashMap<K, usize>>>,
+    shared: Arc<Shared<K>>,
     key: K,
 }
 
 impl<K: Eq + Hash + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().expect("limits lock");
+        let mut counts = self.shared.counts.lock().expect("limits lock");
         if let Some(count) = counts.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
                 counts.remove(&self.key);
+                self.shared.emptied.notify_waiters();
             }
         }
     }
@@ -134,8 +161,7 @@ pub struct Limits {
 impl Limits {
     /// Limits from validated settings.
     pub fn new(settings: &LimitSettings) -> Arc<Limits> {
-        let per_minute =
-            NonZeroU32::new(settings.connections_per_ip_per_minute).unwrap_or(NonZeroU32::MIN);
+        let per_minute = settings.connections_per_ip_per_minute;
         Arc::new(Limits {
             settings: settings.clone(),
             rate: RateLimiter::keyed(Quota::per_minute(per_minute)),
@@ -219,6 +245,8 @@ impl Limits {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU32;
+
     use super::*;
 
     #[test]
@@ -259,6 +287,28 @@ mod tests {
         drop(a);
         assert_eq!(counter.count(&"x"), 1);
         assert!(counter.try_acquire("x", 2).is_some());
+    }
+
+    #[tokio::test]
+    async fn until_empty_resolves_when_the_last_slot_is_dropped() {
+        let counter = Counter::default();
+        counter.until_empty(&()).await;
+        let a = counter.try_acquire((), 2).unwrap();
+        let b = counter.try_acquire((), 2).unwrap();
+        let waiter = tokio::spawn({
+            let counter = Counter {
+                shared: Arc::clone(&counter.shared),
+            };
+            async move { counter.until_empty(&()).await }
+        });
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "one slot is still taken");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter wakes when the last slot goes")
+            .unwrap();
     }
 
     #[test]
@@ -310,7 +360,7 @@ mod tests {
     #[test]
     fn the_rate_limit_refuses_the_burst_overflow() {
         let limits = Limits::new(&LimitSettings {
-            connections_per_ip_per_minute: 2,
+            connections_per_ip_per_minute: NonZeroU32::new(2).unwrap(),
             ..LimitSettings::default()
         });
         let ip: IpAddr = "10.0.0.2".parse().unwrap();

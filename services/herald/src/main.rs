@@ -53,6 +53,9 @@ fn main() -> anyhow::Result<()> {
             command: ConfigCommand::Check,
         } => {
             let settings = load(cli.config.as_deref())?;
+            for warning in settings.deprecation_warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!("{}", settings.to_redacted_toml());
             eprintln!("config ok");
             Ok(())
@@ -107,6 +110,9 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     for warning in settings.security_warnings() {
+        tracing::warn!("{warning}");
+    }
+    for warning in settings.deprecation_warnings() {
         tracing::warn!("{warning}");
     }
     let result = actix_web::rt::System::new().block_on(async move {

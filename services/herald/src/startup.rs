@@ -27,10 +27,17 @@ pub struct Application {
     server: Server,
     metrics_server: Option<Server>,
     state: web::Data<AppState>,
+    /// Installed before the listening line is printed, so a SIGTERM that arrives right
+    /// after start still drains instead of killing the process.
+    stop_signal: StopSignal,
 }
 
 /// How often an idle in-process bus drops expired events and dedup ids.
 const MEMORY_BUS_SWEEP: Duration = Duration::from_secs(10);
+
+/// How long the listener outlives the drain, so the last sessions' close frames are
+/// written before their sockets are dropped.
+const CLOSE_FLUSH: Duration = Duration::from_millis(500);
 
 impl Application {
     /// Connects the bus, starts the directory and binds the listeners.
@@ -100,9 +107,10 @@ impl Application {
             revocations: Default::default(),
         });
 
-        let listener = TcpListener::bind(&settings.server.listen)?;
+        let listener = TcpListener::bind(settings.server.listen)?;
         let address = listener.local_addr()?;
-        let separate_metrics = !settings.server.metrics_listen.is_empty();
+        let metrics_listen = settings.server.metrics_listen;
+        let separate_metrics = metrics_listen.is_some();
         let app_state = state.clone();
         let drain = Duration::from_secs(settings.shutdown.drain_seconds);
         // The demo page logs in with the demo alias: only where those credentials work.
@@ -146,8 +154,8 @@ impl Application {
         .listen(listener)?;
         let mut metrics_address = None;
         let mut metrics_server = None;
-        if separate_metrics {
-            let metrics_listener = TcpListener::bind(&settings.server.metrics_listen)?;
+        if let Some(metrics_listen) = metrics_listen {
+            let metrics_listener = TcpListener::bind(metrics_listen)?;
             metrics_address = Some(metrics_listener.local_addr()?);
             let metrics_state = state.clone();
             metrics_server = Some(
@@ -168,6 +176,7 @@ impl Application {
             server: server.run(),
             metrics_server,
             state,
+            stop_signal: StopSignal::install()?,
         })
     }
 
@@ -177,7 +186,8 @@ impl Application {
     }
 
     /// Serves until SIGTERM/SIGINT, then drains: readiness off, upgrades refused, sessions
-    /// closed with 1001 spread over `shutdown.drain_seconds`, then exit.
+    /// closed with 1001 spread over `shutdown.drain_seconds`, then exit as soon as the last
+    /// session is gone (or the window ends).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let state = self.state.clone();
@@ -206,7 +216,7 @@ impl Application {
                 housekeeping_state.limits.housekeeping();
             }
         });
-        wait_for_signal().await;
+        self.stop_signal.recv().await;
         let drain = Duration::from_secs(state.settings.shutdown.drain_seconds);
         tracing::info!(
             drain_seconds = drain.as_secs(),
@@ -214,7 +224,14 @@ impl Application {
         );
         state.draining.store(true, Ordering::SeqCst);
         let _ = state.shutdown.send(true);
-        tokio::time::sleep(drain + Duration::from_millis(500)).await;
+        // Sessions close at random moments across the window (or leave on their own);
+        // once the last is gone, waiting longer would only slow a rolling restart.
+        let all_left = state.limits.total.until_empty(&());
+        if tokio::time::timeout(drain, all_left).await.is_ok() {
+            tracing::info!("every session has left");
+        }
+        // Lets the last close frames reach their sockets before the listener stops.
+        tokio::time::sleep(CLOSE_FLUSH).await;
         handle.stop(false).await;
         if let Some(m) = metrics_handle {
             m.stop(false).await;
@@ -230,16 +247,35 @@ impl Application {
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM or SIGINT, caught from the moment it is installed.
+struct StopSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn install() -> std::io::Result<StopSignal> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignal {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(StopSignal {})
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -100,7 +100,7 @@ impl AppState {
         let Some(cluster) = &self.cluster else {
             return Ok(());
         };
-        let per_minute = self.limits.settings.connections_per_ip_per_minute;
+        let per_minute = self.limits.settings.connections_per_ip_per_minute.get();
         if cluster.connection_attempt(ip, per_minute).await == Verdict::Refused {
             metrics::connection_refused("rate");
             return Err(Refusal::TooMany {

@@ -73,3 +73,23 @@ async fn config_check_prints_the_effective_config_without_secrets() {
         assert!(!stdout.contains(secret), "config check leaked {secret:?}");
     }
 }
+
+#[tokio::test]
+async fn the_deprecated_auth_backend_timeout_key_still_applies_with_a_warning() {
+    let config = NodeConfig::memory().set("forwardemail.auth_backend_timeout", "3s");
+    let output = herald(&["config", "check"], &config).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .contains("forwardemail.auth_backend_timeout is deprecated: set auth.backend_timeout"),
+        "{stderr}"
+    );
+    let effective: toml::Table = String::from_utf8_lossy(&output.stdout)
+        .parse()
+        .expect("config check prints TOML");
+    assert_eq!(effective["auth"]["backend_timeout"].as_str(), Some("3s"));
+    assert!(effective["forwardemail"]
+        .get("auth_backend_timeout")
+        .is_none());
+}

@@ -173,6 +173,46 @@ async fn sigterm_drains_sessions_with_1001_refuses_new_ones_and_exits_0() {
     );
 }
 
+/// A drain window long enough that a node sleeping through it fails the tests below.
+const LONG_DRAIN_SECONDS: i64 = 30;
+
+#[tokio::test]
+async fn a_node_without_sessions_exits_well_before_the_drain_window_ends() {
+    let mut node =
+        Node::start(NodeConfig::memory().set("shutdown.drain_seconds", LONG_DRAIN_SECONDS)).await;
+    let asked = std::time::Instant::now();
+    node.terminate();
+    let status = node.wait_exit(PROMPT).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "no session to drain: herald exits 0 at once, not after {LONG_DRAIN_SECONDS} s; got {status:?} after {:?}",
+        asked.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_node_whose_sessions_all_leave_exits_well_before_the_drain_window_ends() {
+    let mut node =
+        Node::start(NodeConfig::memory().set("shutdown.drain_seconds", LONG_DRAIN_SECONDS)).await;
+    let v1 = Connect::v1(&node).alias(&DEMO).connect().await;
+    let jmap = Connect::jmap(&node)
+        .alias(&OTHER)
+        .open()
+        .await
+        .expect("/jmap/ws upgrade");
+    let asked = std::time::Instant::now();
+    node.terminate();
+    // Clients that reconnect elsewhere as soon as /readyz turns 503, as behind a balancer.
+    v1.close().await;
+    jmap.close().await;
+    let status = node.wait_exit(PROMPT).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "every session left: herald exits 0 then, not after {LONG_DRAIN_SECONDS} s; got {status:?} after {:?}",
+        asked.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn malformed_frames_close_with_their_rfc_6455_codes() {
     let node = Node::start(NodeConfig::memory()).await;

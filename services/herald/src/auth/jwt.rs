@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use super::{check_alias_ids, choose_alias, AuthError, Credentials, Principal, Verdict};
-use crate::config::JwtSettings;
+use crate::config::{JwtAlgorithm, JwtSettings};
 
 /// Where verification keys come from.
 enum Keys {
@@ -44,10 +44,10 @@ fn load_jwks(path: &str) -> anyhow::Result<(Option<SystemTime>, JwkSet)> {
 impl JwtProvider {
     /// Loads the key (or JWKS file) named by validated settings.
     pub fn new(settings: &JwtSettings, max_ttl: Duration) -> anyhow::Result<JwtProvider> {
-        let algorithm = match settings.algorithm.as_str() {
-            "RS256" => Algorithm::RS256,
-            "ES256" => Algorithm::ES256,
-            _ => Algorithm::HS256,
+        let algorithm = match settings.algorithm {
+            JwtAlgorithm::HS256 => Algorithm::HS256,
+            JwtAlgorithm::RS256 => Algorithm::RS256,
+            JwtAlgorithm::ES256 => Algorithm::ES256,
         };
         let keys = if !settings.jwks_file.is_empty() {
             let loaded = load_jwks(&settings.jwks_file).map_err(|e| {

@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 pub use static_file::{hash_password, verify_password};
 
 use crate::bus::Bus;
-use crate::config::{Secret, Settings};
+use crate::config::{ProviderKind, Secret, Settings};
 use crate::dialect::Dialect;
 
 /// Who a session is.
@@ -298,14 +298,16 @@ impl Authenticator {
     pub fn new(settings: &Settings, bus: &Bus) -> anyhow::Result<Arc<Authenticator>> {
         let auth = &settings.auth;
         let mut providers = Vec::new();
-        for name in &auth.providers {
-            providers.push(match name.as_str() {
-                "static" => Provider::Static(static_file::StaticProvider::new(
+        for kind in &auth.providers {
+            providers.push(match kind {
+                ProviderKind::Static => Provider::Static(static_file::StaticProvider::new(
                     auth,
                     settings.limits.max_password_checks,
                 )),
-                "jwt" => Provider::Jwt(jwt::JwtProvider::new(&auth.jwt, auth.cache.ttl)?),
-                "callout" => match bus {
+                ProviderKind::Jwt => {
+                    Provider::Jwt(jwt::JwtProvider::new(&auth.jwt, auth.cache.ttl)?)
+                }
+                ProviderKind::Callout => match bus {
                     Bus::Nats(nats) => Provider::Callout(callout::CalloutProvider::new(
                         nats.client().clone(),
                         &auth.callout,
@@ -316,9 +318,6 @@ impl Authenticator {
                         )
                     }
                 },
-                other => {
-                    anyhow::bail!("config error at auth.providers: unknown provider {other:?}")
-                }
             });
         }
         let cache = &auth.cache;

@@ -184,7 +184,7 @@ pub async fn authenticate(
     if !limits.charge_login(ip) {
         return Err(busy("the logins in progress from this address would use up its failed logins (limits.failed_logins_per_ip); retry in a second"));
     }
-    let timeout = state.settings.forwardemail.auth_backend_timeout;
+    let timeout = state.settings.auth.backend_timeout;
     match tokio::time::timeout(timeout, state.auth.authenticate(credentials, ip, dialect)).await {
         Err(_) | Ok(Err(AuthError::Timeout)) => {
             limits.refund_login(ip);

@@ -13,7 +13,7 @@ pub mod rooms;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
-pub use crate::codec::Dialect;
+pub use herald_protocol::Dialect;
 
 /// Why an upgrade (or an auth frame) was refused; maps to an HTTP status before the
 /// upgrade and to a close code after it.
@@ -107,11 +107,13 @@ mod tests {
 
     #[test]
     fn auth_dialects_keys_are_the_labels() {
+        use crate::config::ProviderKind::{Callout, Jwt, Static};
+        // A different list per dialect, so a key read from the wrong field shows.
         let providers = crate::config::DialectProviders {
-            v1: vec!["a".into()],
-            jmap: vec!["b".into()],
-            realtime: vec!["c".into()],
-            rooms: vec!["d".into()],
+            v1: vec![Static],
+            jmap: vec![Jwt],
+            realtime: vec![Callout],
+            rooms: vec![Static, Jwt],
         };
         let keys = serde_json::to_value(&providers).expect("serialises");
         for dialect in Dialect::ALL {

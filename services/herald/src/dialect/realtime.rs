@@ -30,24 +30,8 @@ pub fn resync_frame() -> Option<Frame> {
     )))
 }
 
-/// Checks a subscription pattern: dot-separated tokens, each `[A-Za-z0-9_-]{1,128}` or `*`,
-/// and `>` only as the last token.
-pub fn validate_pattern(pattern: &str) -> Result<(), String> {
-    let tokens: Vec<&str> = pattern.split('.').collect();
-    for (i, token) in tokens.iter().enumerate() {
-        let ok = match *token {
-            "*" => true,
-            ">" => i == tokens.len() - 1,
-            t => herald_protocol::subject::validate_identifier(t).is_ok(),
-        };
-        if !ok {
-            return Err(format!(
-                "topic pattern {pattern:?} is invalid: tokens are [A-Za-z0-9_-]{{1,128}} or `*`, separated by dots, and `>` may only be the last token"
-            ));
-        }
-    }
-    Ok(())
-}
+/// Checks a subscription pattern (defined with [`herald_protocol::TopicPattern`]).
+pub use herald_protocol::topic::validate_pattern;
 
 /// Whether the permission pattern `allowed` covers everything `requested` (a topic or a
 /// pattern) can match: `>` covers the rest, `*` covers one token (not `>`).

@@ -5,6 +5,7 @@
 use actix_web::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use actix_web::{web, HttpRequest, HttpResponse};
 use herald_protocol::subject::validate_identifier;
+use herald_protocol::TopicPattern;
 use serde_json::Value;
 
 use super::session::RealtimeSession;
@@ -59,7 +60,11 @@ fn token_of(req: &HttpRequest) -> Result<(String, Option<String>), Refusal> {
 
 /// Topic patterns the principal may use for `action` (`subscribe` or `publish`): the JWT's
 /// `topics.<action>` list, else the configured default.
-pub(super) fn permissions(principal: &Principal, action: &str, default: &[String]) -> Vec<String> {
+pub(super) fn permissions(
+    principal: &Principal,
+    action: &str,
+    default: &[TopicPattern],
+) -> Vec<String> {
     principal
         .claims
         .get(TOPICS_CLAIM)
@@ -72,7 +77,7 @@ pub(super) fn permissions(principal: &Principal, action: &str, default: &[String
                 .map(str::to_owned)
                 .collect()
         })
-        .unwrap_or_else(|| default.to_vec())
+        .unwrap_or_else(|| default.iter().map(|p| p.as_str().to_owned()).collect())
 }
 
 /// `GET /ws`: authenticates before the upgrade (401 on a bad token), then upgrades.

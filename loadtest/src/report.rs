@@ -506,7 +506,7 @@ fn targets(md: &mut String, results: &[Value]) {
         md,
         "Where a target is missed, `loadtest/profile cpu [RATE]` (perf) and \
          `loadtest/profile memory [SESSIONS]` (heaptrack) show where herald's time and memory \
-         go; the README's Performance section (\"Where the memory and the CPU go\") keeps the \
+         go; docs/performance.md (\"Where the memory and the CPU go\") keeps the \
          latest breakdown.\n"
     );
 }

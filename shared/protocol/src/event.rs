@@ -97,7 +97,7 @@ impl fmt::Display for Event {
 
 /// A name that is not in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown event {0:?}: expected one of the catalog names such as \"newMessage\" (see the README's event catalog)")]
+#[error("unknown event {0:?}: expected one of the catalog names such as \"newMessage\" (see docs/publishing.md, \"Event catalog\")")]
 pub struct UnknownEvent(pub String);
 
 #[cfg(test)]

@@ -286,7 +286,7 @@ fn python() -> std::path::PathBuf {
     path
 }
 
-/// The README's walkthrough: the Python example producer, with its own OpenTelemetry SDK,
+/// The walkthrough in docs/observability.md: the Python example producer, with its own OpenTelemetry SDK,
 /// starts the trace; a client on node B receives the event; the collector holds one trace
 /// from the producer's span to node B's socket write. Run it with `--nocapture` to see it.
 #[tokio::test]

@@ -224,7 +224,7 @@ impl Registry {
 
 #[cfg(test)]
 mod bench {
-    //! Fan-out cost with and without span export (README "Tracing"). Run each mode in its
+    //! Fan-out cost with and without span export (docs/observability.md, "Traces"). Run each mode in its
     //! own process, since the subscriber is global:
     //! `cargo test -p herald --lib fanout_overhead -- --ignored --nocapture` (export off) and
     //! the same with `HERALD_BENCH_TRACING=1` (export on, every event sampled).

@@ -147,7 +147,8 @@ async fn a_frame_declaring_a_tebibyte_is_refused_at_its_header_on_every_dialect(
     assert_eq!(node.get_status("/readyz").await, 200, "node still ready");
 }
 
-/// 100 MiB of 125-byte pings, sent without ever reading.
+/// Up to 100 MiB of 125-byte pings, sent without ever reading, until the node stops
+/// taking them for [`PROMPT`].
 async fn flood_pings(ws: &mut RawWs) -> usize {
     let ping = masked_frame(0x80 | opcode::PING, &[7; 125]);
     let chunk: Vec<u8> = ping.repeat(MIB as usize / ping.len());
@@ -206,7 +207,13 @@ async fn pings_from_a_client_that_never_reads_queue_one_pong_before_and_after_au
         sockets.push(ws);
     }
     for (name, sent_mib, growth) in figures {
-        assert_eq!(sent_mib, 100, "{name}: the node stopped reading the pings");
+        // The node may stop reading once the client's unread pongs fill the socket
+        // buffers (TCP backpressure, which bounds it too), but only after taking more
+        // pings than the RSS bound: had it queued a pong for each, the bound would break.
+        assert!(
+            sent_mib as f64 > BOUND_MIB,
+            "{name}: the node read only {sent_mib} MiB of pings, too few to tell"
+        );
         assert!(
             growth <= BOUND_MIB,
             "{name}: RSS grew {growth:.1} MiB (bound {BOUND_MIB} MiB)"

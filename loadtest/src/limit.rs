@@ -349,7 +349,9 @@ async fn session(hub: Rc<Hub>, mut stream: TcpStream) {
                     break;
                 }
             }
-            () = conn.wake.notified(), if !pending => {}
+            // Also while writes wait: an overflow must end a session whose client reads
+            // nothing (neither branch above would wake it).
+            () = conn.wake.notified() => {}
         }
     }
     hub.remove(&alias, conn.id);

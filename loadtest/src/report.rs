@@ -950,6 +950,7 @@ mod tests {
             fanout("herald", 60_000.0, 0.2),
             fanout("forwardemail-node", 30_000.0, 0.5),
             fanout("nats-ws", 100_000.0, 0.1),
+            fanout("limit", 80_000.0, 0.1),
             idle,
         ];
         let mut md = String::new();
@@ -972,6 +973,10 @@ mod tests {
         assert!(verdict("≥ 3×").ends_with("| 2.00 | **missed** |"), "{md}");
         assert!(
             verdict("within 1.5×").ends_with("| 0.60 | **missed** |"),
+            "{md}"
+        );
+        assert!(
+            verdict("≥ 70% of the `limit` system (deliveries").ends_with("| 0.75 | met |"),
             "{md}"
         );
         assert!(md.contains("loadtest/profile cpu"), "{md}");

@@ -1042,8 +1042,8 @@ pub async fn run(mut options: BenchOptions) -> anyhow::Result<BenchOutcome> {
         meta.insert(
             "pinning".into(),
             format!(
-                "server process (herald / nats-server / node) on CPU {}; bus (herald's nats-server, \
-                 Redis) on CPU {}; generator as started",
+                "server process (herald / nats-server / node / limit-server) on CPU {}; bus \
+                 (herald's and limit's nats-server, Redis) on CPU {}; generator as started",
                 pin.server_cpu, pin.bus_cpu
             )
             .into(),

@@ -112,6 +112,9 @@ pub struct Sizes {
     pub max_step_events: u64,
     /// The ramp stops above this p99, milliseconds.
     pub p99_limit_ms: f64,
+    /// The ramp also stops after a passing step whose server used this much CPU (percent
+    /// of its one core); applied only when the server is pinned (`--server-cpu`).
+    pub stop_at_server_cpu_percent: Option<f64>,
     /// Big payload: sessions (one alias each).
     pub big_sessions: usize,
     /// Big payload: bytes of `eml`.
@@ -144,13 +147,17 @@ impl Sizes {
             fanout_aliases: 1000,
             fanout_sessions_per_alias: 10,
             // Steps of 1.25x past 1,000 events/s: the maximum is known to within 25 %.
+            // Up to 640,000 deliveries/s, beyond what one core can write (the `limit`
+            // system included), so the ramp ends at the p99 limit, not at the list's end.
             ramp_rates: vec![
                 250.0, 500.0, 1000.0, 1250.0, 1600.0, 2000.0, 2500.0, 3200.0, 4000.0, 5000.0,
-                6400.0, 8000.0, 10000.0, 12800.0, 16000.0, 20000.0, 25600.0, 32000.0,
+                6400.0, 8000.0, 10000.0, 12800.0, 16000.0, 20000.0, 25600.0, 32000.0, 40000.0,
+                51200.0, 64000.0,
             ],
             step_secs: 4.0,
-            max_step_events: 200_000,
+            max_step_events: 256_000,
             p99_limit_ms: 100.0,
+            stop_at_server_cpu_percent: None,
             big_sessions: 100,
             big_eml_bytes: 100 * 1024,
             big_rate: 50.0,
@@ -170,8 +177,17 @@ impl Sizes {
             idle_sessions: 2000,
             fanout_aliases: 200,
             fanout_sessions_per_alias: 5,
-            ramp_rates: vec![500.0, 1000.0, 2000.0, 4000.0, 8000.0],
+            // ×2 to 4,000 events/s, then ×1.25 up to 128,000 (640,000 deliveries/s): the
+            // ramp ends where p99 crosses the limit or the server's core is saturated, so
+            // the quick figures rank the systems (a fixed 40,000 deliveries/s ceiling
+            // made every system "max out" at the same number).
+            ramp_rates: vec![
+                500.0, 1000.0, 2000.0, 4000.0, 5000.0, 6400.0, 8000.0, 10000.0, 12800.0, 16000.0,
+                20000.0, 25600.0, 32000.0, 40000.0, 51200.0, 64000.0, 80000.0, 102400.0, 128000.0,
+            ],
             step_secs: 2.0,
+            max_step_events: 256_000,
+            stop_at_server_cpu_percent: Some(SATURATED_CPU_PERCENT),
             big_sessions: 20,
             big_rate: 20.0,
             cluster_idle_sessions: 0,
@@ -179,6 +195,9 @@ impl Sizes {
         }
     }
 }
+
+/// Server CPU (percent of its one core) at which the quick ramp counts it as saturated.
+const SATURATED_CPU_PERCENT: f64 = 95.0;
 
 /// CPUs to pin to (`taskset -c`): the system's server processes, and its bus processes
 /// (the generator is pinned by whoever starts it, e.g. `loadtest/run`).
@@ -354,7 +373,8 @@ struct Running {
 }
 
 /// Starts `system` with `nodes` server processes: herald nodes on one NATS, a NATS
-/// cluster (raw NATS), Node processes on one Redis (the reference).
+/// cluster (raw NATS), Node processes on one Redis (the reference), limit servers on one
+/// NATS.
 async fn start(
     system: System,
     nodes: usize,
@@ -543,6 +563,56 @@ async fn start(
                 bus_pids: vec![redis_pid],
             })
         }
+        System::Limit => {
+            let generator = options
+                .tools
+                .generator
+                .as_ref()
+                .context("the limit system needs the herald-loadtest binary (limit-server)")?;
+            // Core NATS only: the least a bus can do too (herald's JetStream is its own cost).
+            let nats_port = free_port()?;
+            let nats_pid = stack.spawn(
+                &format!("{name}-nats"),
+                &options.tools.nats_server,
+                &[
+                    "-a".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    nats_port.to_string(),
+                ],
+                &[],
+                bus_cpu,
+            )?;
+            stack.wait_ready("nats-server", nats_port, false).await?;
+            let mut urls = Vec::new();
+            let mut server_pids = Vec::new();
+            for node in 0..nodes {
+                let port = free_port()?;
+                let pid = stack.spawn(
+                    &node_name(name, "limit", node, nodes),
+                    generator,
+                    &[
+                        "limit-server".into(),
+                        "--listen".into(),
+                        format!("127.0.0.1:{port}"),
+                        "--nats".into(),
+                        format!("nats://127.0.0.1:{nats_port}"),
+                    ],
+                    &[],
+                    server_cpu,
+                )?;
+                stack.wait_ready("limit-server", port, false).await?;
+                urls.push(format!("ws://127.0.0.1:{port}/v1/ws"));
+                server_pids.push(pid);
+            }
+            Ok(Running {
+                _stack: stack,
+                urls,
+                publish_url: format!("nats://127.0.0.1:{nats_port}"),
+                server_pids,
+                bus_pids: vec![nats_pid],
+            })
+        }
     }
 }
 
@@ -608,6 +678,7 @@ fn latency_options(
         concurrency: sizes.concurrency,
         steps,
         stop_above_p99_ms: ramp.then_some(sizes.p99_limit_ms),
+        stop_at_server_cpu_percent: sizes.stop_at_server_cpu_percent.filter(|_| ramp),
         half_step_secs: half.then_some(sizes.step_secs),
         eml_bytes,
         settle: sizes.settle,
@@ -901,7 +972,11 @@ async fn idle_cluster_scenario(
 }
 
 /// Runs the benchmark and writes the report.
-pub async fn run(options: BenchOptions) -> anyhow::Result<BenchOutcome> {
+pub async fn run(mut options: BenchOptions) -> anyhow::Result<BenchOutcome> {
+    if options.pin.is_none() {
+        // Unpinned, a server may use more than one core: its CPU says nothing of saturation.
+        options.sizes.stop_at_server_cpu_percent = None;
+    }
     let sizes = &options.sizes;
     if sizes.runs == 0 || sizes.ramp_rates.is_empty() {
         bail!("at least one run and one ramp rate");
@@ -967,8 +1042,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchOutcome> {
         meta.insert(
             "pinning".into(),
             format!(
-                "server process (herald / nats-server / node) on CPU {}; bus (herald's nats-server, \
-                 Redis) on CPU {}; generator as started",
+                "server process (herald / nats-server / node / limit-server) on CPU {}; bus \
+                 (herald's and limit's nats-server, Redis) on CPU {}; generator as started",
                 pin.server_cpu, pin.bus_cpu
             )
             .into(),
@@ -980,4 +1055,30 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchOutcome> {
         clean: problems.is_empty(),
         problems,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ramps_go_past_what_one_core_can_write_within_the_step_bounds() {
+        for sizes in [Sizes::quick(), Sizes::full()] {
+            let rates = &sizes.ramp_rates;
+            assert!(rates.len() <= latency::MAX_STEPS);
+            assert!(rates.windows(2).all(|w| w[0] < w[1]), "{rates:?}");
+            let top = rates.last().unwrap() * sizes.fanout_sessions_per_alias as f64;
+            assert!(top >= 600_000.0, "ramp tops at {top} deliveries/s");
+            let last = Step::timed(
+                *rates.last().unwrap(),
+                sizes.step_secs,
+                sizes.max_step_events,
+            );
+            assert_eq!(last.events as f64, rates.last().unwrap() * sizes.step_secs);
+        }
+        assert_eq!(
+            Sizes::quick().stop_at_server_cpu_percent,
+            Some(SATURATED_CPU_PERCENT)
+        );
+    }
 }

@@ -81,6 +81,10 @@ pub struct LatencyOptions {
     pub steps: Vec<Step>,
     /// Stop after the first step whose p99 exceeds this (milliseconds) or that lost probes.
     pub stop_above_p99_ms: Option<f64>,
+    /// End the ramp after a passing step whose server processes used at least this much
+    /// CPU (percent of one core, summed): the server is saturated, a faster step would
+    /// only queue. Meaningful only when they are pinned to one core.
+    pub stop_at_server_cpu_percent: Option<f64>,
     /// After the steps, one more of this many seconds at half the best passing step's rate.
     pub half_step_secs: Option<f64>,
     /// Size of each probe's `message.eml`, bytes.
@@ -170,6 +174,9 @@ pub struct LatencyReport {
     pub max_sustainable_step: Option<usize>,
     /// Index in `steps` of the step at half of the maximum sustainable rate.
     pub half_step: Option<usize>,
+    /// Why the ramp ended: `p99 or loss over the limit`, `server CPU saturated`, or
+    /// `last rate` (the rate list ran out: the maximum is at least the last rate).
+    pub ramp_end: Option<&'static str>,
     /// Lost, duplicated, reordered, misrouted over all steps.
     pub lost: u64,
     /// See `lost`.
@@ -450,6 +457,7 @@ pub async fn run(options: LatencyOptions) -> anyhow::Result<LatencyReport> {
     let mut states: Vec<Arc<StepState>> = Vec::new();
     let mut best: Option<usize> = None;
     let mut half = None;
+    let mut ramp_end = None;
     let mut next = 0;
     while next < plan.len() {
         let (kind, step) = plan[next];
@@ -556,7 +564,21 @@ pub async fn run(options: LatencyOptions) -> anyhow::Result<LatencyReport> {
             tokio::time::sleep(BETWEEN_STEPS).await;
             continue;
         }
-        let ramp_over = next == plan.len() || (!passed && ramp_limit);
+        let saturated = passed
+            && has_server
+            && options
+                .stop_at_server_cpu_percent
+                .is_some_and(|limit| server.cpu_percent >= limit);
+        let ramp_over = next == plan.len() || (!passed && ramp_limit) || saturated;
+        if ramp_over && ramp_limit {
+            ramp_end = Some(if !passed {
+                "p99 or loss over the limit"
+            } else if saturated {
+                "server CPU saturated"
+            } else {
+                "last rate"
+            });
+        }
         if ramp_over {
             // Let a failed step's backlog drain before the half-rate step.
             wait_for_backlog(&state, expected, options.drain_timeout).await;
@@ -600,6 +622,7 @@ pub async fn run(options: LatencyOptions) -> anyhow::Result<LatencyReport> {
         p99_limit_ms: options.stop_above_p99_ms,
         max_sustainable_step: best,
         half_step: half,
+        ramp_end,
         lost: judged.iter().map(|s| s.lost).sum(),
         duplicated: sum(|s| s.duplicated),
         reordered: sum(|s| s.reordered),

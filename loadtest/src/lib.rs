@@ -18,6 +18,7 @@
 //! - [`cluster`]: scenario "idle-cluster": idle sessions over several server and
 //!   generator processes (beyond one process's file descriptors).
 //! - [`latency`]: scenario "latency": publish→receipt percentiles, lost, duplicated.
+//! - [`limit`]: the `limit` system, the least a server can do (`limit-server`).
 //! - [`nodeconfig`]: a herald config with many aliases and high limits.
 //! - [`report`]: percentiles, JSON results, and the combined `report.md`/`report.json`.
 //! - [`plots`]: the report's SVG charts.
@@ -29,6 +30,7 @@ pub mod bench;
 pub mod cluster;
 pub mod idle;
 pub mod latency;
+pub mod limit;
 pub mod natsproto;
 pub mod nodeconfig;
 pub mod plots;

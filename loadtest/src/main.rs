@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use herald_loadtest::bench::{self, BenchOptions, NodeTools, Pinning, Scenario, Sizes, Tools};
 use herald_loadtest::idle::{self, IdleOptions, IdleReport};
 use herald_loadtest::latency::{self, LatencyOptions, LatencyReport, Step};
+use herald_loadtest::limit;
 use herald_loadtest::nodeconfig::NodeConfig;
 use herald_loadtest::report;
 use herald_loadtest::session::{System, Target};
@@ -36,6 +37,19 @@ enum Command {
     NodeConfig(NodeConfigArgs),
     /// Combine scenario results (`--json` files) into report.md + report.json.
     Report(ReportArgs),
+    /// The `limit` system: the least a server can do (one thread, one NATS subscription,
+    /// the same frame written to every socket of the alias); runs until killed.
+    LimitServer(LimitServerArgs),
+}
+
+#[derive(Args)]
+struct LimitServerArgs {
+    /// Address to accept `/v1/ws` upgrades on (loopback).
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// nats-server the probes are published to.
+    #[arg(long)]
+    nats: String,
 }
 
 /// How sessions reach the server.
@@ -150,6 +164,10 @@ struct LatencyArgs {
     /// The ramp stops after the first step with p99 above this (or with loss).
     #[arg(long, default_value_t = 100.0)]
     stop_p99_ms: f64,
+    /// The ramp also stops after a passing step whose server processes (`--server-pid`)
+    /// used this much CPU, percent of one core (for a server pinned to one core).
+    #[arg(long)]
+    stop_server_cpu_percent: Option<f64>,
     /// Sessions per alias.
     #[arg(long, default_value_t = 1)]
     sessions_per_alias: usize,
@@ -407,6 +425,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 concurrency: args.session.concurrency,
                 steps,
                 stop_above_p99_ms: ramp.then_some(args.stop_p99_ms),
+                stop_at_server_cpu_percent: args.stop_server_cpu_percent.filter(|_| ramp),
                 half_step_secs: ramp.then_some(args.step_secs),
                 eml_bytes: args.eml_bytes,
                 settle: Duration::from_millis(args.settle_ms),
@@ -497,6 +516,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        Command::LimitServer(_) => unreachable!("limit-server runs on its own runtime"),
         Command::Report(args) => {
             let meta = parse_meta(&args.meta)?;
             report::combine(&args.out, meta.into(), &args.inputs)?;
@@ -509,9 +529,23 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::LimitServer(args) = &cli.command {
+        if let Err(error) = limit::run_blocking(args.listen, &args.nats) {
+            eprintln!("herald-loadtest limit-server: {error:#}");
+            return ExitCode::from(2);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("herald-loadtest: starting the runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("herald-loadtest: the run completed with failures (see above)");

@@ -49,11 +49,19 @@ pub enum System {
     /// `loadtest/baselines/forwardemail-node`: Forward Email's published architecture
     /// (Node.js `ws` + Redis pub/sub + msgpackr).
     ForwardemailNode,
+    /// `herald-loadtest limit-server` ([`crate::limit`]): the least a server can do, the
+    /// physical limit herald is measured against.
+    Limit,
 }
 
 impl System {
     /// Every system, in report order.
-    pub const ALL: [System; 3] = [System::Herald, System::NatsWs, System::ForwardemailNode];
+    pub const ALL: [System; 4] = [
+        System::Herald,
+        System::NatsWs,
+        System::ForwardemailNode,
+        System::Limit,
+    ];
 
     /// The name used in reports and on the command line.
     pub fn name(self) -> &'static str {
@@ -61,6 +69,7 @@ impl System {
             System::Herald => "herald",
             System::NatsWs => "nats-ws",
             System::ForwardemailNode => "forwardemail-node",
+            System::Limit => "limit",
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The benchmark in miniature, so the generator cannot rot: herald (the debug binary) and
-//! raw NATS over WebSocket, every scenario at tiny sizes, through the same code as
+//! The benchmark in miniature, so the generator cannot rot: herald (the debug binary),
+//! raw NATS over WebSocket and the `limit` system (this crate's `limit-server`), every scenario at tiny sizes, through the same code as
 //! `loadtest/run`; asserts no probe is lost, duplicated or reordered and that the report
 //! (Markdown, JSON, plots) is written.
 //!
@@ -32,7 +32,7 @@ fn binary(var: &str, default: PathBuf, hint: &str) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quick_benchmark_of_herald_and_raw_nats_is_clean_and_reported() {
+async fn quick_benchmark_of_herald_raw_nats_and_limit_is_clean_and_reported() {
     let root = workspace_root();
     let herald = binary(
         "HERALD_BIN",
@@ -57,6 +57,7 @@ async fn quick_benchmark_of_herald_and_raw_nats_is_clean_and_reported() {
         max_step_events: 1000,
         // Debug builds on a busy machine: the limit only decides whether the half step runs.
         p99_limit_ms: 1000.0,
+        stop_at_server_cpu_percent: None,
         big_sessions: 5,
         big_eml_bytes: 100 * 1024,
         big_rate: 10.0,
@@ -78,7 +79,7 @@ async fn quick_benchmark_of_herald_and_raw_nats_is_clean_and_reported() {
             forwardemail: None,
         },
         sizes,
-        systems: vec![System::Herald, System::NatsWs],
+        systems: vec![System::Herald, System::NatsWs, System::Limit],
         scenarios: Scenario::ALL.to_vec(),
         out: dir.path().to_path_buf(),
         pin: None,
@@ -91,6 +92,8 @@ async fn quick_benchmark_of_herald_and_raw_nats_is_clean_and_reported() {
     let md = std::fs::read_to_string(dir.path().join("report.md")).expect("report.md");
     assert!(md.contains("## Summary"), "{md}");
     assert!(md.contains("herald ÷ nats-ws"), "{md}");
+    assert!(md.contains("herald ÷ limit"), "{md}");
+    assert!(md.contains("## Fan-out ramps: where each ended"), "{md}");
     assert!(md.contains("(idle-cluster, every run)"), "{md}");
     for plot in ["latency-cdf.svg", "throughput.svg", "rss.svg"] {
         assert!(
@@ -114,10 +117,13 @@ async fn quick_benchmark_of_herald_and_raw_nats_is_clean_and_reported() {
         scenarios("herald"),
         ["idle", "fanout", "big-payload", "two-nodes", "idle-cluster"]
     );
-    assert_eq!(
-        scenarios("nats-ws"),
-        ["idle", "fanout", "big-payload", "idle-cluster"]
-    );
+    for peer in ["nats-ws", "limit"] {
+        assert_eq!(
+            scenarios(peer),
+            ["idle", "fanout", "big-payload", "idle-cluster"],
+            "{peer}"
+        );
+    }
     for result in results {
         let what = format!("{} {}", result["system"], result["scenario"]);
         if result["scenario"] == "idle" {
@@ -147,12 +153,15 @@ async fn quick_benchmark_of_herald_and_raw_nats_is_clean_and_reported() {
             assert_eq!(first[key], 0, "{what}: step 0 {key}");
         }
     }
-    let fanout = results
-        .iter()
-        .find(|r| r["system"] == "herald" && r["scenario"] == "fanout")
-        .unwrap();
-    assert_eq!(fanout["steps"][0]["events_published"], 200);
-    assert_eq!(fanout["steps"][0]["deliveries"], 400);
+    for system in ["herald", "limit"] {
+        let fanout = results
+            .iter()
+            .find(|r| r["system"] == system && r["scenario"] == "fanout")
+            .unwrap();
+        assert_eq!(fanout["steps"][0]["events_published"], 200, "{system}");
+        assert_eq!(fanout["steps"][0]["deliveries"], 400, "{system}");
+        assert_eq!(fanout["ramp_end"], "last rate", "{system}");
+    }
     assert!(
         started.elapsed() < Duration::from_secs(120),
         "the quick benchmark took {:?}",

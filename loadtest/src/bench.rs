@@ -412,43 +412,38 @@ async fn start(
                 bus_cpu,
             )?;
             stack.wait_ready("nats-server", nats_port, false).await?;
-            let mut urls = Vec::new();
-            let mut server_pids = Vec::new();
-            for node in 0..nodes {
-                let port = free_port()?;
-                let config = work.join(format!("herald-{node}.toml"));
-                let toml = NodeConfig {
-                    listen: format!("127.0.0.1:{port}"),
-                    nats_url: Some(format!("nats://127.0.0.1:{nats_port}")),
-                    token: TOKEN.into(),
-                    alias_prefix: "a".into(),
-                    aliases,
-                    log_level: "warn".into(),
-                }
-                .to_toml();
-                std::fs::write(&config, toml)?;
-                let pid = stack.spawn(
-                    &format!("{name}-herald{node}"),
-                    &options.tools.herald,
-                    &[
-                        "serve".into(),
-                        "--config".into(),
-                        config.display().to_string(),
-                    ],
-                    &[],
-                    server_cpu,
-                )?;
-                stack.wait_ready("herald", port, true).await?;
-                urls.push(format!("ws://127.0.0.1:{port}/v1/ws"));
-                server_pids.push(pid);
-            }
-            Ok(Running {
-                _stack: stack,
-                urls,
-                publish_url: format!("nats://127.0.0.1:{nats_port}"),
-                server_pids,
-                bus_pids: vec![nats_pid],
-            })
+            on_one_nats(
+                stack,
+                nats_port,
+                nats_pid,
+                nodes,
+                ("herald", true),
+                |stack, port, node| {
+                    let config = work.join(format!("herald-{node}.toml"));
+                    let toml = NodeConfig {
+                        listen: format!("127.0.0.1:{port}"),
+                        nats_url: Some(format!("nats://127.0.0.1:{nats_port}")),
+                        token: TOKEN.into(),
+                        alias_prefix: "a".into(),
+                        aliases,
+                        log_level: "warn".into(),
+                    }
+                    .to_toml();
+                    std::fs::write(&config, toml)?;
+                    stack.spawn(
+                        &format!("{name}-herald{node}"),
+                        &options.tools.herald,
+                        &[
+                            "serve".into(),
+                            "--config".into(),
+                            config.display().to_string(),
+                        ],
+                        &[],
+                        server_cpu,
+                    )
+                },
+            )
+            .await
         }
         System::NatsWs => {
             // Several nodes: a NATS cluster (routes between them), how nats-server scales out.
@@ -584,36 +579,60 @@ async fn start(
                 bus_cpu,
             )?;
             stack.wait_ready("nats-server", nats_port, false).await?;
-            let mut urls = Vec::new();
-            let mut server_pids = Vec::new();
-            for node in 0..nodes {
-                let port = free_port()?;
-                let pid = stack.spawn(
-                    &node_name(name, "limit", node, nodes),
-                    generator,
-                    &[
-                        "limit-server".into(),
-                        "--listen".into(),
-                        format!("127.0.0.1:{port}"),
-                        "--nats".into(),
-                        format!("nats://127.0.0.1:{nats_port}"),
-                    ],
-                    &[],
-                    server_cpu,
-                )?;
-                stack.wait_ready("limit-server", port, false).await?;
-                urls.push(format!("ws://127.0.0.1:{port}/v1/ws"));
-                server_pids.push(pid);
-            }
-            Ok(Running {
-                _stack: stack,
-                urls,
-                publish_url: format!("nats://127.0.0.1:{nats_port}"),
-                server_pids,
-                bus_pids: vec![nats_pid],
-            })
+            on_one_nats(
+                stack,
+                nats_port,
+                nats_pid,
+                nodes,
+                ("limit-server", false),
+                |stack, port, node| {
+                    stack.spawn(
+                        &node_name(name, "limit", node, nodes),
+                        generator,
+                        &[
+                            "limit-server".into(),
+                            "--listen".into(),
+                            format!("127.0.0.1:{port}"),
+                            "--nats".into(),
+                            format!("nats://127.0.0.1:{nats_port}"),
+                        ],
+                        &[],
+                        server_cpu,
+                    )
+                },
+            )
+            .await
         }
     }
+}
+
+/// `nodes` server processes behind the NATS server on `nats_port`: `spawn` starts one on
+/// a free port; each is awaited (`ready`: its name in errors, and whether it answers
+/// HTTP) before the next, and sessions connect to their `/v1/ws`.
+async fn on_one_nats(
+    mut stack: Stack,
+    nats_port: u16,
+    nats_pid: u32,
+    nodes: usize,
+    (what, http): (&str, bool),
+    mut spawn: impl FnMut(&mut Stack, u16, usize) -> anyhow::Result<u32>,
+) -> anyhow::Result<Running> {
+    let mut urls = Vec::new();
+    let mut server_pids = Vec::new();
+    for node in 0..nodes {
+        let port = free_port()?;
+        let pid = spawn(&mut stack, port, node)?;
+        stack.wait_ready(what, port, http).await?;
+        urls.push(format!("ws://127.0.0.1:{port}/v1/ws"));
+        server_pids.push(pid);
+    }
+    Ok(Running {
+        _stack: stack,
+        urls,
+        publish_url: format!("nats://127.0.0.1:{nats_port}"),
+        server_pids,
+        bus_pids: vec![nats_pid],
+    })
 }
 
 /// `{name}-{what}` for a single server process, `{name}-{what}{node}` for one of several.

@@ -4,12 +4,12 @@
 //! `sub` or callout `user`); each drops the matching cached logins.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use futures_util::StreamExt;
 use herald_protocol::subject::CONTROL_REVOKE;
 use serde::Deserialize;
-use tokio::sync::watch;
 
 use crate::auth::TokenFingerprint;
 use crate::bus::{Bus, BusMessage};
@@ -79,8 +79,8 @@ pub enum Check {
 pub struct Revocations {
     /// Read by every session at once when a revocation arrives; written by one task.
     log: RwLock<Log>,
-    /// The latest revocation's number: what wakes every session.
-    latest: watch::Sender<u64>,
+    /// The latest revocation's number, compared by each session with the last it checked.
+    latest: AtomicU64,
 }
 
 /// The last [`KEPT_REVOCATIONS`] revocations.
@@ -101,7 +101,7 @@ impl Default for Revocations {
                 first: 1,
                 id_bytes: 0,
             }),
-            latest: watch::channel(0).0,
+            latest: AtomicU64::new(0),
         }
     }
 }
@@ -125,13 +125,13 @@ impl Revocations {
             log.first += 1;
         }
         let latest = log.first + log.entries.len() as u64 - 1;
-        // Sent under the lock, so the number sessions see only grows.
-        self.latest.send_replace(latest);
+        // Stored under the lock, so the number sessions see only grows.
+        self.latest.store(latest, Ordering::Release);
     }
 
-    /// The number of the latest revocation, changing with every new one.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.latest.subscribe()
+    /// The number of the latest revocation (0 before the first).
+    pub fn latest(&self) -> u64 {
+        self.latest.load(Ordering::Acquire)
     }
 
     /// Whether a revocation numbered after `seen`, up to `upto`, is one `hits`.
@@ -187,7 +187,7 @@ pub async fn run(bus: Bus, state: actix_web::web::Data<AppState>) {
                     let fingerprint = TokenFingerprint::of(&token);
                     tracing::info!("API token revoked: closing its sessions");
                     state.auth.forget_token(fingerprint);
-                    state.revocations.revoke(Revocation::Token(fingerprint));
+                    state.revoke(Revocation::Token(fingerprint));
                 }
                 Ok(Revoke {
                     alias_id: Some(alias_id),
@@ -197,9 +197,7 @@ pub async fn run(bus: Bus, state: actix_web::web::Data<AppState>) {
                     state.auth.forget_alias(&alias_id);
                     // Also through the log: a session authenticated but not yet in its
                     // alias's registry is found there.
-                    state
-                        .revocations
-                        .revoke(Revocation::Alias(alias_id.as_str().into()));
+                    state.revoke(Revocation::Alias(alias_id.as_str().into()));
                     state.directory.close_all(CloseAll {
                         key: RoutingKey::Alias(alias_id),
                         code: REVOKED,
@@ -212,7 +210,7 @@ pub async fn run(bus: Bus, state: actix_web::web::Data<AppState>) {
                 }) => {
                     tracing::info!(user_id = %user_id, "user revoked: closing sessions");
                     state.auth.forget_user(&user_id);
-                    state.revocations.revoke(Revocation::User(user_id.into()));
+                    state.revoke(Revocation::User(user_id.into()));
                 }
                 Ok(Revoke { .. }) => {
                     tracing::warn!("revocation without aliasId, token or userId ignored")
@@ -238,12 +236,11 @@ mod tests {
     #[test]
     fn a_session_checks_every_revocation_since_it_last_looked() {
         let revocations = Revocations::default();
-        let mut latest = revocations.subscribe();
-        let seen = *latest.borrow_and_update();
+        let seen = revocations.latest();
         for n in 0..1000 {
             revocations.revoke(user(n));
         }
-        let upto = *latest.borrow_and_update();
+        let upto = revocations.latest();
         assert_eq!(upto, 1000);
         let is = |n| move |r: &Revocation| *r == user(n);
         assert_eq!(revocations.check(seen, upto, is(0)), Check::Revoked);
@@ -258,7 +255,7 @@ mod tests {
         for n in 0..KEPT_REVOCATIONS + 10 {
             revocations.revoke(user(n));
         }
-        let upto = *revocations.subscribe().borrow();
+        let upto = revocations.latest();
         assert_eq!(revocations.check(0, upto, |_| false), Check::Unknown);
         assert_eq!(revocations.check(10, upto, |_| false), Check::Clear);
         // Long ids are bounded by bytes as well as by count.
@@ -266,7 +263,7 @@ mod tests {
         assert_eq!(revocations.log().entries.len(), 1);
         revocations.revoke(Revocation::Alias("b".repeat(KEPT_ID_BYTES + 1).into()));
         assert!(revocations.log().entries.is_empty());
-        let upto = *revocations.subscribe().borrow();
+        let upto = revocations.latest();
         assert_eq!(revocations.check(upto - 1, upto, |_| true), Check::Unknown);
     }
 }

@@ -109,6 +109,8 @@ struct Queue {
     /// The session's reader of client messages, waiting for the backlog to shrink
     /// (see [`Backlog`]).
     backlogged: Option<Waker>,
+    /// The session's actor, waiting to hear of an overflow ([`Outbox::poll_overflowed`]).
+    owner: Option<Waker>,
 }
 
 struct State {
@@ -374,8 +376,34 @@ impl Outbox {
     pub fn mark_slow(&self) {
         if !self.state.overflowed.swap(true, Ordering::Relaxed) {
             (self.state.on_overflow)();
-            // Wake the connection: it abandons the queue and closes.
-            self.state.update(|_| ());
+            // Wake the connection (it abandons the queue and closes) and the session.
+            let owner = self.state.update(|queue| queue.owner.take());
+            if let Some(owner) = owner {
+                owner.wake();
+            }
+        }
+    }
+
+    /// `Ready` once the session overflowed its budget; otherwise the task is woken when
+    /// it does.
+    pub fn poll_overflowed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_overflowed() {
+            return Poll::Ready(());
+        }
+        let mut queue = self.state.queue();
+        if !queue
+            .owner
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            queue.owner = Some(cx.waker().clone());
+        }
+        drop(queue);
+        // An overflow between the first look and the waker being stored.
+        if self.is_overflowed() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 

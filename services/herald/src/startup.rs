@@ -3,7 +3,6 @@
 //! SIGTERM/SIGINT and then drains.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,7 +109,7 @@ impl Application {
             directory,
             draining: Default::default(),
             metrics: metrics_handle,
-            shutdown: tokio::sync::watch::channel(false).0,
+            signal: Default::default(),
             revocations: Default::default(),
         });
 
@@ -227,8 +226,7 @@ impl Application {
             drain_seconds = drain.as_secs(),
             "shutdown requested: draining sessions"
         );
-        state.draining.store(true, Ordering::SeqCst);
-        let _ = state.shutdown.send(true);
+        state.start_drain();
         // Sessions close at random moments across the window (or leave on their own);
         // once the last is gone, waiting longer would only slow a rolling restart.
         let all_left = state.limits.total.until_empty(&());

@@ -40,8 +40,27 @@ pub struct AppState {
     /// Revoked aliases, tokens and users; every authenticated session watches them and
     /// closes with 4001 on its own.
     pub revocations: Arc<crate::control::Revocations>,
-    /// Flips to `true` on SIGTERM; every session watches it and closes with 1001.
-    pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Raised when the node starts draining or receives revocations: every session then
+    /// looks at `draining` and `revocations` (see `dialect::lifecycle::Vigil`).
+    pub signal: Signal,
+}
+
+/// Wakes every session at once, each to look at the node state it watches. One
+/// `Notify` for all: a session waits on it with a future held inline, where a watch channel
+/// per session would allocate a boxed future and a receiver each.
+#[derive(Default)]
+pub struct Signal(Arc<tokio::sync::Notify>);
+
+impl Signal {
+    /// Wakes every session waiting now; a session not waiting looks before it waits.
+    pub fn raise(&self) {
+        self.0.notify_waiters();
+    }
+
+    /// A future that resolves at the next [`Signal::raise`] once polled (or enabled).
+    pub fn listen(&self) -> tokio::sync::futures::OwnedNotified {
+        Arc::clone(&self.0).notified_owned()
+    }
 }
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
@@ -52,6 +71,18 @@ pub fn next_session_id() -> SessionId {
 }
 
 impl AppState {
+    /// Starts the drain: readiness off, upgrades refused, every session told.
+    pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.signal.raise();
+    }
+
+    /// Records a revocation and tells every session to check it.
+    pub fn revoke(&self, revocation: crate::control::Revocation) {
+        self.revocations.revoke(revocation);
+        self.signal.raise();
+    }
+
     /// The checks every dialect makes before authenticating: draining, Origin,
     /// failed-login block and per-address connection rate.
     pub fn admit(&self, req: &HttpRequest, ip: IpAddr) -> Result<(), Refusal> {

@@ -21,7 +21,7 @@ use bytestring::ByteString;
 use futures_util::Stream;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use super::lifecycle::{self, Revoked};
+use super::lifecycle::{Revocable, Vigil};
 use super::Dialect;
 use crate::limits::Slot;
 use crate::metrics;
@@ -79,15 +79,6 @@ pub trait Session: Actor<Context = Context<Self>> {
     }
 }
 
-/// Closes a session from outside: a slow consumer (1013, counted), ...
-#[derive(Debug, Clone, Copy)]
-pub struct Evict {
-    /// WebSocket close code.
-    pub code: u16,
-    /// Close reason sent to the client.
-    pub reason: &'static str,
-}
-
 /// What every session holds, whatever its dialect.
 pub struct Connection {
     /// Node-unique id of the session.
@@ -96,6 +87,9 @@ pub struct Connection {
     pub state: Arc<AppState>,
     /// The outbound queue: the connection's writer task writes it.
     pub outbox: Outbox,
+    /// The credentials checked at each revocation, once the session has some
+    /// ([`Connection::watch_revocations`]).
+    pub revocable: Option<Revocable>,
     /// Registries joined, left by [`Connection::leave_all`] (at the latest when dropped).
     joined: Vec<RoutingKey>,
     /// Whether the client showed life since the last keepalive round.
@@ -119,30 +113,18 @@ impl Connection {
         ping_interval: Duration,
         make: impl FnOnce(Connection, &mut Context<S>) -> S,
     ) {
-        // A oneshot, not the actor's mailbox (a generic core cannot implement a dialect's
-        // `Handler`) nor an mpsc channel (which allocates a block of slots per session).
-        let (evict, eviction) = tokio::sync::oneshot::channel();
-        let evict = std::sync::Mutex::new(Some(evict));
+        // The session hears of an overflow through the outbox itself (its `Vigil` polls
+        // it): no channel per session.
         let (outbox, receiver) = Outbox::new(
             state.limits.settings.max_buffered_bytes,
             S::SLOW_REASON,
-            Box::new(move || {
-                let evict = evict.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(evict) = evict {
-                    let _ = evict.send(Evict {
-                        code: 1013,
-                        reason: S::SLOW_REASON,
-                    });
-                }
-            }),
+            Box::new(|| {}),
         );
         let inbound = transport.start(receiver);
         let conn = Connection::new(state, outbox, node_slot, S::DIALECT);
         S::create(move |ctx| {
             watch(ctx, inbound, receive::<S>, |_, ctx| ctx.stop());
-            watch(ctx, futures_util::stream::once(eviction), evicted, ignore);
-            watch(ctx, lifecycle::draining(&conn.state), drain, ignore);
-            ctx.run_interval(ping_interval, |act, ctx| act.keepalive(ctx));
+            ctx.spawn(Vigil::<S>::new(&conn.state, ping_interval));
             make(conn, ctx)
         });
     }
@@ -159,6 +141,7 @@ impl Connection {
             id: crate::state::next_session_id(),
             state,
             outbox,
+            revocable: None,
             joined: Vec::new(),
             alive: true,
             dialect,
@@ -254,14 +237,9 @@ impl Connection {
     }
 
     /// Watches the revocation of `principal`'s credentials: the session closes with 4001
-    /// (or 1013, see [`Revoked`]) when they are revoked on any node.
-    pub fn watch_revocations<S: Session>(
-        &self,
-        principal: &crate::auth::Principal,
-        ctx: &mut Context<S>,
-    ) {
-        let revocations = Box::pin(lifecycle::revocations(&self.state, principal));
-        watch(ctx, revocations, revoked, ignore);
+    /// (or 1013, see [`Revocable`]) when they are revoked on any node.
+    pub fn watch_revocations(&mut self, principal: &crate::auth::Principal) {
+        self.revocable = Some(Revocable::new(&self.state, principal));
     }
 
     /// Closes with `code` and `reason` after `delay` (see [`later`]).
@@ -298,17 +276,6 @@ fn receive<S: Session>(act: &mut S, item: Result<Message, ProtocolError>, ctx: &
     }
 }
 
-/// Node shutdown: close with 1001 at a random moment of the drain window, so clients
-/// reconnect to other nodes gradually.
-fn drain<S: Session>(act: &mut S, draining: bool, ctx: &mut Context<S>) {
-    if draining {
-        let delay = lifecycle::drain_delay(&act.conn().state);
-        ctx.run_later(delay, |act, ctx| {
-            act.conn().close(1001, "node shutting down; reconnect", ctx)
-        });
-    }
-}
-
 /// A limiter of a session's inbound data frames: `per_second`, in bursts of `burst` (0
 /// counts as 1: a setting cannot stop a session from sending at all).
 pub fn rate_limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
@@ -330,42 +297,6 @@ pub fn later<A>(
     if delay <= MAX_TIMER {
         ctx.run_later(delay, f);
     }
-}
-
-/// Credentials revoked: 4001, or 1013 when the node could not check them all.
-fn revoked<S: Session>(act: &mut S, revoked: Revoked, ctx: &mut Context<S>) {
-    match revoked {
-        Revoked::Credentials => {
-            act.conn()
-                .close(crate::control::REVOKED, "credentials revoked", ctx)
-        }
-        Revoked::Unverifiable => act.conn().close(
-            1013,
-            "too many revocations at once to re-check this session; reconnect",
-            ctx,
-        ),
-    }
-}
-
-/// The outbox overflowed (or another eviction): close as the eviction says.
-fn evicted<S: Session>(
-    act: &mut S,
-    evict: Result<Evict, tokio::sync::oneshot::error::RecvError>,
-    ctx: &mut Context<S>,
-) {
-    // The sender is gone without firing: the outbox was dropped, the session is ending.
-    let Ok(evict) = evict else { return };
-    if evict.code == 1013 {
-        metrics::slow_consumer();
-    }
-    act.conn().close(evict.code, evict.reason, ctx);
-}
-
-/// The end of a stream the session outlives.
-fn ignore<S>(_: &mut S, _: &mut Context<S>)
-where
-    S: Actor<Context = Context<S>>,
-{
 }
 
 /// Drives `stream` within the actor's context as `ctx.add_stream` would: `on_item` for
@@ -479,7 +410,7 @@ mod tests {
             bus,
             draining: Default::default(),
             metrics: PrometheusBuilder::new().build_recorder().handle(),
-            shutdown: tokio::sync::watch::channel(false).0,
+            signal: Default::default(),
             revocations: Default::default(),
         })
     }
@@ -709,7 +640,7 @@ mod tests {
     async fn a_drain_closes_with_1001_within_the_window() {
         let st = state(|settings| settings.shutdown.drain_seconds = 1);
         let client = Client::start::<true>(Arc::clone(&st), Duration::from_secs(3600));
-        st.shutdown.send_replace(true);
+        st.start_drain();
         assert_eq!(
             client.close().await,
             (1001, "node shutting down; reconnect".into())

@@ -291,7 +291,7 @@ impl ForwardEmailSession {
             ),
         };
         if let Identity::Alias(AliasLogin { principal, .. }) = &identity {
-            self.conn.watch_revocations(principal, ctx);
+            self.conn.watch_revocations(principal);
         }
         self.phase = Phase::Live(identity);
         if let Some(frame) = self.format.frame(&connected) {

@@ -1,60 +1,161 @@
-//! What every session watches besides its socket, whatever its dialect: the revocation
-//! of its credentials and the node's drain ([`super::connection`] closes on them).
+//! What every session watches besides its socket, whatever its dialect: its keepalive
+//! round, the node's drain, the revocation of its credentials and the overflow of its
+//! outbox ([`super::connection`] closes on them).
+//!
+//! One future per session watches them all ([`Vigil`]): an idle session is mostly what it
+//! waits on, and a stream per concern (an interval, a watch channel each for drain and
+//! revocations, a oneshot for eviction) cost five boxed items and their allocations.
 
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
-use std::sync::Arc;
+use actix::{ActorContext, ActorFuture, AsyncContext, Context};
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::{Instant, Sleep};
 
-use tokio_stream::wrappers::WatchStream;
-
+use super::connection::Session;
 use crate::auth::Principal;
-use crate::control::{Check, Revocation};
+use crate::control::{Check, Revocation, REVOKED};
+use crate::metrics;
 use crate::state::AppState;
 
-/// Why a session closes on a revocation.
-#[derive(Debug, Clone, Copy)]
-pub enum Revoked {
-    /// Its alias, token or user was revoked (`herald.v1.control.revoke`): close with 4001.
-    Credentials,
-    /// More revocations arrived at once than the node keeps, and some the session did not
-    /// check: close with 1013, so the client re-authenticates.
-    Unverifiable,
+/// The credentials a session checks each revocation against, and the last it checked.
+pub struct Revocable {
+    alias: Option<Arc<str>>,
+    token: Option<crate::auth::TokenFingerprint>,
+    user: Option<Arc<str>>,
+    /// The number of the last revocation checked ([`crate::control::Revocations`]).
+    seen: u64,
 }
 
-/// Fires once the credentials of `principal` are revoked on any node: each time
-/// revocations arrive, the session checks every one since it last looked
-/// ([`crate::control::Revocations`]), so a burst cannot skip it.
-pub fn revocations(state: &AppState, principal: &Principal) -> impl Stream<Item = Revoked> {
-    let log = Arc::clone(&state.revocations);
-    let mut latest = log.subscribe();
-    let mut seen = *latest.borrow_and_update();
-    let alias = principal.alias_id.clone();
-    let token = principal.token;
-    let user = principal.user_id.clone();
-    let hits = move |revocation: &Revocation| match revocation {
-        Revocation::Alias(id) => alias.as_deref() == Some(&**id),
-        Revocation::Token(fingerprint) => token == Some(*fingerprint),
-        Revocation::User(id) => user.as_deref() == Some(&**id),
-    };
-    WatchStream::from_changes(latest).filter_map(move |upto| {
-        let check = log.check(seen, upto, &hits);
-        seen = upto;
-        std::future::ready(match check {
+impl Revocable {
+    /// Watches `principal` from the node's latest revocation on.
+    pub fn new(state: &AppState, principal: &Principal) -> Revocable {
+        Revocable {
+            alias: principal.alias_id.as_deref().map(Arc::from),
+            token: principal.token,
+            user: principal.user_id.as_deref().map(Arc::from),
+            seen: state.revocations.latest(),
+        }
+    }
+
+    fn hits(&self, revocation: &Revocation) -> bool {
+        match revocation {
+            Revocation::Alias(id) => self.alias.as_deref() == Some(&**id),
+            Revocation::Token(fingerprint) => self.token == Some(*fingerprint),
+            Revocation::User(id) => self.user.as_deref() == Some(&**id),
+        }
+    }
+
+    /// Checks every revocation since the last look: 4001 for a hit, 1013 when some were
+    /// dropped from the log unchecked (so the client re-authenticates), else none.
+    fn check(&mut self, state: &AppState) -> Option<(u16, &'static str)> {
+        let upto = state.revocations.latest();
+        if upto == self.seen {
+            return None;
+        }
+        let check = state.revocations.check(self.seen, upto, |r| self.hits(r));
+        self.seen = upto;
+        match check {
             Check::Clear => None,
-            Check::Revoked => Some(Revoked::Credentials),
-            Check::Unknown => Some(Revoked::Unverifiable),
-        })
-    })
+            Check::Revoked => Some((REVOKED, "credentials revoked")),
+            Check::Unknown => Some((
+                1013,
+                "too many revocations at once to re-check this session; reconnect",
+            )),
+        }
+    }
 }
 
-/// The node's drain flag (`true` from SIGTERM on).
-pub fn draining(state: &AppState) -> WatchStream<bool> {
-    WatchStream::new(state.shutdown.subscribe())
+pin_project_lite::pin_project! {
+    /// A session's watcher of everything but its socket, spawned in its context.
+    pub struct Vigil<S> {
+        // The next keepalive round.
+        #[pin]
+        round: Sleep,
+        period: Duration,
+        // The node's `Signal`: drain or revocations.
+        #[pin]
+        signal: OwnedNotified,
+        // The drain was seen (its close is scheduled).
+        draining: bool,
+        session: PhantomData<fn(S)>,
+    }
 }
 
-/// When, within the drain window, a session closes with 1001: at a random moment, so
-/// clients reconnect to other nodes gradually rather than all at once.
+impl<S: Session> Vigil<S> {
+    /// Watches for a session of `state` with a keepalive round every `period`.
+    pub fn new(state: &AppState, period: Duration) -> Vigil<S> {
+        Vigil {
+            round: tokio::time::sleep_until(deadline(period)),
+            period,
+            signal: state.signal.listen(),
+            draining: false,
+            session: PhantomData,
+        }
+    }
+}
+
+/// `period` from now, or a year when `period` is further away than the timer wheel takes.
+fn deadline(period: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(period.min(super::connection::MAX_TIMER))
+        .unwrap_or(now)
+}
+
+impl<S: Session> ActorFuture<S> for Vigil<S> {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut S,
+        ctx: &mut Context<S>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        let mut this = self.project();
+        if act.conn().outbox.poll_overflowed(task).is_ready() {
+            metrics::slow_consumer();
+            act.conn().close(1013, S::SLOW_REASON, ctx);
+            return Poll::Ready(());
+        }
+        while this.round.as_mut().poll(task).is_ready() {
+            this.round.as_mut().reset(deadline(*this.period));
+            act.keepalive(ctx);
+            if ctx.state().stopping() {
+                return Poll::Ready(());
+            }
+        }
+        // Re-armed before looking, so a signal raised after the look wakes us again.
+        while this.signal.as_mut().poll(task).is_ready() {
+            this.signal.set(act.conn().state.signal.listen());
+        }
+        let state = Arc::clone(&act.conn().state);
+        if !*this.draining && state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            *this.draining = true;
+            // Close at a random moment of the window, so clients reconnect to other nodes
+            // gradually.
+            ctx.run_later(drain_delay(&state), |act, ctx| {
+                act.conn().close(1001, "node shutting down; reconnect", ctx)
+            });
+        }
+        if let Some((code, reason)) = act
+            .conn()
+            .revocable
+            .as_mut()
+            .and_then(|revocable| revocable.check(&state))
+        {
+            act.conn().close(code, reason, ctx);
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+/// When a draining node closes a session: a random moment of the drain window.
 pub fn drain_delay(state: &AppState) -> Duration {
     let window = state.settings.shutdown.drain_seconds.max(1) * 1000;
     Duration::from_millis(rand::random_range(0..window))

@@ -220,7 +220,7 @@ impl Actor for JmapSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.conn.watch_revocations(&self.login.principal, ctx);
+        self.conn.watch_revocations(&self.login.principal);
         self.join(None, ctx);
     }
 }

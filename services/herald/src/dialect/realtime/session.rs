@@ -177,7 +177,7 @@ impl Actor for RealtimeSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.conn.watch_revocations(&self.principal, ctx);
+        self.conn.watch_revocations(&self.principal);
         self.watch_expiry(ctx);
         self.go_live(ctx);
     }

@@ -197,7 +197,7 @@ impl RoomsSession {
         place: UserPlace,
         ctx: &mut Context<Self>,
     ) {
-        self.conn.watch_revocations(&principal, ctx);
+        self.conn.watch_revocations(&principal);
         if let Some(exp) = principal.claims.get("exp").and_then(Value::as_u64) {
             let left = exp
                 .saturating_mul(1000)

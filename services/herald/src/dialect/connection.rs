@@ -49,16 +49,8 @@ pub enum Data {
 
 /// What a dialect's session actor adds to its [`Connection`].
 pub trait Session: Actor<Context = Context<Self>> {
-    /// The dialect.
+    /// The dialect (how it closes: [`super::closes`]).
     const DIALECT: Dialect;
-    /// Close reason (with 1013) when the session overflows its outbound budget: how the
-    /// client resumes.
-    const SLOW_REASON: &'static str;
-    /// Close reason (with 1009) when a client message exceeds the dialect's limit.
-    const OVERFLOW_REASON: &'static str;
-    /// Whether the close answering the client's echoes its status code (RFC 6455
-    /// §5.5.1), or carries none.
-    const ECHO_CLOSE: bool;
 
     /// The session's connection core.
     fn conn(&mut self) -> &mut Connection;
@@ -71,6 +63,10 @@ pub trait Session: Actor<Context = Context<Self>> {
     fn keepalive(&mut self, ctx: &mut Context<Self>) {
         self.conn().keepalive(ctx);
     }
+
+    /// The answer to a data message over the session's inbound rate
+    /// ([`Connection::limit_rate`]), which is dropped unread.
+    fn rate_limited(&mut self) {}
 
     /// A frame queued ahead of the 1009 close of an oversized message (JMAP's
     /// `requestTooLarge`).
@@ -92,6 +88,8 @@ pub struct Connection {
     pub revocable: Option<Revocable>,
     /// Registries joined, left by [`Connection::leave_all`] (at the latest when dropped).
     joined: Vec<RoutingKey>,
+    /// The inbound rate of data messages, for dialects whose messages cost bus work.
+    limiter: Option<DefaultDirectRateLimiter>,
     /// Whether the client showed life since the last keepalive round.
     alive: bool,
     /// Labels the session gauge.
@@ -104,7 +102,7 @@ impl Connection {
     /// Starts a session actor on `transport` (an upgraded connection's
     /// [`websocket::Socket`]), with an outbound queue bounded by
     /// `limits.max_buffered_bytes` (overflowing it evicts the session with 1013 and
-    /// [`Session::SLOW_REASON`]), a keepalive every `ping_interval` and the node's drain
+    /// the dialect's reason, [`super::closes`]), a keepalive every `ping_interval` and the node's drain
     /// watched. `make` builds the actor around its connection.
     pub fn start<S: Session>(
         state: Arc<AppState>,
@@ -117,7 +115,7 @@ impl Connection {
         // it): no channel per session.
         let (outbox, receiver) = Outbox::new(
             state.limits.settings.max_buffered_bytes,
-            S::SLOW_REASON,
+            super::closes(S::DIALECT).slow,
             Box::new(|| {}),
         );
         let inbound = transport.start(receiver);
@@ -142,11 +140,22 @@ impl Connection {
             state,
             outbox,
             revocable: None,
+            limiter: None,
             joined: Vec::new(),
             alive: true,
             dialect,
             _node_slot: node_slot,
         }
+    }
+
+    /// Limits the client's data messages to `per_second`, in bursts of `burst` (0 counts
+    /// as 1: a setting cannot stop a session from sending at all); those over it go to
+    /// [`Session::rate_limited`] instead of [`Session::on_data`].
+    pub fn limit_rate(&mut self, per_second: u32, burst: u32) {
+        let at_least_one = |n| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
+        self.limiter = Some(RateLimiter::direct(
+            Quota::per_second(at_least_one(per_second)).allow_burst(at_least_one(burst)),
+        ));
     }
 
     /// Queues a close frame after what is queued and stops the actor. The reason is cut
@@ -193,11 +202,17 @@ impl Connection {
             Ok(Message::Ping(data)) => self.outbox.pong(data),
             Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop) => {}
             Ok(Message::Close(reason)) => {
-                self.outbox.close(if S::ECHO_CLOSE { reason } else { None });
+                self.outbox.close(if super::closes(S::DIALECT).echo {
+                    reason
+                } else {
+                    None
+                });
                 ctx.stop();
             }
             // A single frame over the limit, or fragments adding up to more than it.
-            Err(ProtocolError::Overflow) => self.close(1009, S::OVERFLOW_REASON, ctx),
+            Err(ProtocolError::Overflow) => {
+                self.close(1009, super::closes(S::DIALECT).overflow, ctx)
+            }
             Err(error) => {
                 tracing::debug!(session = self.id, %error, "protocol error; closing");
                 let (code, reason) = websocket::protocol_close(&error);
@@ -272,17 +287,15 @@ fn receive<S: Session>(act: &mut S, item: Result<Message, ProtocolError>, ctx: &
         }
     }
     if let Some(data) = act.conn().inbound(item, ctx) {
-        act.on_data(data, ctx);
+        let conn = act.conn();
+        if conn.limiter.as_ref().is_some_and(|l| l.check().is_err()) {
+            // Dropped before parsing: a flood costs the node one small answer per frame,
+            // and the output budget closes a flooder that does not read them (1013).
+            act.rate_limited();
+        } else {
+            act.on_data(data, ctx);
+        }
     }
-}
-
-/// A limiter of a session's inbound data frames: `per_second`, in bursts of `burst` (0
-/// counts as 1: a setting cannot stop a session from sending at all).
-pub fn rate_limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
-    let at_least_one = |n| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
-    RateLimiter::direct(
-        Quota::per_second(at_least_one(per_second)).allow_burst(at_least_one(burst)),
-    )
 }
 
 /// Runs `f` after `delay`, unless `delay` is beyond [`MAX_TIMER`] (a token that expires
@@ -426,10 +439,12 @@ mod tests {
     }
 
     impl<const ECHO: bool> Session for Probe<ECHO> {
-        const DIALECT: Dialect = Dialect::ForwardEmail;
-        const SLOW_REASON: &'static str = "slow consumer: reconnect";
-        const OVERFLOW_REASON: &'static str = "frame too big (probe)";
-        const ECHO_CLOSE: bool = ECHO;
+        // `/v1/ws` echoes a client's close, rooms does not.
+        const DIALECT: Dialect = if ECHO {
+            Dialect::ForwardEmail
+        } else {
+            Dialect::Rooms
+        };
 
         fn conn(&mut self) -> &mut Connection {
             &mut self.conn
@@ -572,7 +587,11 @@ mod tests {
         let st = state(|_| {});
         let not_utf8 = vec![0xC3, 0x28];
         let cases = [
-            (ProtocolError::Overflow, 1009, "frame too big (probe)"),
+            (
+                ProtocolError::Overflow,
+                1009,
+                "frame too big (limits.max_client_frame_bytes)",
+            ),
             (
                 ProtocolError::InvalidOpcode(0xC1),
                 1002,
@@ -632,7 +651,10 @@ mod tests {
         client.send(Ok(Message::Text("flood".into())));
         assert_eq!(
             client.close().await,
-            (1013, "slow consumer: reconnect".into())
+            (
+                1013,
+                "slow consumer: reconnect with since=<last seq>".into()
+            )
         );
     }
 

@@ -396,9 +396,6 @@ impl Actor for ForwardEmailSession {
 
 impl Session for ForwardEmailSession {
     const DIALECT: Dialect = Dialect::ForwardEmail;
-    const SLOW_REASON: &'static str = "slow consumer: reconnect with since=<last seq>";
-    const OVERFLOW_REASON: &'static str = "frame too big (limits.max_client_frame_bytes)";
-    const ECHO_CLOSE: bool = true;
 
     fn conn(&mut self) -> &mut Connection {
         &mut self.conn

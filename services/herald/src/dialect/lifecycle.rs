@@ -119,7 +119,7 @@ impl<S: Session> ActorFuture<S> for Vigil<S> {
         let mut this = self.project();
         if act.conn().outbox.poll_overflowed(task).is_ready() {
             metrics::slow_consumer();
-            act.conn().close(1013, S::SLOW_REASON, ctx);
+            act.conn().close(1013, super::closes(S::DIALECT).slow, ctx);
             return Poll::Ready(());
         }
         while this.round.as_mut().poll(task).is_ready() {

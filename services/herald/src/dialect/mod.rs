@@ -15,6 +15,45 @@ use actix_web::{HttpResponse, ResponseError};
 
 pub use herald_protocol::Dialect;
 
+/// How a dialect's sessions close on transport events: the one place these differ.
+#[derive(Debug, Clone, Copy)]
+pub struct Closes {
+    /// Reason (with 1013) when the session overflows its outbound budget: how the client
+    /// resumes.
+    pub slow: &'static str,
+    /// Reason (with 1009) when a client message exceeds the dialect's limit.
+    pub overflow: &'static str,
+    /// Whether the close answering the client's echoes its status code (RFC 6455
+    /// §5.5.1), or carries none.
+    pub echo: bool,
+}
+
+/// How `dialect`'s sessions close.
+pub const fn closes(dialect: Dialect) -> Closes {
+    match dialect {
+        Dialect::ForwardEmail => Closes {
+            slow: "slow consumer: reconnect with since=<last seq>",
+            overflow: "frame too big (limits.max_client_frame_bytes)",
+            echo: true,
+        },
+        Dialect::Jmap => Closes {
+            slow: "slow consumer: reconnect and enable push with your pushState",
+            overflow: "frame over jmap.max_frame_bytes (maxSizeRequest)",
+            echo: true,
+        },
+        Dialect::Realtime => Closes {
+            slow: "slow consumer: reconnect and Subscribe with since=<last seq>",
+            overflow: "frame too big: far over realtime.max_message_bytes",
+            echo: false,
+        },
+        Dialect::Rooms => Closes {
+            slow: "slow consumer: reconnect",
+            overflow: "frame too big (rooms.max_frame_bytes)",
+            echo: false,
+        },
+    }
+}
+
 /// Why an upgrade (or an auth frame) was refused; maps to an HTTP status before the
 /// upgrade and to a close code after it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

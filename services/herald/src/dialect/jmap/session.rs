@@ -245,10 +245,6 @@ impl Handler<Relayed> for JmapSession {
 
 impl Session for JmapSession {
     const DIALECT: Dialect = Dialect::Jmap;
-    const SLOW_REASON: &'static str =
-        "slow consumer: reconnect and enable push with your pushState";
-    const OVERFLOW_REASON: &'static str = "frame over jmap.max_frame_bytes (maxSizeRequest)";
-    const ECHO_CLOSE: bool = true;
 
     fn conn(&mut self) -> &mut Connection {
         &mut self.conn

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use governor::DefaultDirectRateLimiter;
 use serde_json::{json, Value};
 
 use super::frames::{error, frame, now_secs};
@@ -46,8 +45,6 @@ pub struct RealtimeSession {
     pub(super) topics: BTreeSet<String>,
     /// Presence lease, released when the session stops.
     pub(super) presence: Option<PresenceLease>,
-    /// Inbound message rate (`realtime.messages_per_second`, `realtime.burst`).
-    pub(super) limiter: DefaultDirectRateLimiter,
 }
 
 impl RealtimeSession {
@@ -59,17 +56,17 @@ impl RealtimeSession {
         socket: Socket,
     ) {
         let rt = &state.settings.realtime;
-        let limiter = connection::rate_limiter(rt.messages_per_second, rt.burst);
+        let (per_second, burst) = (rt.messages_per_second, rt.burst);
         let may_subscribe = permissions(&principal, "subscribe", &rt.default_subscribe);
         let may_publish = permissions(&principal, "publish", &rt.default_publish);
         let ping_interval = rt.ping_interval;
-        Connection::start(state, socket, node_slot, ping_interval, |conn, _| {
+        Connection::start(state, socket, node_slot, ping_interval, |mut conn, _| {
+            conn.limit_rate(per_second, burst);
             RealtimeSession {
                 connection_id: conn.state.realtime.connection_id(conn.id),
                 conn,
                 may_subscribe,
                 may_publish,
-                limiter,
                 ip,
                 user_id,
                 principal,
@@ -202,28 +199,25 @@ impl Actor for RealtimeSession {
 
 impl Session for RealtimeSession {
     const DIALECT: Dialect = Dialect::Realtime;
-    const SLOW_REASON: &'static str =
-        "slow consumer: reconnect and Subscribe with since=<last seq>";
-    const OVERFLOW_REASON: &'static str = "frame too big: far over realtime.max_message_bytes";
-    const ECHO_CLOSE: bool = false;
 
     fn conn(&mut self) -> &mut Connection {
         &mut self.conn
     }
 
+    fn rate_limited(&mut self) {
+        let rt = &self.conn.state.settings.realtime;
+        self.send(error(
+            429,
+            format!(
+                "too many messages: at most {} per second with bursts of {} (realtime.messages_per_second, realtime.burst); slow down",
+                rt.messages_per_second, rt.burst
+            ),
+            json!({"retry_after_ms": 1000 / u64::from(rt.messages_per_second.max(1))}),
+            None,
+        ));
+    }
+
     fn on_data(&mut self, data: Data, ctx: &mut Context<Self>) {
-        if self.limiter.check().is_err() {
-            let rt = &self.conn.state.settings.realtime;
-            return self.send(error(
-                429,
-                format!(
-                    "too many messages: at most {} per second with bursts of {} (realtime.messages_per_second, realtime.burst); slow down",
-                    rt.messages_per_second, rt.burst
-                ),
-                json!({"retry_after_ms": 1000 / u64::from(rt.messages_per_second.max(1))}),
-                None,
-            ));
-        }
         match data {
             Data::Text(text) => self.on_text(&text, ctx),
             Data::Binary(bytes) => self.on_binary(&bytes),

@@ -12,7 +12,6 @@ use std::time::Duration;
 use crate::websocket::{self, Socket};
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
-use governor::DefaultDirectRateLimiter;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -21,7 +20,7 @@ use crate::auth::{Credentials, Principal};
 use crate::bus::{Bus, BusMessage};
 use crate::dialect::admission::{admit, authenticate, bearer, user_place, Admitted, UserPlace};
 use crate::dialect::codec::Codec;
-use crate::dialect::connection::{self, Connection, Data, Session};
+use crate::dialect::connection::{Connection, Data, Session};
 use crate::dialect::{Dialect, Refusal};
 use crate::limits::Slot;
 use crate::metrics;
@@ -108,9 +107,6 @@ pub struct RoomsSession {
     user: Option<User>,
     /// Rooms joined: each is one registry membership of the connection.
     rooms: HashSet<Room>,
-    /// Inbound frame rate (`rooms.messages_per_second`, `rooms.burst`), checked for every
-    /// data frame: joins, leaves and messages each put an event on the bus.
-    limiter: DefaultDirectRateLimiter,
 }
 
 impl RoomsSession {
@@ -124,12 +120,13 @@ impl RoomsSession {
         socket: Socket,
     ) {
         let rooms = &state.settings.rooms;
-        let limiter = connection::rate_limiter(rooms.messages_per_second, rooms.burst);
+        let (per_second, burst) = (rooms.messages_per_second, rooms.burst);
         let ping_interval = rooms.ping_interval;
-        Connection::start(state, socket, node_slot, ping_interval, |conn, _| {
+        Connection::start(state, socket, node_slot, ping_interval, |mut conn, _| {
             conn.outbox.open();
+            // Joins, leaves and messages each put an event on the bus.
+            conn.limit_rate(per_second, burst);
             RoomsSession {
-                limiter,
                 conn,
                 ip,
                 token,
@@ -468,28 +465,24 @@ impl Actor for RoomsSession {
 
 impl Session for RoomsSession {
     const DIALECT: Dialect = Dialect::Rooms;
-    const SLOW_REASON: &'static str = "slow consumer: reconnect";
-    const OVERFLOW_REASON: &'static str = "frame too big (rooms.max_frame_bytes)";
-    const ECHO_CLOSE: bool = false;
 
     fn conn(&mut self) -> &mut Connection {
         &mut self.conn
     }
 
+    fn rate_limited(&mut self) {
+        let rooms = &self.conn.state.settings.rooms;
+        self.push(error_frame(
+            None,
+            "rate_limited",
+            &format!(
+                "too many frames: at most {} per second with bursts of {} (rooms.messages_per_second, rooms.burst); this one was dropped, slow down and resend it",
+                rooms.messages_per_second, rooms.burst
+            ),
+        ));
+    }
+
     fn on_data(&mut self, data: Data, ctx: &mut Context<Self>) {
-        if self.limiter.check().is_err() {
-            // Dropped before parsing: a flood costs the node one small answer per frame,
-            // and the output budget closes a flooder that does not read them (1013).
-            let rooms = &self.conn.state.settings.rooms;
-            return self.push(error_frame(
-                None,
-                "rate_limited",
-                &format!(
-                    "too many frames: at most {} per second with bursts of {} (rooms.messages_per_second, rooms.burst); this one was dropped, slow down and resend it",
-                    rooms.messages_per_second, rooms.burst
-                ),
-            ));
-        }
         match data {
             Data::Text(text) => self.on_text(&text, ctx),
             Data::Binary(_) => self.push(error_frame(

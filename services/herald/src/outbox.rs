@@ -85,9 +85,6 @@ pub enum PushError {
 /// Called once when a session first overflows, so its actor can close it at once.
 pub type OnOverflow = Box<dyn Fn() + Send + Sync>;
 
-/// Queue capacity kept after a burst drains; more is given back.
-const KEPT_CAPACITY: usize = 16;
-
 /// The queue proper, whether either end is gone, and who to wake.
 #[derive(Default)]
 struct Queue {
@@ -227,8 +224,10 @@ impl OutboxReceiver {
                 return Poll::Ready(Some(Outbound::Ping));
             }
             if let Some(out) = queue.items.pop_front() {
-                if queue.items.is_empty() && queue.items.capacity() > KEPT_CAPACITY {
-                    queue.items.shrink_to(KEPT_CAPACITY);
+                if queue.items.is_empty() {
+                    // Given back whole: most sessions are idle between frames, and an
+                    // emptied queue's slots would stay with each of them (~300 B).
+                    queue.items = VecDeque::new();
                 }
                 return Poll::Ready(Some(out));
             }
@@ -643,5 +642,21 @@ mod tests {
             "down to 10: the reader is woken"
         );
         assert!(backlog.poll_room(&mut cx).is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_gives_its_memory_back() {
+        let (outbox, rx) = Outbox::new(1 << 20, "slow", Box::new(|| {}));
+        outbox.open();
+        outbox
+            .push(Frame::Binary(Bytes::from_static(b"connected")))
+            .unwrap();
+        assert!(rx.state.queue().items.capacity() > 0);
+        assert!(matches!(recv(&rx).await, Some(Outbound::Frame(..))));
+        assert_eq!(
+            rx.state.queue().items.capacity(),
+            0,
+            "an idle session keeps no queue slots after its greeting"
+        );
     }
 }

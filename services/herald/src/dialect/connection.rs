@@ -225,6 +225,8 @@ impl Connection {
     /// Joins a registry, remembered so it is left when the session ends; resolves once
     /// the registry's subscription is in place.
     pub fn join(&mut self, join: Join) -> impl Future<Output = ()> + 'static {
+        // Exactly as many slots as keys: a session joins a few and keeps them for life.
+        self.joined.reserve_exact(1);
         self.joined.push(join.key.clone());
         let directory = self.state.directory.clone();
         async move { directory.join(join).await }

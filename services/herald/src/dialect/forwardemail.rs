@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::auth::Credentials;
 use crate::dialect::admission::{
     admit, authorization, bearer_credentials, credentials, login_alias, Admitted, AliasLogin,
-    ALIAS_FULL_RETRY_AFTER,
+    AliasPlace, ALIAS_FULL_RETRY_AFTER,
 };
 use crate::dialect::codec::{self, Codec};
 use crate::dialect::connection::{Connection, Data, Session};
@@ -164,7 +164,7 @@ pub async fn upgrade(
     let settings = &state.settings;
     let Admitted { ip, node_slot } = admit(&req, &state).await?;
     let phase = match request.auth {
-        AuthMode::Header(credentials) => Phase::Live(Identity::Alias(
+        AuthMode::Header(credentials) => Phase::Ready(Identity::Alias(
             login_alias(&state, Dialect::ForwardEmail, &credentials, ip).await?,
         )),
         AuthMode::Frame => {
@@ -194,7 +194,7 @@ pub async fn upgrade(
                     retry_after: ALIAS_FULL_RETRY_AFTER,
                 }
             })?;
-            Phase::Live(Identity::Anonymous { _slot: slot })
+            Phase::Ready(Identity::Anonymous { _slot: slot })
         }
     };
     let max_frame = state.limits.settings.max_client_frame_bytes;
@@ -218,14 +218,26 @@ enum Identity {
     Anonymous { _slot: Slot<IpAddr> },
 }
 
+/// What a live session keeps of its identity: only its place under the cap it counts
+/// against (freed on drop). The credentials are let go once the revocation check has
+/// what it needs: an idle session is mostly what it still holds.
+enum Place {
+    /// Under the alias's session cap.
+    Alias { _place: AliasPlace },
+    /// Under the per-address cap of broadcast-only sessions.
+    Anonymous { _slot: Slot<IpAddr> },
+}
+
 /// Where a session is in its life.
 enum Phase {
     /// `?auth=message`: waiting for the first frame (holding a pending-auth slot).
     AwaitingAuth { _slot: Slot<IpAddr> },
     /// The auth frame arrived and is being checked; later frames are ignored.
     Authenticating,
-    /// Authenticated (or anonymous): receiving notifications.
-    Live(Identity),
+    /// Authenticated (or anonymous) at the upgrade: goes live once the actor starts.
+    Ready(Identity),
+    /// Receiving notifications.
+    Live { _place: Place },
 }
 
 /// The first frame of an `?auth=message` session.
@@ -290,10 +302,16 @@ impl ForwardEmailSession {
                 vec![RoutingKey::Broadcast],
             ),
         };
-        if let Identity::Alias(AliasLogin { principal, .. }) = &identity {
-            self.conn.watch_revocations(principal);
-        }
-        self.phase = Phase::Live(identity);
+        let place = match identity {
+            Identity::Alias(AliasLogin {
+                principal, place, ..
+            }) => {
+                self.conn.watch_revocations(&principal);
+                Place::Alias { _place: place }
+            }
+            Identity::Anonymous { _slot } => Place::Anonymous { _slot },
+        };
+        self.phase = Phase::Live { _place: place };
         if let Some(frame) = self.format.frame(&connected) {
             let _ = self.conn.outbox.push(frame);
         }
@@ -380,7 +398,7 @@ impl Actor for ForwardEmailSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         match std::mem::replace(&mut self.phase, Phase::Authenticating) {
-            Phase::Live(identity) => self.go_live(identity, ctx),
+            Phase::Ready(identity) => self.go_live(identity, ctx),
             other => {
                 self.phase = other;
                 let timeout = self.conn.state.settings.forwardemail.auth_frame_timeout;
@@ -419,7 +437,7 @@ impl Session for ForwardEmailSession {
     /// Live sessions only: an app-level `ping` event follows the protocol ping, for
     /// clients whose WebSocket API hides protocol pings.
     fn keepalive(&mut self, ctx: &mut Context<Self>) {
-        if matches!(self.phase, Phase::Live(_)) && self.conn.keepalive(ctx) {
+        if matches!(self.phase, Phase::Live { .. }) && self.conn.keepalive(ctx) {
             let _ = self.conn.outbox.push(ping_frame(self.format));
         }
     }

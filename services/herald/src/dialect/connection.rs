@@ -88,8 +88,9 @@ pub struct Connection {
     pub revocable: Option<Revocable>,
     /// Registries joined, left by [`Connection::leave_all`] (at the latest when dropped).
     joined: Vec<RoutingKey>,
-    /// The inbound rate of data messages, for dialects whose messages cost bus work.
-    limiter: Option<DefaultDirectRateLimiter>,
+    /// The inbound rate of data messages, for dialects whose messages cost bus work
+    /// (boxed: most sessions, `/v1/ws` ones, have none).
+    limiter: Option<Box<DefaultDirectRateLimiter>>,
     /// Whether the client showed life since the last keepalive round.
     alive: bool,
     /// Labels the session gauge.
@@ -153,9 +154,9 @@ impl Connection {
     /// [`Session::rate_limited`] instead of [`Session::on_data`].
     pub fn limit_rate(&mut self, per_second: u32, burst: u32) {
         let at_least_one = |n| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
-        self.limiter = Some(RateLimiter::direct(
+        self.limiter = Some(Box::new(RateLimiter::direct(
             Quota::per_second(at_least_one(per_second)).allow_burst(at_least_one(burst)),
-        ));
+        )));
     }
 
     /// Queues a close frame after what is queued and stops the actor. The reason is cut

@@ -164,9 +164,9 @@ pub async fn upgrade(
     let settings = &state.settings;
     let Admitted { ip, node_slot } = admit(&req, &state).await?;
     let phase = match request.auth {
-        AuthMode::Header(credentials) => Phase::Ready(Identity::Alias(
+        AuthMode::Header(credentials) => Phase::Ready(Box::new(Identity::Alias(
             login_alias(&state, Dialect::ForwardEmail, &credentials, ip).await?,
-        )),
+        ))),
         AuthMode::Frame => {
             let max = state.limits.settings.max_pending_auth_per_ip;
             let slot = state.limits.pending_auth.try_acquire(ip, max).ok_or_else(|| {
@@ -194,7 +194,7 @@ pub async fn upgrade(
                     retry_after: ALIAS_FULL_RETRY_AFTER,
                 }
             })?;
-            Phase::Ready(Identity::Anonymous { _slot: slot })
+            Phase::Ready(Box::new(Identity::Anonymous { _slot: slot }))
         }
     };
     let max_frame = state.limits.settings.max_client_frame_bytes;
@@ -235,7 +235,8 @@ enum Phase {
     /// The auth frame arrived and is being checked; later frames are ignored.
     Authenticating,
     /// Authenticated (or anonymous) at the upgrade: goes live once the actor starts.
-    Ready(Identity),
+    /// Boxed: the phase is inline in every session, and this variant is its largest.
+    Ready(Box<Identity>),
     /// Receiving notifications.
     Live { _place: Place },
 }
@@ -398,7 +399,7 @@ impl Actor for ForwardEmailSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         match std::mem::replace(&mut self.phase, Phase::Authenticating) {
-            Phase::Ready(identity) => self.go_live(identity, ctx),
+            Phase::Ready(identity) => self.go_live(*identity, ctx),
             other => {
                 self.phase = other;
                 let timeout = self.conn.state.settings.forwardemail.auth_frame_timeout;

@@ -280,7 +280,7 @@ impl ForwardEmailSession {
 
     /// Sends `connected`, joins the registries, then starts writing: frames the registries
     /// queue meanwhile wait behind `connected`, and nothing published after it is missed.
-    fn go_live(&mut self, identity: Identity, ctx: &mut Context<Self>) {
+    fn go_live(&mut self, mut identity: Identity, ctx: &mut Context<Self>) {
         let (connected, keys) = match &identity {
             Identity::Alias(AliasLogin { alias_id, .. }) => (
                 json!({"event": "connected", "aliasId": alias_id}),
@@ -291,8 +291,14 @@ impl ForwardEmailSession {
                 vec![RoutingKey::Broadcast],
             ),
         };
-        if let Identity::Alias(AliasLogin { principal, .. }) = &identity {
+        if let Identity::Alias(AliasLogin {
+            principal, place, ..
+        }) = &mut identity
+        {
             self.conn.watch_revocations(principal, ctx);
+            if let Some(reclaimed) = place.reclaimed() {
+                self.conn.watch_reclaim(reclaimed, ctx);
+            }
         }
         self.phase = Phase::Live(identity);
         if let Some(frame) = self.format.frame(&connected) {

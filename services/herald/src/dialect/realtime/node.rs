@@ -266,7 +266,7 @@ impl RealtimeNode {
             *n
         };
         match &self.cluster {
-            Some(cluster) => match cluster.acquire_user(user_id).await {
+            Some(cluster) => match cluster.acquire_user(user_id) {
                 Some((lease, n)) => {
                     let first = (n == 1).then(|| format!("online-{}", lease.subject()));
                     (PresenceLease(Some(lease)), first)

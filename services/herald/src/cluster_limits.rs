@@ -138,10 +138,10 @@ pub struct Caps {
 /// Work for the publisher task, in the order connects and closes asked for it.
 enum Op {
     /// A lease taken: publish it now and refresh it until released.
-    Acquire(String),
+    Acquire(Arc<str>),
     /// A lease given back: stop refreshing it, publish its release marker, purge it.
     Release {
-        subject: String,
+        subject: Arc<str>,
         done: Option<oneshot::Sender<()>>,
     },
     /// A connection attempt to publish.
@@ -169,10 +169,9 @@ pub struct ClusterLimits {
 /// A session's place under a cluster-wide cap (or its presence); dropping it frees the
 /// place.
 pub struct Lease {
-    subject: String,
-    /// `<family>.<key>` of the subject, and the lease's id in it.
-    family_key: String,
-    id: u64,
+    /// `<family>.<key>.<node>.<id>`, shared with the publisher's set of leases to refresh
+    /// (`None` once given back).
+    subject: Option<Arc<str>>,
     limits: Arc<ClusterLimits>,
     /// Fires if reconciliation gives the place to an earlier racer (capped leases).
     reclaimed: Option<oneshot::Receiver<()>>,
@@ -182,16 +181,17 @@ impl Lease {
     /// Frees the place now and waits (at most [`CHECK_TIMEOUT`]) until the stream no
     /// longer holds it, so a count taken afterwards does not see it.
     pub async fn release(mut self) {
-        let subject = std::mem::take(&mut self.subject);
+        let Some(subject) = self.subject.take() else {
+            return;
+        };
         let (done, released) = oneshot::channel();
-        self.limits
-            .give_back(&self.family_key, self.id, subject, Some(done));
+        self.limits.give_back(subject, Some(done));
         let _ = tokio::time::timeout(CHECK_TIMEOUT, released).await;
     }
 
     /// The lease's subject (unique in the cluster).
     pub fn subject(&self) -> &str {
-        &self.subject
+        self.subject.as_deref().unwrap_or_default()
     }
 
     /// The signal that reconciliation reclaimed this place (once; `None` afterwards, and
@@ -203,12 +203,9 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.subject.is_empty() {
-            return;
+        if let Some(subject) = self.subject.take() {
+            self.limits.give_back(subject, None);
         }
-        let subject = std::mem::take(&mut self.subject);
-        self.limits
-            .give_back(&self.family_key, self.id, subject, None);
     }
 }
 
@@ -500,13 +497,12 @@ impl ClusterLimits {
             }
             Admission::Allowed(n) => n,
         };
-        let subject = format!("{family_key}.{}.{id}", self.node);
-        let _ = self.ops.send(Op::Acquire(subject.clone()));
+        tracing::debug!(key = family_key, lease = id, counted, "cluster lease taken");
+        let subject: Arc<str> = Arc::from(format!("{family_key}.{}.{id}", self.node));
+        let _ = self.ops.send(Op::Acquire(Arc::clone(&subject)));
         Ok(Some((
             Lease {
-                subject,
-                family_key,
-                id,
+                subject: Some(subject),
                 limits: Arc::clone(self),
                 reclaimed,
             },
@@ -515,14 +511,10 @@ impl ClusterLimits {
     }
 
     /// Forgets an own lease in the view and has the publisher release it.
-    fn give_back(
-        &self,
-        family_key: &str,
-        id: u64,
-        subject: String,
-        done: Option<oneshot::Sender<()>>,
-    ) {
-        self.view().release(family_key, id);
+    fn give_back(&self, subject: Arc<str>, done: Option<oneshot::Sender<()>>) {
+        if let Some((family_key, _, id)) = view::parse_lease(&subject) {
+            self.view().release(family_key, id);
+        }
         let _ = self.ops.send(Op::Release { subject, done });
     }
 
@@ -533,13 +525,13 @@ impl ClusterLimits {
     async fn run(self: Arc<Self>, mut ops: mpsc::UnboundedReceiver<Op>) {
         let client = self.jetstream.client();
         let period = self.lease_ttl / 3;
-        let node_subject = format!("{NODE_PREFIX}.{}", self.node);
-        let mut leases: HashSet<String> = HashSet::new();
+        let node_subject: Arc<str> = Arc::from(format!("{NODE_PREFIX}.{}", self.node));
+        let mut leases: HashSet<Arc<str>> = HashSet::new();
         let mut tick = tokio::time::interval(period);
         // This round's refreshes, spread over half the period: 10,000 sessions refreshed
         // at once queued events behind them on the node's NATS connection (the loadtest's
         // p99).
-        let mut round: VecDeque<String> = VecDeque::new();
+        let mut round: VecDeque<Arc<str>> = VecDeque::new();
         let mut pause = period;
         let next_batch = tokio::time::sleep(period);
         tokio::pin!(next_batch);
@@ -553,7 +545,7 @@ impl ClusterLimits {
                     match op {
                         Op::Acquire(subject) => {
                             if connected(&client) {
-                                let _ = client.publish(subject.clone(), bytes::Bytes::new()).await;
+                                let _ = client.publish(subject.to_string(), bytes::Bytes::new()).await;
                             }
                             leases.insert(subject);
                         }
@@ -590,7 +582,7 @@ impl ClusterLimits {
                             continue;
                         }
                         if connected(&client) {
-                            let _ = client.publish(subject, bytes::Bytes::new()).await;
+                            let _ = client.publish(subject.to_string(), bytes::Bytes::new()).await;
                         }
                         sent += 1;
                     }
@@ -603,19 +595,19 @@ impl ClusterLimits {
     /// Publishes a lease's release marker (acknowledged, so the purge after it finds it
     /// stored), then purges the subject; best effort within [`CHECK_TIMEOUT`]: the lease
     /// expires anyway.
-    async fn release(self: Arc<Self>, subject: String, done: Option<oneshot::Sender<()>>) {
+    async fn release(self: Arc<Self>, subject: Arc<str>, done: Option<oneshot::Sender<()>>) {
         let jetstream = &self.jetstream;
         let _ = tokio::time::timeout(CHECK_TIMEOUT, async {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(RELEASED_HEADER, "released");
             if let Ok(ack) = jetstream
-                .publish_with_headers(subject.clone(), headers, bytes::Bytes::new())
+                .publish_with_headers(subject.to_string(), headers, bytes::Bytes::new())
                 .await
             {
                 let _ = ack.await;
             }
             if let Ok(stream) = jetstream.get_stream_no_info(SESSIONS_STREAM).await {
-                let _ = stream.purge().filter(&subject).await;
+                let _ = stream.purge().filter(&*subject).await;
             }
         })
         .await;
@@ -669,7 +661,7 @@ impl ClusterLimits {
                             break;
                         }
                         sweeps += 1;
-                        if sweeps % 4 == 0 {
+                        if sweeps.is_multiple_of(4) {
                             self.view().sweep();
                         }
                     }
@@ -726,6 +718,7 @@ impl ClusterLimits {
                 .headers
                 .as_ref()
                 .is_some_and(|h| h.get(RELEASED_HEADER).is_some());
+            tracing::trace!(subject, seq, released, pending, "lease message");
             if view.feed_lease(subject, seq, released) {
                 crate::metrics::connection_refused("cluster_reclaimed");
                 tracing::debug!(

@@ -736,6 +736,11 @@ impl ClusterLimits {
     fn on_attempt(&self, message: &jetstream::Message) {
         let Ok(info) = message.info() else { return };
         let pending = info.pending;
+        // Stamped when it was stored, not read: at a (re)start the whole last minute
+        // arrives at once.
+        let age = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::from(info.published))
+            .unwrap_or_default();
         let address = message
             .subject
             .as_str()
@@ -744,7 +749,7 @@ impl ClusterLimits {
         let node = std::str::from_utf8(&message.payload).unwrap_or("");
         let mut view = self.view();
         if let Some(address) = address {
-            view.feed_attempt(address, node);
+            view.feed_attempt(address, node, age);
         }
         if pending == 0 {
             view.rate_live = true;

@@ -252,12 +252,13 @@ impl View {
         false
     }
 
-    /// An attempt from `address` read from the stream, made on `node`.
-    pub(super) fn feed_attempt(&mut self, address: &str, node: &str) {
-        if node == &*self.node {
-            return; // counted when it was made
+    /// An attempt from `address` read from the stream, made on `node` `age` ago.
+    pub(super) fn feed_attempt(&mut self, address: &str, node: &str, age: Duration) {
+        if node == &*self.node || age >= RATE_WINDOW {
+            return; // counted when it was made, or out of the window
         }
-        self.stamp(address, Instant::now());
+        let now = Instant::now();
+        self.stamp(address, now.checked_sub(age).unwrap_or(now));
     }
 
     fn stamp(&mut self, address: &str, at: Instant) -> bool {
@@ -439,12 +440,13 @@ mod tests {
     fn the_address_rate_counts_every_node_and_keeps_a_bounded_tail() {
         let mut a = view("a", 1);
         for _ in 0..10 {
-            a.feed_attempt("127-0-0-1", "b");
+            a.feed_attempt("127-0-0-1", "b", Duration::ZERO);
         }
         assert_eq!(a.rate["127-0-0-1"].len(), 4, "per_minute + 1 kept");
         assert_eq!(a.attempt("127-0-0-1", 3), Verdict::Refused);
         assert_eq!(a.attempt("10-0-0-1", 3), Verdict::Allowed);
-        a.feed_attempt("10-0-0-1", "a");
+        a.feed_attempt("10-0-0-1", "a", Duration::ZERO);
+        a.feed_attempt("10-0-0-1", "b", RATE_WINDOW);
         assert_eq!(a.attempt("10-0-0-1", 3), Verdict::Allowed);
         assert_eq!(a.attempt("10-0-0-1", 3), Verdict::Allowed);
         assert_eq!(a.attempt("10-0-0-1", 3), Verdict::Refused);

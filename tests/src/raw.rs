@@ -72,7 +72,22 @@ impl RawWs {
         let stream = TcpStream::connect(addr)
             .await
             .expect("cannot connect to herald");
-        Self::upgrade(stream, addr, path_and_query, headers).await
+        Self::upgrade(stream, addr, path_and_query, headers, &[]).await
+    }
+
+    /// Like [`RawWs::connect`], with `early` (encoded frames) sent in the same write as the
+    /// upgrade request, before the `101` comes back: the server must read them after its
+    /// handshake from what it has already buffered.
+    pub async fn connect_with_early_frames(
+        addr: SocketAddr,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        early: &[u8],
+    ) -> Result<RawWs, u16> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("cannot connect to herald");
+        Self::upgrade(stream, addr, path_and_query, headers, early).await
     }
 
     /// Like [`RawWs::connect`] with a tiny socket receive buffer, so that the server's
@@ -90,7 +105,7 @@ impl RawWs {
             .connect(addr)
             .await
             .expect("cannot connect to herald");
-        Self::upgrade(stream, addr, path_and_query, headers).await
+        Self::upgrade(stream, addr, path_and_query, headers, &[]).await
     }
 
     /// Sends the upgrade request on `stream` and reads the response head.
@@ -99,6 +114,7 @@ impl RawWs {
         addr: SocketAddr,
         path_and_query: &str,
         headers: &[(&str, &str)],
+        early: &[u8],
     ) -> Result<RawWs, u16> {
         let mut request = format!(
             "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
@@ -109,8 +125,10 @@ impl RawWs {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
+        let mut request = request.into_bytes();
+        request.extend_from_slice(early);
         stream
-            .write_all(request.as_bytes())
+            .write_all(&request)
             .await
             .expect("cannot send the upgrade request");
 

@@ -5,8 +5,8 @@
 //! - [`codec`]: an event decoded once, and the trait dialects encode it by.
 //! - [`directory`] and [`registry`]: the actor core that fans events out per routing key.
 //! - [`outbox`]: each session's byte-bounded outbound queue.
-//! - [`websocket`]: the connection after the upgrade: the outbox as the response body, and
-//!   the client's messages.
+//! - [`websocket`]: the connection after the upgrade: the socket handed over by HTTP/1,
+//!   its writer task, and the client's messages.
 //! - [`dialect`]: client protocols (`/v1/ws`, `/jmap/ws`, `/ws`, rooms) over that core.
 //! - [`auth`], [`limits`], [`cluster_limits`]: who may connect, and how much.
 //! - [`http`]: health, readiness, metrics and publishing.

@@ -1,11 +1,11 @@
 //! A session's outbound queue: bounded by bytes, not by count, and drained by the
-//! connection itself ([`crate::websocket`]'s response body), so a slow client never delays
+//! connection's writer task ([`crate::websocket`]), so a slow client never delays
 //! the registry that fans out to it.
 //!
 //! The queue is a `VecDeque` behind a mutex holding the reader's waker, not a tokio
 //! channel: an idle session then holds no queue memory at all (a tokio channel allocates a
 //! 32-slot block up front, about 2.5 KiB a session — the loadtest's idle scenario), and a
-//! push wakes the connection's dispatcher directly, with no task in between.
+//! push wakes the connection's writer directly, with no other task in between.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -106,6 +106,9 @@ struct Queue {
     receiver_gone: bool,
     /// The reader's task, waiting for an item.
     waker: Option<Waker>,
+    /// The session's reader of client messages, waiting for the backlog to shrink
+    /// (see [`Backlog`]).
+    backlogged: Option<Waker>,
 }
 
 struct State {
@@ -113,6 +116,8 @@ struct State {
     buffered: AtomicUsize,
     limit: usize,
     overflowed: AtomicBool,
+    /// Whether `backlogged` holds a waker: checked before taking the lock.
+    backlog_waiting: AtomicBool,
     /// The close reason sent (with 1013) when the budget overflows.
     overflow_reason: &'static str,
     on_overflow: OnOverflow,
@@ -134,6 +139,18 @@ impl State {
             waker.wake();
         }
         result
+    }
+
+    /// Gives `len` bytes back to the budget, waking a reader held back by the backlog
+    /// once it is down to half.
+    fn release(&self, len: usize) {
+        let left = self.buffered.fetch_sub(len, Ordering::Relaxed) - len;
+        if left <= self.limit / 2 && self.backlog_waiting.swap(false, Ordering::AcqRel) {
+            let waker = self.queue().backlogged.take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
     }
 
     fn send(&self, out: Outbound) -> Result<(), PushError> {
@@ -177,12 +194,11 @@ impl std::fmt::Debug for Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.state.buffered.fetch_sub(self.len, Ordering::Relaxed);
+        self.state.release(self.len);
     }
 }
 
-/// The receiving half: the connection's response body reads it
-/// ([`crate::websocket::Handshake::respond`]).
+/// The receiving half: the connection's writer task reads it ([`crate::websocket::Transport`]).
 pub struct OutboxReceiver {
     state: Arc<State>,
 }
@@ -230,7 +246,14 @@ impl OutboxReceiver {
 
     /// Gives a written frame's bytes back to the budget.
     pub fn written(&self, len: usize) {
-        self.state.buffered.fetch_sub(len, Ordering::Relaxed);
+        self.state.release(len);
+    }
+
+    /// What the connection's reader checks before reading more of the client's messages.
+    pub fn backlog(&self) -> Backlog {
+        Backlog {
+            state: Arc::clone(&self.state),
+        }
     }
 
     /// The close reason for an overflowed session, if it overflowed: queued frames are then
@@ -240,6 +263,32 @@ impl OutboxReceiver {
             .overflowed
             .load(Ordering::Relaxed)
             .then_some(self.state.overflow_reason)
+    }
+}
+
+/// Holds the reading of a client's messages back while its session's queue is more than
+/// half full: the client's requests would only queue more answers. Without it a client that
+/// floods requests outruns its own writer (which runs as a separate task, woken from other
+/// threads) and is evicted as a slow consumer although it reads.
+pub struct Backlog {
+    state: Arc<State>,
+}
+
+impl Backlog {
+    /// `Ready` while at most half the budget is queued; otherwise the task is woken once
+    /// the writer has taken enough.
+    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let state = &self.state;
+        if state.buffered.load(Ordering::Relaxed) <= state.limit / 2 {
+            return Poll::Ready(());
+        }
+        state.queue().backlogged = Some(cx.waker().clone());
+        state.backlog_waiting.store(true, Ordering::Release);
+        // The writer may have taken enough between the check and the waker being stored.
+        if state.buffered.load(Ordering::Relaxed) <= state.limit / 2 {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }
 
@@ -255,6 +304,7 @@ impl Outbox {
             buffered: AtomicUsize::new(0),
             limit,
             overflowed: AtomicBool::new(false),
+            backlog_waiting: AtomicBool::new(false),
             overflow_reason,
             on_overflow,
         });
@@ -532,5 +582,38 @@ mod tests {
             outbox.push(Frame::Binary(Bytes::from_static(b"x"))),
             Err(PushError::Closed)
         );
+    }
+
+    #[test]
+    fn reading_waits_while_more_than_half_the_budget_is_queued() {
+        use std::task::Wake;
+
+        struct Flag(AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let (outbox, rx) = Outbox::new(100, "slow", Box::new(|| {}));
+        let backlog = rx.backlog();
+        let woken = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(Arc::clone(&woken));
+        let mut cx = Context::from_waker(&waker);
+        outbox
+            .push(Frame::Binary(Bytes::from(vec![0; 50])))
+            .unwrap();
+        assert!(backlog.poll_room(&mut cx).is_ready(), "half the budget");
+        outbox
+            .push(Frame::Binary(Bytes::from(vec![0; 20])))
+            .unwrap();
+        assert!(backlog.poll_room(&mut cx).is_pending(), "over half");
+        rx.written(10);
+        assert!(!woken.0.load(Ordering::SeqCst), "60 of 100 still queued");
+        rx.written(50);
+        assert!(
+            woken.0.load(Ordering::SeqCst),
+            "down to 10: the reader is woken"
+        );
+        assert!(backlog.poll_room(&mut cx).is_ready());
     }
 }

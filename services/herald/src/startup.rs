@@ -7,7 +7,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use std::rc::Rc;
+
+use actix_codec::Framed;
+use actix_http::{h1, HttpService, Request};
+use actix_rt::net::TcpStream;
+use actix_service::{fn_factory, fn_service, map_config, IntoServiceFactory, ServiceFactory};
+use actix_web::body::BoxBody;
+use actix_web::dev::{AppConfig, Server, ServiceRequest, ServiceResponse};
 use actix_web::{web, App, HttpServer};
 
 use crate::auth::Authenticator;
@@ -18,7 +25,7 @@ use crate::directory::Directory;
 use crate::limits::Limits;
 use crate::registry::RegistrySettings;
 use crate::state::AppState;
-use crate::{dialect, http, metrics};
+use crate::{dialect, http, metrics, websocket};
 
 /// A node ready to serve.
 pub struct Application {
@@ -123,43 +130,41 @@ impl Application {
         let drain = Duration::from_secs(settings.shutdown.drain_seconds);
         // The demo page logs in with the demo alias: only where those credentials work.
         let demo = settings.uses_demo_credentials();
-        let server = HttpServer::new(move || {
-            let mut app = App::new()
-                .app_data(app_state.clone())
-                .route("/healthz", web::get().to(http::healthz))
-                .route("/readyz", web::get().to(http::readyz))
-                .route(
-                    Dialect::ForwardEmail.path(),
-                    web::get().to(dialect::forwardemail::upgrade),
-                )
-                .route(Dialect::Jmap.path(), web::get().to(dialect::jmap::upgrade))
-                .route(
-                    Dialect::Rooms.path(),
-                    web::get().to(dialect::rooms::upgrade),
-                )
-                .route(
-                    Dialect::Realtime.path(),
-                    web::get().to(dialect::realtime::upgrade),
-                )
-                .route("/v1/publish", web::post().to(http::publish::publish))
-                .route("/v1/revoke", web::post().to(http::publish::revoke));
-            if demo {
-                app = app
-                    .route("/demo", web::get().to(http::demo::index))
-                    .route("/demo/", web::get().to(http::demo::index))
-                    .route("/demo/herald-client.js", web::get().to(http::demo::client));
-            }
-            if separate_metrics {
-                app
-            } else {
-                app.route("/metrics", web::get().to(http::metrics))
-            }
-        })
-        .disable_signals()
-        // Nagle + delayed ACK held a session's second frame ~40 ms (loadtest: p99 42 ms → 4 ms).
-        .tcp_nodelay(true)
-        .shutdown_timeout(drain.as_secs() + 5)
-        .listen(listener)?;
+        let server = actix_server::Server::build()
+            .disable_signals()
+            .shutdown_timeout(drain.as_secs() + 5)
+            .listen("herald", listener, move || {
+                let upgrade_state = app_state.clone();
+                HttpService::build()
+                    // Nagle + delayed ACK held a session's second frame ~40 ms (loadtest:
+                    // p99 42 ms → 4 ms).
+                    .tcp_nodelay(true)
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .local_addr(address)
+                    // Upgrade requests get the connection itself: the session keeps the
+                    // socket and nothing of HTTP (websocket/upgrade.rs).
+                    .upgrade(fn_factory(move || {
+                        let app = routes(upgrade_state.clone(), demo, !separate_metrics);
+                        async move {
+                            let service = app
+                                .into_factory()
+                                .new_service(AppConfig::default())
+                                .await
+                                .map_err(|()| "the routes could not start")?;
+                            let service = Rc::new(service);
+                            Ok::<_, &str>(fn_service(
+                                move |(req, framed): (Request, Framed<TcpStream, h1::Codec>)| {
+                                    websocket::upgrade::serve(Rc::clone(&service), req, framed)
+                                },
+                            ))
+                        }
+                    }))
+                    .finish(map_config(
+                        routes(app_state.clone(), demo, !separate_metrics),
+                        |_| AppConfig::default(),
+                    ))
+                    .tcp()
+            })?;
         let mut metrics_address = None;
         let mut metrics_server = None;
         if let Some(metrics_listen) = metrics_listen {
@@ -253,6 +258,52 @@ impl Application {
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.metrics_address
     }
+}
+
+/// The node's routes: probes, the dialects' upgrades, publishing and revocation, the demo
+/// page while its credentials work, and `/metrics` unless it has a listener of its own.
+fn routes(
+    state: web::Data<AppState>,
+    demo: bool,
+    metrics: bool,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let mut app = App::new()
+        .app_data(state)
+        .route("/healthz", web::get().to(http::healthz))
+        .route("/readyz", web::get().to(http::readyz))
+        .route(
+            Dialect::ForwardEmail.path(),
+            web::get().to(dialect::forwardemail::upgrade),
+        )
+        .route(Dialect::Jmap.path(), web::get().to(dialect::jmap::upgrade))
+        .route(
+            Dialect::Rooms.path(),
+            web::get().to(dialect::rooms::upgrade),
+        )
+        .route(
+            Dialect::Realtime.path(),
+            web::get().to(dialect::realtime::upgrade),
+        )
+        .route("/v1/publish", web::post().to(http::publish::publish))
+        .route("/v1/revoke", web::post().to(http::publish::revoke));
+    if demo {
+        app = app
+            .route("/demo", web::get().to(http::demo::index))
+            .route("/demo/", web::get().to(http::demo::index))
+            .route("/demo/herald-client.js", web::get().to(http::demo::client));
+    }
+    if metrics {
+        app = app.route("/metrics", web::get().to(http::metrics));
+    }
+    app
 }
 
 /// SIGTERM or SIGINT, caught from the moment it is installed.

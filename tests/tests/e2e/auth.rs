@@ -125,6 +125,35 @@ async fn a_fragmented_auth_frame_is_put_together() {
 }
 
 #[tokio::test]
+async fn an_auth_frame_sent_with_the_upgrade_request_is_read_after_the_handshake() {
+    use herald_tests::raw::{masked_frame, opcode, RawFrame};
+    use herald_tests::{RawWs, PROMPT};
+
+    // One write carries the upgrade request and the auth frame: the node has read the frame
+    // with the request's head, before its `101`, and must not lose it in the hand-over.
+    let node = Node::start(NodeConfig::memory()).await;
+    let auth =
+        json!({"event": "auth", "username": DEMO.address, "password": DEMO.password}).to_string();
+    let early = masked_frame(0x80 | opcode::TEXT, auth.as_bytes());
+    let mut ws = RawWs::connect_with_early_frames(node.addr(), "/v1/ws?auth=message", &[], &early)
+        .await
+        .unwrap_or_else(|status| panic!("upgrade refused with {status}"));
+    let RawFrame::Frame {
+        opcode: kind,
+        payload,
+    } = ws.read_frame(PROMPT).await
+    else {
+        panic!("no frame after the handshake");
+    };
+    assert_eq!(kind, opcode::TEXT);
+    let hello: serde_json::Value = serde_json::from_slice(&payload).expect("a JSON frame");
+    assert_eq!(
+        (hello["event"].as_str(), &hello["aliasId"]),
+        (Some("connected"), &json!(DEMO.id))
+    );
+}
+
+#[tokio::test]
 async fn auth_frame_with_good_credentials_connects() {
     let (node, publisher) = crate::memory_setup(|c| c).await;
     let mut client = Connect::v1(&node)

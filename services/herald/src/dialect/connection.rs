@@ -25,10 +25,10 @@ use super::lifecycle::{self, Revoked};
 use super::Dialect;
 use crate::limits::Slot;
 use crate::metrics;
-use crate::outbox::{Frame, Outbox, OutboxReceiver};
+use crate::outbox::{Frame, Outbox};
 use crate::registry::{Join, RoutingKey, SessionId};
 use crate::state::AppState;
-use crate::websocket::{self, CloseCode, CloseReason, Message, ProtocolError};
+use crate::websocket::{self, CloseCode, CloseReason, Message, ProtocolError, Transport};
 
 /// Closed by the node when a client shows no life for a whole keepalive round.
 pub const KEEPALIVE_TIMEOUT: u16 = 1008;
@@ -94,7 +94,7 @@ pub struct Connection {
     pub id: SessionId,
     /// The node's shared state.
     pub state: Arc<AppState>,
-    /// The outbound queue: the connection's response body writes it.
+    /// The outbound queue: the connection's writer task writes it.
     pub outbox: Outbox,
     /// Registries joined, left by [`Connection::leave_all`] (at the latest when dropped).
     joined: Vec<RoutingKey>,
@@ -107,18 +107,18 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Starts a session actor reading `inbound` (a connection's [`crate::websocket::Inbound`]), with an outbound queue bounded by
+    /// Starts a session actor on `transport` (an upgraded connection's
+    /// [`websocket::Socket`]), with an outbound queue bounded by
     /// `limits.max_buffered_bytes` (overflowing it evicts the session with 1013 and
     /// [`Session::SLOW_REASON`]), a keepalive every `ping_interval` and the node's drain
-    /// watched. `make` builds the actor around its connection; the HTTP connection writes
-    /// the returned receiving half ([`crate::websocket::Handshake::respond`]).
+    /// watched. `make` builds the actor around its connection.
     pub fn start<S: Session>(
         state: Arc<AppState>,
-        inbound: impl Stream<Item = Result<Message, ProtocolError>> + Unpin + 'static,
+        transport: impl Transport,
         node_slot: Slot<()>,
         ping_interval: Duration,
         make: impl FnOnce(Connection, &mut Context<S>) -> S,
-    ) -> OutboxReceiver {
+    ) {
         // A oneshot, not the actor's mailbox (a generic core cannot implement a dialect's
         // `Handler`) nor an mpsc channel (which allocates a block of slots per session).
         let (evict, eviction) = tokio::sync::oneshot::channel();
@@ -136,6 +136,7 @@ impl Connection {
                 }
             }),
         );
+        let inbound = transport.start(receiver);
         let conn = Connection::new(state, outbox, node_slot, S::DIALECT);
         S::create(move |ctx| {
             watch(ctx, inbound, receive::<S>, |_, ctx| ctx.stop());
@@ -144,7 +145,6 @@ impl Connection {
             ctx.run_interval(ping_interval, |act, ctx| act.keepalive(ctx));
             make(conn, ctx)
         });
-        receiver
     }
 
     /// A connection around `outbox`, counted in the dialect's session gauge until dropped.
@@ -172,6 +172,7 @@ impl Connection {
     where
         A: Actor<Context = Context<A>>,
     {
+        tracing::debug!(session = self.id, code, reason, "closing");
         self.outbox.close(Some(CloseReason {
             code: CloseCode::from(code),
             description: Some(reason.to_owned()),
@@ -461,7 +462,9 @@ mod tests {
     //! The core against a real directory, registry and memory bus; the client's side is a
     //! channel of transport items and the outbox's receiving half.
 
+    use std::cell::RefCell;
     use std::future::poll_fn;
+    use std::rc::Rc;
 
     use metrics_exporter_prometheus::PrometheusBuilder;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
@@ -476,7 +479,7 @@ mod tests {
     use crate::dialect::codec::{Codec, ENCODERS};
     use crate::directory::Directory;
     use crate::limits::Limits;
-    use crate::outbox::Outbound;
+    use crate::outbox::{Outbound, OutboxReceiver};
     use crate::registry::{Member, RegistrySettings};
 
     /// Far beyond any wait of a passing test.
@@ -557,6 +560,21 @@ mod tests {
         }
     }
 
+    /// A transport of channels: the test sends transport items and reads the outbox.
+    struct Channel {
+        inbound: UnboundedReceiverStream<Result<Message, ProtocolError>>,
+        outbox: Rc<RefCell<Option<OutboxReceiver>>>,
+    }
+
+    impl Transport for Channel {
+        type Inbound = UnboundedReceiverStream<Result<Message, ProtocolError>>;
+
+        fn start(self, outbox: OutboxReceiver) -> Self::Inbound {
+            *self.outbox.borrow_mut() = Some(outbox);
+            self.inbound
+        }
+    }
+
     /// The client's end of a probe session.
     struct Client {
         send: UnboundedSender<Result<Message, ProtocolError>>,
@@ -573,19 +591,19 @@ mod tests {
                 .total
                 .try_acquire((), 1 << 20)
                 .expect("a node slot");
-            let outbox = Connection::start(
-                state,
-                UnboundedReceiverStream::new(inbound),
-                slot,
-                ping_interval,
-                |conn, _| {
-                    conn.outbox.open();
-                    Probe::<ECHO> {
-                        conn,
-                        data: data_tx,
-                    }
-                },
-            );
+            let receiver = Rc::new(RefCell::new(None));
+            let transport = Channel {
+                inbound: UnboundedReceiverStream::new(inbound),
+                outbox: Rc::clone(&receiver),
+            };
+            Connection::start(state, transport, slot, ping_interval, |conn, _| {
+                conn.outbox.open();
+                Probe::<ECHO> {
+                    conn,
+                    data: data_tx,
+                }
+            });
+            let outbox = receiver.take().expect("the session started its transport");
             Client { send, outbox, data }
         }
 

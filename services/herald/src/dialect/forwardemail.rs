@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use crate::websocket::{self, Inbound};
+use crate::websocket::{self, Socket};
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::join_all;
@@ -25,7 +25,7 @@ use crate::dialect::connection::{Connection, Data, Session};
 use crate::dialect::{Dialect, Refusal};
 use crate::limits::Slot;
 use crate::metrics;
-use crate::outbox::{Frame, OutboxReceiver};
+use crate::outbox::Frame;
 use crate::registry::{Join, Member, RoutingKey};
 use crate::state::AppState;
 
@@ -158,7 +158,6 @@ fn parse_request(req: &HttpRequest) -> Result<UpgradeRequest, Refusal> {
 /// `GET /v1/ws`: checks everything that can be checked before the upgrade, then upgrades.
 pub async fn upgrade(
     req: HttpRequest,
-    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let request = parse_request(&req)?;
@@ -199,16 +198,16 @@ pub async fn upgrade(
         }
     };
     let max_frame = state.limits.settings.max_client_frame_bytes;
-    let (handshake, inbound) = websocket::accept(&req, body, &[], max_frame)?;
-    let outbox = ForwardEmailSession::start_with(
+    let (handshake, socket) = websocket::accept(&req, &[], max_frame)?;
+    ForwardEmailSession::start_with(
         state.into_inner(),
         ip,
         (request.format, request.since),
         phase,
         node_slot,
-        inbound,
+        socket,
     );
-    handshake.respond(outbox)
+    Ok(handshake.respond())
 }
 
 /// Who a live session is.
@@ -264,10 +263,10 @@ impl ForwardEmailSession {
         (format, since): (Format, Option<u64>),
         phase: Phase,
         node_slot: Slot<()>,
-        inbound: Inbound,
-    ) -> OutboxReceiver {
+        socket: Socket,
+    ) {
         let ping_interval = state.settings.forwardemail.ping_interval;
-        Connection::start(state, inbound, node_slot, ping_interval, |conn, _| {
+        Connection::start(state, socket, node_slot, ping_interval, |conn, _| {
             ForwardEmailSession {
                 conn,
                 ip,

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::websocket::{self, Inbound};
+use crate::websocket::{self, Socket};
 use actix::prelude::*;
 use actix_web::http::header::SEC_WEBSOCKET_PROTOCOL;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -26,7 +26,7 @@ use crate::dialect::connection::{Connection, Data, Session};
 use crate::dialect::{Dialect, Refusal};
 use crate::limits::Slot;
 use crate::metrics;
-use crate::outbox::{Frame, OutboxReceiver};
+use crate::outbox::Frame;
 use crate::registry::{Join, Member, Relayed, RoutingKey};
 use crate::state::AppState;
 
@@ -42,7 +42,6 @@ fn offers_jmap(req: &HttpRequest) -> bool {
 /// `GET /jmap/ws`: subprotocol, limits and credentials are checked before the upgrade.
 pub async fn upgrade(
     req: HttpRequest,
-    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     if !offers_jmap(&req) {
@@ -64,9 +63,9 @@ pub async fn upgrade(
     })?;
     let login = login_alias(&state, Dialect::Jmap, &credentials, ip).await?;
     let max_frame = state.settings.jmap.max_frame_bytes;
-    let (handshake, inbound) = websocket::accept(&req, body, &["jmap"], max_frame)?;
-    let outbox = JmapSession::start_with(state.into_inner(), login, node_slot, inbound);
-    handshake.respond(outbox)
+    let (handshake, socket) = websocket::accept(&req, &["jmap"], max_frame)?;
+    JmapSession::start_with(state.into_inner(), login, node_slot, socket);
+    Ok(handshake.respond())
 }
 
 /// One `/jmap/ws` session.
@@ -89,14 +88,9 @@ pub struct JmapSession {
 
 impl JmapSession {
     /// Starts the session; the connection writes the returned outbox.
-    fn start_with(
-        state: Arc<AppState>,
-        login: AliasLogin,
-        node_slot: Slot<()>,
-        inbound: Inbound,
-    ) -> OutboxReceiver {
+    fn start_with(state: Arc<AppState>, login: AliasLogin, node_slot: Slot<()>, socket: Socket) {
         let ping_interval = state.settings.jmap.ping_interval;
-        Connection::start(state, inbound, node_slot, ping_interval, |conn, _| {
+        Connection::start(state, socket, node_slot, ping_interval, |conn, _| {
             conn.outbox.open();
             JmapSession {
                 conn,

@@ -18,10 +18,10 @@ use crate::dialect::codec::Codec;
 use crate::dialect::connection::{self, Connection, Data, Session};
 use crate::dialect::Dialect;
 use crate::limits::Slot;
-use crate::outbox::{Frame, OutboxReceiver};
+use crate::outbox::Frame;
 use crate::registry::{Join, Member, RoutingKey};
 use crate::state::AppState;
-use crate::websocket::Inbound;
+use crate::websocket::Socket;
 use herald_protocol::now_ms;
 
 /// The `/ws` protocol version announced in the welcome.
@@ -56,14 +56,14 @@ impl RealtimeSession {
         state: Arc<AppState>,
         (ip, user_id, principal): (IpAddr, String, Principal),
         node_slot: Slot<()>,
-        inbound: Inbound,
-    ) -> OutboxReceiver {
+        socket: Socket,
+    ) {
         let rt = &state.settings.realtime;
         let limiter = connection::rate_limiter(rt.messages_per_second, rt.burst);
         let may_subscribe = permissions(&principal, "subscribe", &rt.default_subscribe);
         let may_publish = permissions(&principal, "publish", &rt.default_publish);
         let ping_interval = rt.ping_interval;
-        Connection::start(state, inbound, node_slot, ping_interval, |conn, _| {
+        Connection::start(state, socket, node_slot, ping_interval, |conn, _| {
             RealtimeSession {
                 connection_id: conn.state.realtime.connection_id(conn.id),
                 conn,

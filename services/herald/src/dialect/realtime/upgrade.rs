@@ -83,7 +83,6 @@ pub(super) fn permissions(
 /// `GET /ws`: authenticates before the upgrade (401 on a bad token), then upgrades.
 pub async fn upgrade(
     req: HttpRequest,
-    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let (token, echo) = token_of(&req)?;
@@ -102,12 +101,12 @@ pub async fn upgrade(
         })?;
     let protocols: Vec<&str> = echo.as_deref().into_iter().collect();
     let frame_cap = state.settings.realtime.max_message_bytes.saturating_mul(4);
-    let (handshake, inbound) = websocket::accept(&req, body, &protocols, frame_cap)?;
-    let outbox = RealtimeSession::start_with(
+    let (handshake, socket) = websocket::accept(&req, &protocols, frame_cap)?;
+    RealtimeSession::start_with(
         state.into_inner(),
         (ip, user_id, principal),
         node_slot,
-        inbound,
+        socket,
     );
-    handshake.respond(outbox)
+    Ok(handshake.respond())
 }

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::websocket::{self, Inbound};
+use crate::websocket::{self, Socket};
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use governor::DefaultDirectRateLimiter;
@@ -25,7 +25,7 @@ use crate::dialect::connection::{self, Connection, Data, Session};
 use crate::dialect::{Dialect, Refusal};
 use crate::limits::Slot;
 use crate::metrics;
-use crate::outbox::{Frame, OutboxReceiver};
+use crate::outbox::Frame;
 use crate::registry::{Join, Member};
 use crate::state::AppState;
 
@@ -47,15 +47,14 @@ pub mod close {
 /// leaves the token to the session.
 pub async fn upgrade(
     req: HttpRequest,
-    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let Admitted { ip, node_slot } = admit(&req, &state).await?;
     let token = token_of(&req);
     let max_frame = state.settings.rooms.max_frame_bytes;
-    let (handshake, inbound) = websocket::accept(&req, body, &[], max_frame)?;
-    let outbox = RoomsSession::start_with(state.into_inner(), ip, token, node_slot, inbound);
-    handshake.respond(outbox)
+    let (handshake, socket) = websocket::accept(&req, &[], max_frame)?;
+    RoomsSession::start_with(state.into_inner(), ip, token, node_slot, socket);
+    Ok(handshake.respond())
 }
 
 /// The JWT: `?token=`, else (for non-browser clients) `Authorization: Bearer`.
@@ -122,12 +121,12 @@ impl RoomsSession {
         ip: IpAddr,
         token: Option<String>,
         node_slot: Slot<()>,
-        inbound: Inbound,
-    ) -> OutboxReceiver {
+        socket: Socket,
+    ) {
         let rooms = &state.settings.rooms;
         let limiter = connection::rate_limiter(rooms.messages_per_second, rooms.burst);
         let ping_interval = rooms.ping_interval;
-        Connection::start(state, inbound, node_slot, ping_interval, |conn, _| {
+        Connection::start(state, socket, node_slot, ping_interval, |conn, _| {
             conn.outbox.open();
             RoomsSession {
                 limiter,

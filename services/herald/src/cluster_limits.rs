@@ -17,9 +17,9 @@
 //! **Admission asks no one.** Each node follows both streams with an ordered consumer
 //! (their current content first, then every new message) into a [`view::View`]: per key,
 //! the leases of every node; per address, the attempts of the last minute. A connect is
-//! admitted or refused from that view at once; its lease or attempt is published in the
-//! background (a core publish: no JetStream acknowledgement is awaited on any path of a
-//! connect). Sequential connects therefore see each other as soon as the first one's
+//! admitted or refused from that view at once; its lease or attempt is published right
+//! away if the NATS client's queue has room, else by a background task (a core publish
+//! either way: no JetStream acknowledgement is awaited on any path of a connect). Sequential connects therefore see each other as soon as the first one's
 //! lease has reached the other nodes (about a millisecond on a LAN), and a refusal at the
 //! handshake stays a 429.
 //!
@@ -58,7 +58,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{push, DeliverPolicy};
 use async_nats::jetstream::{self, stream};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use view::{Admission, View};
@@ -67,6 +67,10 @@ use view::{Admission, View};
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// Longest a stream query (or a release) may take before the node gives up on it.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+/// Longest a release (marker, then purge) may take. Generous: `/ws` counts the user's
+/// leases after its session's release to tell whether it went offline, and a release cut
+/// short leaves the lease counted (the offline event lost) until it expires.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the feed checks its connection and sweeps expired entries.
 const FEED_TICK: Duration = Duration::from_millis(250);
 /// How often the feed looks for NATS while it is not connected (the view is unknown
@@ -137,14 +141,15 @@ pub struct Caps {
 
 /// Work for the publisher task, in the order connects and closes asked for it.
 enum Op {
-    /// A lease taken: publish it now and refresh it until released.
-    Acquire(Arc<str>),
+    /// A lease taken: refresh it until released, and publish it now unless the
+    /// connect already did (`published`).
+    Acquire { subject: Arc<str>, published: bool },
     /// A lease given back: stop refreshing it, publish its release marker, purge it.
     Release {
         subject: Arc<str>,
         done: Option<oneshot::Sender<()>>,
     },
-    /// A connection attempt to publish.
+    /// A connection attempt the connect could not publish itself.
     Attempt(String),
     /// The feed (re)started on a stream that may have lost the leases: publish them all.
     RefreshNow,
@@ -153,6 +158,10 @@ enum Op {
 /// Cluster-wide counters of one node.
 pub struct ClusterLimits {
     jetstream: jetstream::Context,
+    /// The NATS client under `jetstream`.
+    client: async_nats::Client,
+    /// This node's name as the payload of its attempts.
+    node_payload: bytes::Bytes,
     node: String,
     replicas: usize,
     /// How long a lease lives without a refresh (`limits.lease_ttl`); refreshed at a third.
@@ -178,7 +187,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Frees the place now and waits (at most [`CHECK_TIMEOUT`]) until the stream no
+    /// Frees the place now and waits (at most [`RELEASE_TIMEOUT`]) until the stream no
     /// longer holds it, so a count taken afterwards does not see it.
     pub async fn release(mut self) {
         let Some(subject) = self.subject.take() else {
@@ -186,7 +195,9 @@ impl Lease {
         };
         let (done, released) = oneshot::channel();
         self.limits.give_back(subject, Some(done));
-        let _ = tokio::time::timeout(CHECK_TIMEOUT, released).await;
+        // The release task answers within its own timeout; this one only guards against
+        // a task that never ran (runtime shutting down).
+        let _ = tokio::time::timeout(RELEASE_TIMEOUT * 2, released).await;
     }
 
     /// The lease's subject (unique in the cluster).
@@ -252,6 +263,8 @@ impl ClusterLimits {
         families.insert(scope_family("alias"), caps.per_alias);
         let (ops, rx) = mpsc::unbounded_channel();
         let limits = Arc::new(ClusterLimits {
+            client: jetstream.client(),
+            node_payload: bytes::Bytes::from(node.clone()),
             jetstream,
             view: Mutex::new(View::new(&node, lease_ttl, families, caps.per_minute)),
             node,
@@ -368,9 +381,10 @@ impl ClusterLimits {
             );
         }
         // Published even when unknown: other nodes count it if NATS is up.
-        let _ = self
-            .ops
-            .send(Op::Attempt(format!("{RATE_PREFIX}.{address}")));
+        let subject = format!("{RATE_PREFIX}.{address}");
+        if !self.publish_now(&subject, self.node_payload.clone()) {
+            let _ = self.ops.send(Op::Attempt(subject));
+        }
         verdict
     }
 
@@ -499,7 +513,11 @@ impl ClusterLimits {
         };
         tracing::debug!(key = family_key, lease = id, counted, "cluster lease taken");
         let subject: Arc<str> = Arc::from(format!("{family_key}.{}.{id}", self.node));
-        let _ = self.ops.send(Op::Acquire(Arc::clone(&subject)));
+        let published = self.publish_now(&subject, bytes::Bytes::new());
+        let _ = self.ops.send(Op::Acquire {
+            subject: Arc::clone(&subject),
+            published,
+        });
         Ok(Some((
             Lease {
                 subject: Some(subject),
@@ -508,6 +526,19 @@ impl ClusterLimits {
             },
             counted,
         )))
+    }
+
+    /// Publishes on the caller's thread if the NATS client takes it at once (its queue
+    /// has room: no waiting), which spares the lease a hop to the publisher task and so
+    /// shortens the window in which another node does not see it yet. `false` when it
+    /// could not (queue full, NATS down): the publisher task does it.
+    fn publish_now(&self, subject: &str, payload: bytes::Bytes) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+            && self
+                .client
+                .publish(subject.to_owned(), payload)
+                .now_or_never()
+                .is_some_and(|sent| sent.is_ok())
     }
 
     /// Forgets an own lease in the view and has the publisher release it.
@@ -543,16 +574,15 @@ impl ClusterLimits {
                 op = ops.recv() => {
                     let Some(op) = op else { return };
                     match op {
-                        Op::Acquire(subject) => {
-                            if connected(&client) {
+                        Op::Acquire { subject, published } => {
+                            if !published && connected(&client) {
                                 let _ = client.publish(subject.to_string(), bytes::Bytes::new()).await;
                             }
                             leases.insert(subject);
                         }
                         Op::Attempt(subject) => {
                             if connected(&client) {
-                                let node = bytes::Bytes::from(self.node.clone());
-                                let _ = client.publish(subject, node).await;
+                                let _ = client.publish(subject, self.node_payload.clone()).await;
                             }
                         }
                         Op::Release { subject, done } => {
@@ -593,11 +623,11 @@ impl ClusterLimits {
     }
 
     /// Publishes a lease's release marker (acknowledged, so the purge after it finds it
-    /// stored), then purges the subject; best effort within [`CHECK_TIMEOUT`]: the lease
+    /// stored), then purges the subject; best effort within [`RELEASE_TIMEOUT`]: the lease
     /// expires anyway.
     async fn release(self: Arc<Self>, subject: Arc<str>, done: Option<oneshot::Sender<()>>) {
         let jetstream = &self.jetstream;
-        let _ = tokio::time::timeout(CHECK_TIMEOUT, async {
+        let _ = tokio::time::timeout(RELEASE_TIMEOUT, async {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(RELEASED_HEADER, "released");
             if let Ok(ack) = jetstream

@@ -39,9 +39,12 @@
 //!
 //! **Degraded.** While NATS is unreachable, or the view is still reading the streams,
 //! checks say "unknown" and only the per-node limits (always applied too) hold: degraded
-//! to per-node, never to "no limit" and never to refusing everyone. Capped sessions
-//! admitted then still publish their leases once NATS is back (so they count), and are
-//! never reclaimed.
+//! to per-node, never to "no limit" and never to refusing everyone. Sessions admitted
+//! then still take leases, published once NATS is back (so they count). Those admitted
+//! while NATS was down are never reclaimed; those admitted while the view was being read
+//! with NATS up (a node's first moments, a reconnect) are reconciled like any other, so a
+//! node joining a full cluster does not add to it. A `/ws` session whose view could not
+//! count its user asks the stream instead (publish, then count), off the upgrade path.
 //!
 //! **Memory.** The view holds one entry per live lease in the cluster (about 60 bytes,
 //! plus about 100 per key), so at most the sum of the nodes' `limits.max_sessions_total`
@@ -389,13 +392,9 @@ impl ClusterLimits {
     }
 
     /// Takes a place under `alias_id`'s cap of `max` sessions across the cluster, from
-    /// the view (no round trip). `Ok(None)` never happens in NATS mode: a lease admitted
-    /// while the view is unknown still counts once NATS is back.
-    pub fn acquire_session(
-        self: &Arc<Self>,
-        alias_id: &str,
-        max: usize,
-    ) -> Result<Option<Lease>, OverCap> {
+    /// the view (no round trip). While the view is unknown the place is given by the
+    /// per-node limits alone, and the lease still counts once the stream has it.
+    pub fn acquire_session(self: &Arc<Self>, alias_id: &str, max: usize) -> Result<Lease, OverCap> {
         self.acquire_scoped("alias", alias_id, max, "max_sessions_per_alias")
     }
 
@@ -409,18 +408,40 @@ impl ClusterLimits {
         key: &str,
         max: usize,
         limit: &str,
-    ) -> Result<Option<Lease>, OverCap> {
+    ) -> Result<Lease, OverCap> {
         self.acquire(&scope_family(scope), key, max, limit)
-            .map(|l| l.map(|(lease, _)| lease))
+            .map(|(lease, _)| lease)
     }
 
     /// Takes a lease for a `/ws` session of `user_id` (no cap): with the number of the
     /// user's sessions across the cluster in the view, this one included (1 = the user
-    /// just came online). `None` when the view is unknown.
-    pub fn acquire_user(self: &Arc<Self>, user_id: &str) -> Option<(Lease, usize)> {
-        self.acquire(USER_PREFIX, user_id, usize::MAX, "presence")
-            .ok()
-            .flatten()
+    /// just came online); `None` when the view is unknown (ask [`Self::confirm_user`]).
+    pub fn acquire_user(self: &Arc<Self>, user_id: &str) -> (Lease, Option<usize>) {
+        match self.acquire(USER_PREFIX, user_id, usize::MAX, "presence") {
+            Ok(taken) => taken,
+            Err(_) => unreachable!("a lease without a cap is never refused"),
+        }
+    }
+
+    /// The number of `user_id`'s sessions across the cluster, `lease` (just taken)
+    /// included, asked of the stream: stores the lease (acknowledged) and counts. For
+    /// when the view could not tell (it is being read, NATS is slow); `None` when NATS
+    /// does not answer either.
+    pub async fn confirm_user(&self, user_id: &str, lease: &Lease) -> Option<usize> {
+        let subject = lease.subject().to_owned();
+        let filter = format!("{USER_PREFIX}.{}.>", key_token(user_id));
+        self.checked("presence", || async {
+            self.jetstream
+                .publish(subject.clone(), bytes::Bytes::new())
+                .await
+                .map_err(CheckError::from_nats)?
+                .await
+                .map_err(CheckError::from_nats)?;
+            self.subjects(SESSIONS_STREAM, &filter)
+                .await
+                .map(|s| s.len())
+        })
+        .await
     }
 
     /// The number of `user_id`'s `/ws` sessions across the cluster; `None` when unknown.
@@ -481,7 +502,7 @@ impl ClusterLimits {
         key: &str,
         max: usize,
         limit: &str,
-    ) -> Result<Option<(Lease, usize)>, OverCap> {
+    ) -> Result<(Lease, Option<usize>), OverCap> {
         let family_key = format!("{family}.{}", key_token(key));
         let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
         let capped = max != usize::MAX;
@@ -491,7 +512,8 @@ impl ClusterLimits {
         } else {
             (None, None)
         };
-        let admission = self.view().admit(&family_key, id, max, reclaim, capped);
+        let loading = self.client.connection_state() == async_nats::connection::State::Connected;
+        let admission = self.view().admit(&family_key, id, max, reclaim, loading);
         let counted = match admission {
             Admission::Refused(n) => {
                 return Err(OverCap {
@@ -504,28 +526,30 @@ impl ClusterLimits {
                     limit,
                     &"the cluster's leases are not known yet (NATS down or being read)",
                 );
-                if !capped {
-                    return Ok(None);
-                }
-                0
+                None
             }
-            Admission::Allowed(n) => n,
+            Admission::Allowed(n) => Some(n),
         };
-        tracing::debug!(key = family_key, lease = id, counted, "cluster lease taken");
+        tracing::debug!(
+            key = family_key,
+            lease = id,
+            ?counted,
+            "cluster lease taken"
+        );
         let subject: Arc<str> = Arc::from(format!("{family_key}.{}.{id}", self.node));
         let published = self.publish_now(&subject, bytes::Bytes::new());
         let _ = self.ops.send(Op::Acquire {
             subject: Arc::clone(&subject),
             published,
         });
-        Ok(Some((
+        Ok((
             Lease {
                 subject: Some(subject),
                 limits: Arc::clone(self),
                 reclaimed,
             },
             counted,
-        )))
+        ))
     }
 
     /// Publishes on the caller's thread if the NATS client takes it at once (its queue

@@ -117,22 +117,21 @@ impl View {
     }
 
     /// Takes a place for own lease `lease` under `family_key` (cap `max`), from the view
-    /// alone. An allowed lease is recorded (pending until the stream stores it), with
+    /// alone. A lease not refused is recorded (pending until the stream stores it), with
     /// `reclaim` fired if reconciliation dooms it. When the view is unknown the lease is
-    /// still recorded if `lease_when_unknown` (admitted by per-node limits, never reclaimed).
+    /// admitted by per-node limits: reclaimable if `loading` (NATS is up and the view is
+    /// being read: the stream will rank it after what the view reads first), never
+    /// reclaimed otherwise (NATS down).
     pub(super) fn admit(
         &mut self,
         family_key: &str,
         lease: u64,
         max: usize,
         reclaim: Option<oneshot::Sender<()>>,
-        lease_when_unknown: bool,
+        loading: bool,
     ) -> Admission {
         let now = Instant::now();
         let live = self.sessions_live;
-        if !live && !lease_when_unknown {
-            return Admission::Unknown;
-        }
         let counted = self.keys.get(family_key).map_or(0, |leases| {
             leases.iter().filter(|h| self.counts(h, now)).count()
         });
@@ -149,12 +148,14 @@ impl View {
                 rank: PENDING,
                 seen: now,
                 doomed: false,
-                decided: !live,
+                decided: !live && !loading,
             });
-        if live {
+        if live || loading {
             if let Some(reclaim) = reclaim {
                 self.reclaim.insert(lease, reclaim);
             }
+        }
+        if live {
             Admission::Allowed(counted + 1)
         } else {
             Admission::Unknown
@@ -423,17 +424,33 @@ mod tests {
     }
 
     #[test]
-    fn unknown_view_admits_by_node_limits_and_never_reclaims_those() {
+    fn leases_admitted_while_nats_is_down_are_never_reclaimed() {
         let mut a = view("a", 1);
         a.reset();
         let key = format!("{ALIAS}.demo");
         let (tx, mut rx) = oneshot::channel();
-        assert_eq!(a.admit(&key, 1, 1, Some(tx), true), Admission::Unknown);
+        assert_eq!(a.admit(&key, 1, 1, Some(tx), false), Admission::Unknown);
         assert_eq!(a.admit(&key, 2, 1, None, false), Admission::Unknown);
         a.sessions_live = true;
         assert!(!a.feed_lease(&format!("{key}.b.1"), 1, false));
         assert!(!a.feed_lease(&format!("{key}.a.1"), 2, false));
         assert!(rx.try_recv().is_err());
+        // Both count once the view is back: the cap is full.
+        assert_eq!(a.admit(&key, 3, 1, None, false), Admission::Refused(3));
+    }
+
+    #[test]
+    fn leases_admitted_while_the_view_loads_are_reconciled_like_any_other() {
+        let mut a = view("a", 1);
+        a.reset();
+        let key = format!("{ALIAS}.demo");
+        let (tx, mut rx) = oneshot::channel();
+        assert_eq!(a.admit(&key, 1, 1, Some(tx), true), Admission::Unknown);
+        // The stream held b's lease before a's: a's is over the cap.
+        assert!(!a.feed_lease(&format!("{key}.b.7"), 1, false));
+        a.sessions_live = true;
+        assert!(a.feed_lease(&format!("{key}.a.1"), 2, false));
+        assert!(rx.try_recv().is_ok());
     }
 
     #[test]

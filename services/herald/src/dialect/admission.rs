@@ -251,9 +251,11 @@ pub async fn alias_place(state: &AppState, alias_id: &str) -> Result<AliasPlace,
         .try_acquire(alias_id.to_owned(), max)
         .ok_or_else(full)?;
     let cluster = match &state.cluster {
-        Some(cluster) => cluster
-            .acquire_session(alias_id, max)
-            .map_err(|_over_cap| full())?,
+        Some(cluster) => Some(
+            cluster
+                .acquire_session(alias_id, max)
+                .map_err(|_over_cap| full())?,
+        ),
         None => None,
     };
     Ok(AliasPlace {
@@ -297,9 +299,11 @@ pub async fn user_place(
         .try_acquire((dialect.label(), user_id.to_owned()), max)
         .ok_or_else(full)?;
     let cluster = match &state.cluster {
-        Some(cluster) => cluster
-            .acquire_scoped(&format!("{dialect}-user"), user_id, max, setting)
-            .map_err(|_over_cap| full())?,
+        Some(cluster) => Some(
+            cluster
+                .acquire_scoped(&format!("{dialect}-user"), user_id, max, setting)
+                .map_err(|_over_cap| full())?,
+        ),
         None => None,
     };
     Ok(UserPlace {

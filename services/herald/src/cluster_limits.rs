@@ -49,7 +49,8 @@
 //! **Memory.** The view holds one entry per live lease in the cluster (about 60 bytes,
 //! plus about 100 per key), so at most the sum of the nodes' `limits.max_sessions_total`
 //! entries; and at most `connections_per_ip_per_minute + 1` instants for each of at most
-//! [`view::MAX_ADDRESSES`] addresses seen within the minute.
+//! [`view::MAX_ADDRESSES`] addresses seen within the minute (twice: the other nodes'
+//! attempts, and this node's own).
 
 mod view;
 

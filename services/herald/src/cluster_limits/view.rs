@@ -66,8 +66,11 @@ pub(super) struct View {
     keys: HashMap<Box<str>, Vec<Held>>,
     /// Own capped leases' reclaim signals, by lease id.
     reclaim: HashMap<u64, oneshot::Sender<()>>,
-    /// Address token → when its recent attempts were seen (oldest first).
-    rate: HashMap<Box<str>, VecDeque<Instant>>,
+    /// Other nodes' recent attempts, by address token.
+    rate: Attempts,
+    /// The same for this node's own attempts, kept apart so a feed restart (which reads
+    /// the others' again) does not lose them.
+    own_rate: Attempts,
     /// Node names, shared by their leases.
     nodes: HashSet<Arc<str>>,
 }
@@ -92,6 +95,7 @@ impl View {
             keys: HashMap::new(),
             reclaim: HashMap::new(),
             rate: HashMap::new(),
+            own_rate: HashMap::new(),
             nodes: HashSet::new(),
         }
     }
@@ -259,22 +263,12 @@ impl View {
             return; // counted when it was made, or out of the window
         }
         let now = Instant::now();
-        self.stamp(address, now.checked_sub(age).unwrap_or(now));
-    }
-
-    fn stamp(&mut self, address: &str, at: Instant) -> bool {
-        let keep = self.rate_keep;
-        let full = self.rate.len() >= MAX_ADDRESSES;
-        let stamps = match self.rate.get_mut(address) {
-            Some(stamps) => stamps,
-            None if full => return false,
-            None => self.rate.entry(Box::from(address)).or_default(),
-        };
-        stamps.push_back(at);
-        while stamps.len() > keep {
-            stamps.pop_front();
-        }
-        true
+        stamp(
+            &mut self.rate,
+            self.rate_keep,
+            address,
+            now.checked_sub(age).unwrap_or(now),
+        );
     }
 
     /// Counts an attempt from `address` made on this node: refused past `per_minute`
@@ -283,13 +277,16 @@ impl View {
     /// being read), so it counts once the view is complete.
     pub(super) fn attempt(&mut self, address: &str, per_minute: u32) -> Verdict {
         let now = Instant::now();
-        let recent = self.rate.get(address).map_or(0, |stamps| {
-            stamps
-                .iter()
-                .filter(|at| now.duration_since(**at) < RATE_WINDOW)
-                .count()
-        });
-        if !self.stamp(address, now) || !self.rate_live {
+        let recent = |attempts: &Attempts| {
+            attempts.get(address).map_or(0, |stamps| {
+                stamps
+                    .iter()
+                    .filter(|at| now.duration_since(**at) < RATE_WINDOW)
+                    .count()
+            })
+        };
+        let recent = recent(&self.rate) + recent(&self.own_rate);
+        if !stamp(&mut self.own_rate, self.rate_keep, address, now) || !self.rate_live {
             return Verdict::Unknown;
         }
         if recent + 1 > usize::try_from(per_minute).unwrap_or(usize::MAX) {
@@ -307,20 +304,22 @@ impl View {
             leases.retain(|h| Arc::ptr_eq(&h.node, &mine) || now.duration_since(h.seen) <= ttl);
             !leases.is_empty()
         });
-        self.rate.retain(|_, stamps| {
-            while stamps
-                .front()
-                .is_some_and(|at| now.duration_since(*at) >= RATE_WINDOW)
-            {
-                stamps.pop_front();
+        for attempts in [&mut self.rate, &mut self.own_rate] {
+            attempts.retain(|_, stamps| {
+                while stamps
+                    .front()
+                    .is_some_and(|at| now.duration_since(*at) >= RATE_WINDOW)
+                {
+                    stamps.pop_front();
+                }
+                !stamps.is_empty()
+            });
+            if attempts.capacity() > 4 * attempts.len() + 1024 {
+                attempts.shrink_to_fit();
             }
-            !stamps.is_empty()
-        });
+        }
         if self.keys.capacity() > 4 * self.keys.len() + 1024 {
             self.keys.shrink_to_fit();
-        }
-        if self.rate.capacity() > 4 * self.rate.len() + 1024 {
-            self.rate.shrink_to_fit();
         }
         // A node name only the set still holds belongs to no live lease.
         self.nodes
@@ -340,7 +339,7 @@ impl View {
             }
             !leases.is_empty()
         });
-        self.rate.clear();
+        self.rate.clear(); // read again from the stream; own attempts stay
     }
 
     /// Leases of other nodes the view holds (for tests and the bound).
@@ -352,6 +351,25 @@ impl View {
             .filter(|h| !Arc::ptr_eq(&h.node, &self.node))
             .count()
     }
+}
+
+/// Address token → when its recent attempts were made (oldest first, at most `keep`).
+type Attempts = HashMap<Box<str>, VecDeque<Instant>>;
+
+/// Records an attempt from `address` at `at`, keeping the newest `keep`; `false` when the
+/// address is new and [`MAX_ADDRESSES`] are already tracked.
+fn stamp(attempts: &mut Attempts, keep: usize, address: &str, at: Instant) -> bool {
+    let full = attempts.len() >= MAX_ADDRESSES;
+    let stamps = match attempts.get_mut(address) {
+        Some(stamps) => stamps,
+        None if full => return false,
+        None => attempts.entry(Box::from(address)).or_default(),
+    };
+    stamps.push_back(at);
+    while stamps.len() > keep {
+        stamps.pop_front();
+    }
+    true
 }
 
 /// `<family>.<key>.<node>.<lease>` → (`<family>.<key>`, node, lease id).
@@ -466,6 +484,17 @@ mod tests {
         a.feed_attempt("10-0-0-1", "b", RATE_WINDOW);
         assert_eq!(a.attempt("10-0-0-1", 3), Verdict::Allowed);
         assert_eq!(a.attempt("10-0-0-1", 3), Verdict::Allowed);
+        assert_eq!(a.attempt("10-0-0-1", 3), Verdict::Refused);
+    }
+
+    #[test]
+    fn own_attempts_outlive_a_feed_restart() {
+        let mut a = view("a", 1);
+        for _ in 0..3 {
+            assert_eq!(a.attempt("10-0-0-1", 3), Verdict::Allowed);
+        }
+        a.reset();
+        a.rate_live = true;
         assert_eq!(a.attempt("10-0-0-1", 3), Verdict::Refused);
     }
 

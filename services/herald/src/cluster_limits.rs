@@ -19,9 +19,11 @@
 //! the leases of every node; per address, the attempts of the last minute. A connect is
 //! admitted or refused from that view at once; its lease or attempt is published right
 //! away if the NATS client's queue has room, else by a background task (a core publish
-//! either way: no JetStream acknowledgement is awaited on any path of a connect). Sequential connects therefore see each other as soon as the first one's
-//! lease has reached the other nodes (about a millisecond on a LAN), and a refusal at the
-//! handshake stays a 429.
+//! either way: no JetStream acknowledgement is awaited on any path of a connect).
+//! Sequential connects therefore see each other once the first one's lease has reached
+//! the other nodes (about a millisecond on a LAN; longer on a starved CPU), and a refusal
+//! at the handshake stays a 429; a connect inside that window is admitted, and over a
+//! cap reconciled as below.
 //!
 //! **Reconciliation, and the guarantee.** Connects racing on different nodes within that
 //! propagation delay can all be admitted. The stream orders their leases: when a node

@@ -185,6 +185,27 @@ impl NatsServer {
         let _ = child.wait();
     }
 
+    /// Freezes the process (SIGSTOP): connections stay open but nothing is answered or
+    /// delivered until [`NatsServer::resume`], as with a stalled server or network.
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .expect("cannot run kill");
+            assert!(status.success(), "kill {signal} nats-server failed");
+        }
+    }
+
     /// Kills the process (SIGKILL, a crash: JetStream writes not yet flushed may be lost)
     /// and waits for it to exit.
     pub fn kill(&mut self) {

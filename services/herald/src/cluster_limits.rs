@@ -2,35 +2,86 @@
 //! per user of a dialect with such a cap) and connections per client address per minute;
 //! and the same leases tell `/ws` whether a user is online anywhere (presence).
 //!
-//! Both are counted in memory-storage JetStream streams:
+//! Both are recorded in memory-storage JetStream streams:
 //! - `HERALD_SESSIONS`: one subject per live session,
 //!   `herald.limits.session.<scope>.<key>.<node>.<lease>` (scope `alias` for the per-alias
 //!   cap, `rooms-user` for the rooms dialect's per-user cap, so keys of different caps
 //!   never collide) or `herald.limits.user.<userId>.<node>.<lease>` (`/ws` users), one
 //!   message kept per subject and expiring after the lease TTL (`limits.lease_ttl`) unless
-//!   the owning node refreshes it. A node that dies stops refreshing, so its sessions stop
-//!   counting within the TTL.
-//! - `HERALD_RATE`: one message per connection attempt on `herald.limits.rate.<address>`,
-//!   kept for a minute.
+//!   the owning node refreshes it (every third of the TTL). A node that dies stops
+//!   refreshing, so its sessions stop counting within the TTL. A session that ends
+//!   publishes a release marker (header `Herald-Lease: released`), then purges its subject.
+//! - `HERALD_RATE`: one message per connection attempt on `herald.limits.rate.<address>`
+//!   (payload: the node), kept for a minute.
 //!
-//! A check publishes first and counts second, so two nodes racing for the last place both
-//! see the other and refuse rather than both admit. While NATS is unreachable the checks
-//! say "unknown" and only the per-node limits (always applied too) hold: degraded to
-//! per-node, never to "no limit" and never to refusing everyone.
+//! **Admission asks no one.** Each node follows both streams with an ordered consumer
+//! (their current content first, then every new message) into a [`view::View`]: per key,
+//! the leases of every node; per address, the attempts of the last minute. A connect is
+//! admitted or refused from that view at once; its lease or attempt is published right
+//! away if the NATS client's queue has room, else by a background task (a core publish
+//! either way: no JetStream acknowledgement is awaited on any path of a connect).
+//! Sequential connects therefore see each other once the first one's lease has reached
+//! the other nodes (about a millisecond on a LAN; longer on a starved CPU), and a refusal
+//! at the handshake stays a 429; a connect inside that window is admitted, and over a
+//! cap reconciled as below.
+//!
+//! **Reconciliation, and the guarantee.** Connects racing on different nodes within that
+//! propagation delay can all be admitted. The stream orders their leases: when a node
+//! reads one of its own leases back, it closes the session (4429, the code of the
+//! refusal) if `cap` earlier, not-closed leases of the key are live at that point of the
+//! stream. Every node applies the same rule to the same prefix of the stream, so the
+//! leases that stay are exactly the earliest `cap` of the key (no more, and no fewer than
+//! were asked for). Precisely: *a cap is exceeded only by sessions admitted on different
+//! nodes before each node had read the others' leases, and only until each excess
+//! session's node reads its lease back from the stream (one publish-to-delivery trip,
+//! milliseconds; at most a third of `limits.lease_ttl` if the publish was lost to a NATS
+//! blip and waits for the next refresh); then exactly `min(cap, sessions asked for)`
+//! stay.* The per-address rate has no reconciliation: it is exceeded only by attempts on
+//! different nodes within the same propagation delay.
+//!
+//! **Degraded.** While NATS is unreachable, or the view is still reading the streams,
+//! checks say "unknown" and only the per-node limits (always applied too) hold: degraded
+//! to per-node, never to "no limit" and never to refusing everyone. Sessions admitted
+//! then still take leases, published once NATS is back (so they count). Those admitted
+//! while NATS was down are never reclaimed; those admitted while the view was being read
+//! with NATS up (a node's first moments, a reconnect) are reconciled like any other, so a
+//! node joining a full cluster does not add to it. A `/ws` session whose view could not
+//! count its user asks the stream instead (publish, then count), off the upgrade path.
+//!
+//! **Memory.** The view holds one entry per live lease in the cluster (about 60 bytes,
+//! plus about 100 per key), so at most the sum of the nodes' `limits.max_sessions_total`
+//! entries; and at most `connections_per_ip_per_minute + 1` instants for each of at most
+//! [`view::MAX_ADDRESSES`] addresses seen within the minute (twice: the other nodes'
+//! attempts, and this node's own).
 
-use std::collections::HashSet;
+mod view;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{push, DeliverPolicy};
 use async_nats::jetstream::{self, stream};
-use futures_util::TryStreamExt;
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use tokio::sync::{mpsc, oneshot};
+
+use view::{Admission, View};
 
 /// The window of the per-address connection rate.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
-/// Longest a cluster check may take before the node decides alone.
+/// Longest a stream query (or a release) may take before the node gives up on it.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+/// Longest a release (marker, then purge) may take. Generous: `/ws` counts the user's
+/// leases after its session's release to tell whether it went offline, and a release cut
+/// short leaves the lease counted (the offline event lost) until it expires.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the feed checks its connection and sweeps expired entries.
+const FEED_TICK: Duration = Duration::from_millis(250);
+/// How often the feed looks for NATS while it is not connected (the view is unknown
+/// meanwhile, so it should be back soon after NATS is).
+const CONNECT_POLL: Duration = Duration::from_millis(20);
 const SESSIONS_STREAM: &str = "HERALD_SESSIONS";
 const RATE_STREAM: &str = "HERALD_RATE";
 const SESSION_PREFIX: &str = herald_protocol::subject::LIMITS_SESSION;
@@ -40,6 +91,8 @@ const USER_PREFIX: &str = herald_protocol::subject::LIMITS_USER;
 /// (its node died) from one that was released.
 const NODE_PREFIX: &str = herald_protocol::subject::LIMITS_NODE;
 const RATE_PREFIX: &str = herald_protocol::subject::LIMITS_RATE;
+/// The header of a release marker.
+const RELEASED_HEADER: &str = "Herald-Lease";
 
 /// The verdict of a cluster-wide check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +101,15 @@ pub enum Verdict {
     Allowed,
     /// Over the limit across the cluster.
     Refused,
-    /// The cluster could not be asked (NATS down or slow): only per-node limits apply.
+    /// The cluster's view is incomplete (NATS down or still being read): only per-node
+    /// limits apply.
     Unknown,
 }
 
-/// Leases refreshed in one go before pausing (see `refresh_leases`).
+/// Leases refreshed in one go before pausing (see `ClusterLimits::run`).
 const REFRESH_BATCH: usize = 100;
 
-/// A cluster-wide check NATS could not answer: the node applies per-node limits only.
+/// A stream query NATS could not answer: the node applies per-node limits only.
 #[derive(Debug, thiserror::Error)]
 #[error("{source}")]
 struct CheckError {
@@ -80,58 +134,95 @@ pub struct OverCap {
     pub max: usize,
 }
 
+/// The caps the view reconciles, and the address rate it keeps attempts for.
+#[derive(Debug, Clone)]
+pub struct Caps {
+    /// `limits.max_sessions_per_alias`.
+    pub per_alias: usize,
+    /// Per-user caps by scope (`rooms-user` → `rooms.max_connections_per_user`).
+    pub per_scope: Vec<(String, usize)>,
+    /// `limits.connections_per_ip_per_minute`.
+    pub per_minute: u32,
+}
+
+/// Work for the publisher task, in the order connects and closes asked for it.
+enum Op {
+    /// A lease taken: refresh it until released, and publish it now unless the
+    /// connect already did (`published`).
+    Acquire { subject: Arc<str>, published: bool },
+    /// A lease given back: stop refreshing it, publish its release marker, purge it.
+    Release {
+        subject: Arc<str>,
+        done: Option<oneshot::Sender<()>>,
+    },
+    /// A connection attempt the connect could not publish itself.
+    Attempt(String),
+    /// The feed (re)started on a stream that may have lost the leases: publish them all.
+    RefreshNow,
+}
+
 /// Cluster-wide counters of one node.
 pub struct ClusterLimits {
     jetstream: jetstream::Context,
+    /// The NATS client under `jetstream`.
+    client: async_nats::Client,
+    /// This node's name as the payload of its attempts.
+    node_payload: bytes::Bytes,
     node: String,
     replicas: usize,
     /// How long a lease lives without a refresh (`limits.lease_ttl`); refreshed at a third.
     lease_ttl: Duration,
-    /// Lease subjects of this node's live sessions, refreshed every third of the TTL.
-    leases: Mutex<HashSet<String>>,
+    /// What the node knows of the cluster's leases and attempts.
+    view: Mutex<View>,
+    /// To the publisher task (`run`).
+    ops: mpsc::UnboundedSender<Op>,
     next_lease: AtomicU64,
     /// Throttles the "degraded to per-node limits" warning.
     last_warning: Mutex<Option<std::time::Instant>>,
 }
 
-/// A session's place under its alias's cluster-wide cap; dropping it frees the place.
+/// A session's place under a cluster-wide cap (or its presence); dropping it frees the
+/// place.
 pub struct Lease {
-    subject: String,
+    /// `<family>.<key>.<node>.<id>`, shared with the publisher's set of leases to refresh
+    /// (`None` once given back).
+    subject: Option<Arc<str>>,
     limits: Arc<ClusterLimits>,
+    /// Fires if reconciliation gives the place to an earlier racer (capped leases).
+    reclaimed: Option<oneshot::Receiver<()>>,
 }
 
 impl Lease {
-    /// Frees the place now and waits until the cluster no longer counts it (so a count
-    /// taken afterwards does not see it), instead of in the background on drop.
+    /// Frees the place now and waits (at most [`RELEASE_TIMEOUT`]) until the stream no
+    /// longer holds it, so a count taken afterwards does not see it.
     pub async fn release(mut self) {
-        let subject = std::mem::take(&mut self.subject);
-        self.limits
-            .leases
-            .lock()
-            .expect("lease lock")
-            .remove(&subject);
-        self.limits.forget(&subject).await;
+        let Some(subject) = self.subject.take() else {
+            return;
+        };
+        let (done, released) = oneshot::channel();
+        self.limits.give_back(subject, Some(done));
+        // The release task answers within its own timeout; this one only guards against
+        // a task that never ran (runtime shutting down).
+        let _ = tokio::time::timeout(RELEASE_TIMEOUT * 2, released).await;
     }
 
     /// The lease's subject (unique in the cluster).
     pub fn subject(&self) -> &str {
-        &self.subject
+        self.subject.as_deref().unwrap_or_default()
+    }
+
+    /// The signal that reconciliation reclaimed this place (once; `None` afterwards, and
+    /// for leases without a cap): the session must close with the cap's code.
+    pub fn reclaimed(&mut self) -> Option<oneshot::Receiver<()>> {
+        self.reclaimed.take()
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.subject.is_empty() {
-            return;
+        if let Some(subject) = self.subject.take() {
+            self.limits.give_back(subject, None);
         }
-        self.limits
-            .leases
-            .lock()
-            .expect("lease lock")
-            .remove(&self.subject);
-        let limits = Arc::clone(&self.limits);
-        let subject = std::mem::take(&mut self.subject);
-        tokio::spawn(async move { limits.forget(&subject).await });
     }
 }
 
@@ -154,25 +245,49 @@ fn key_token(key: &str) -> String {
     token
 }
 
+/// The lease family of a capped scope (`alias`, `rooms-user`).
+fn scope_family(scope: &str) -> String {
+    format!("{SESSION_PREFIX}.{scope}")
+}
+
 impl ClusterLimits {
-    /// Limits for `node` over the given JetStream context; starts the lease refresher.
+    /// Limits for `node` over the given JetStream context, reconciling `caps`; starts the
+    /// feed that keeps the view and the task that publishes and refreshes leases.
     pub fn start(
         jetstream: jetstream::Context,
         node: &str,
         replicas: usize,
         lease_ttl: Duration,
+        caps: Caps,
     ) -> Arc<ClusterLimits> {
+        let node = node.replace(['.', ' ', '*', '>'], "-");
+        let mut families: HashMap<String, usize> = caps
+            .per_scope
+            .iter()
+            .map(|(scope, cap)| (scope_family(scope), *cap))
+            .collect();
+        families.insert(scope_family("alias"), caps.per_alias);
+        let (ops, rx) = mpsc::unbounded_channel();
         let limits = Arc::new(ClusterLimits {
+            client: jetstream.client(),
+            node_payload: bytes::Bytes::from(node.clone()),
             jetstream,
-            node: node.replace(['.', ' ', '*', '>'], "-"),
+            view: Mutex::new(View::new(&node, lease_ttl, families, caps.per_minute)),
+            node,
             replicas,
             lease_ttl,
-            leases: Mutex::default(),
+            ops,
             next_lease: AtomicU64::new(1),
             last_warning: Mutex::default(),
         });
-        tokio::spawn(Arc::clone(&limits).refresh_leases());
+        tokio::spawn(Arc::clone(&limits).run(rx));
+        tokio::spawn(Arc::clone(&limits).follow());
         limits
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        // Every update leaves the view consistent, so a panic elsewhere cannot corrupt it.
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn ensure_streams(&self) -> Result<(), CheckError> {
@@ -203,19 +318,7 @@ impl ClusterLimits {
                 .await
                 .map_err(CheckError::from_nats)?;
         }
-        // Count this node as live at once, not only from its next refresh.
-        self.record(format!("{NODE_PREFIX}.{}", self.node)).await
-    }
-
-    /// Publishes `subject` to its stream, acknowledged.
-    async fn record(&self, subject: String) -> Result<(), CheckError> {
-        self.jetstream
-            .publish(subject, bytes::Bytes::new())
-            .await
-            .map_err(CheckError::from_nats)?
-            .await
-            .map(|_| ())
-            .map_err(CheckError::from_nats)
+        Ok(())
     }
 
     /// The subjects under `filter` in `stream`, each with its message count.
@@ -236,13 +339,7 @@ impl ClusterLimits {
             .map_err(CheckError::from_nats)
     }
 
-    /// `(subjects, messages)` under `filter` in `stream`.
-    async fn count(&self, stream: &str, filter: &str) -> Result<(usize, usize), CheckError> {
-        let subjects = self.subjects(stream, filter).await?;
-        Ok((subjects.len(), subjects.iter().map(|(_, n)| n).sum()))
-    }
-
-    /// Runs a check with the timeout, creating the streams once if they are missing.
+    /// Runs a stream query with the timeout, creating the streams once if they are missing.
     async fn checked<T, F, Fut>(&self, what: &str, check: F) -> Option<T>
     where
         F: Fn() -> Fut,
@@ -271,72 +368,92 @@ impl ClusterLimits {
     }
 
     fn warn_degraded(&self, what: &str, error: &dyn std::fmt::Display) {
-        let mut last = self.last_warning.lock().expect("warning lock");
+        let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
             *last = Some(std::time::Instant::now());
             tracing::warn!(check = what, %error, "cluster-wide limit unavailable: applying per-node limits only");
         }
     }
 
-    /// Counts one connection attempt from `ip`; refused past `per_minute` across the cluster.
-    pub async fn connection_attempt(&self, ip: IpAddr, per_minute: u32) -> Verdict {
-        let subject = format!("{RATE_PREFIX}.{}", address_token(ip));
-        let attempts = self
-            .checked("connections_per_ip_per_minute", || async {
-                self.record(subject.clone()).await?;
-                self.count(RATE_STREAM, &subject).await.map(|(_, n)| n)
-            })
-            .await;
-        match attempts {
-            Some(n) if n > per_minute as usize => Verdict::Refused,
-            Some(_) => Verdict::Allowed,
-            None => Verdict::Unknown,
+    /// Counts one connection attempt from `ip`; refused past `per_minute` across the
+    /// cluster, from the view (no round trip).
+    pub fn connection_attempt(&self, ip: IpAddr, per_minute: u32) -> Verdict {
+        let address = address_token(ip);
+        let verdict = self.view().attempt(&address, per_minute);
+        if verdict == Verdict::Unknown {
+            self.warn_degraded(
+                "connections_per_ip_per_minute",
+                &"the cluster's attempts are not known yet (NATS down or being read)",
+            );
         }
+        // Published even when unknown: other nodes count it if NATS is up.
+        let subject = format!("{RATE_PREFIX}.{address}");
+        if !self.publish_now(&subject, self.node_payload.clone()) {
+            let _ = self.ops.send(Op::Attempt(subject));
+        }
+        verdict
     }
 
-    /// Takes a place under `alias_id`'s cap of `max` sessions across the cluster.
-    /// `Ok(None)` when the cluster could not be asked (per-node limits apply).
-    pub async fn acquire_session(
-        self: &Arc<Self>,
-        alias_id: &str,
-        max: usize,
-    ) -> Result<Option<Lease>, OverCap> {
+    /// Takes a place under `alias_id`'s cap of `max` sessions across the cluster, from
+    /// the view (no round trip). While the view is unknown the place is given by the
+    /// per-node limits alone, and the lease still counts once the stream has it.
+    pub fn acquire_session(self: &Arc<Self>, alias_id: &str, max: usize) -> Result<Lease, OverCap> {
         self.acquire_scoped("alias", alias_id, max, "max_sessions_per_alias")
-            .await
     }
 
     /// Takes a place under the cap of `max` sessions of `key` within `scope` (a subject
     /// token such as `alias` or `rooms-user`) across the cluster; `limit` names the setting
     /// in degraded-mode warnings. `key` may be any string (a JWT `sub`, say): it is
-    /// escaped into one subject token. `Ok(None)` when the cluster could not be asked.
-    pub async fn acquire_scoped(
+    /// escaped into one subject token.
+    pub fn acquire_scoped(
         self: &Arc<Self>,
         scope: &str,
         key: &str,
         max: usize,
         limit: &str,
-    ) -> Result<Option<Lease>, OverCap> {
-        let family = format!("{SESSION_PREFIX}.{scope}");
-        self.acquire(&family, key, max, limit)
-            .await
-            .map(|l| l.map(|(lease, _)| lease))
+    ) -> Result<Lease, OverCap> {
+        self.acquire(&scope_family(scope), key, max, limit)
+            .map(|(lease, _)| lease)
     }
 
     /// Takes a lease for a `/ws` session of `user_id` (no cap): with the number of the
-    /// user's sessions across the cluster, this one included (1 = the user just came
-    /// online). `None` when the cluster could not be asked.
-    pub async fn acquire_user(self: &Arc<Self>, user_id: &str) -> Option<(Lease, usize)> {
-        self.acquire(USER_PREFIX, user_id, usize::MAX, "presence")
-            .await
-            .ok()
-            .flatten()
+    /// user's sessions across the cluster in the view, this one included (1 = the user
+    /// just came online); `None` when the view is unknown (ask [`Self::confirm_user`]).
+    pub fn acquire_user(self: &Arc<Self>, user_id: &str) -> (Lease, Option<usize>) {
+        match self.acquire(USER_PREFIX, user_id, usize::MAX, "presence") {
+            Ok(taken) => taken,
+            Err(_) => unreachable!("a lease without a cap is never refused"),
+        }
+    }
+
+    /// The number of `user_id`'s sessions across the cluster, `lease` (just taken)
+    /// included, asked of the stream: stores the lease (acknowledged) and counts. For
+    /// when the view could not tell (it is being read, NATS is slow); `None` when NATS
+    /// does not answer either.
+    pub async fn confirm_user(&self, user_id: &str, lease: &Lease) -> Option<usize> {
+        let subject = lease.subject().to_owned();
+        let filter = format!("{USER_PREFIX}.{}.>", key_token(user_id));
+        self.checked("presence", || async {
+            self.jetstream
+                .publish(subject.clone(), bytes::Bytes::new())
+                .await
+                .map_err(CheckError::from_nats)?
+                .await
+                .map_err(CheckError::from_nats)?;
+            self.subjects(SESSIONS_STREAM, &filter)
+                .await
+                .map(|s| s.len())
+        })
+        .await
     }
 
     /// The number of `user_id`'s `/ws` sessions across the cluster; `None` when unknown.
     pub async fn user_sessions(&self, user_id: &str) -> Option<usize> {
-        let filter = format!("{USER_PREFIX}.{user_id}.>");
+        let filter = format!("{USER_PREFIX}.{}.>", key_token(user_id));
         self.checked("user_sessions", || async {
-            self.count(SESSIONS_STREAM, &filter).await.map(|(n, _)| n)
+            self.subjects(SESSIONS_STREAM, &filter)
+                .await
+                .map(|s| s.len())
         })
         .await
     }
@@ -361,12 +478,12 @@ impl ClusterLimits {
     }
 
     /// Every live `/ws` user lease in the cluster, by user id; `None` when unknown.
-    pub async fn user_leases(&self) -> Option<std::collections::HashMap<String, Vec<String>>> {
+    pub async fn user_leases(&self) -> Option<HashMap<String, Vec<String>>> {
         let filter = format!("{USER_PREFIX}.>");
         let subjects = self
             .checked("user_leases", || self.subjects(SESSIONS_STREAM, &filter))
             .await?;
-        let mut users: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut users: HashMap<String, Vec<String>> = Default::default();
         for (subject, _) in subjects {
             let user = subject
                 .strip_prefix(USER_PREFIX)
@@ -379,75 +496,320 @@ impl ClusterLimits {
         Some(users)
     }
 
-    /// Takes a place under `key`'s cap of `max` leases in the `prefix` family, with the
-    /// count seen (this lease included); `limit` names the cap in warnings.
-    async fn acquire(
+    /// Takes a place under `key`'s cap of `max` leases in the `family`, from the view,
+    /// with the count seen (this lease included); `limit` names the cap in warnings.
+    /// Capped leases are taken even while the view is unknown (per-node limits decide).
+    fn acquire(
         self: &Arc<Self>,
-        prefix: &str,
+        family: &str,
         key: &str,
         max: usize,
         limit: &str,
-    ) -> Result<Option<(Lease, usize)>, OverCap> {
-        let key = key_token(key);
-        let lease_id = self.next_lease.fetch_add(1, Ordering::Relaxed);
-        let subject = format!("{prefix}.{key}.{}.{lease_id}", self.node);
-        let filter = format!("{prefix}.{key}.>");
-        let sessions = self
-            .checked(limit, || async {
-                self.record(subject.clone()).await?;
-                self.count(SESSIONS_STREAM, &filter).await.map(|(n, _)| n)
-            })
-            .await;
-        match sessions {
-            None => Ok(None),
-            Some(n) if n > max => {
-                self.forget(&subject).await;
-                Err(OverCap { sessions: n, max })
+    ) -> Result<(Lease, Option<usize>), OverCap> {
+        let family_key = format!("{family}.{}", key_token(key));
+        let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        let capped = max != usize::MAX;
+        let (reclaim, reclaimed) = if capped {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let loading = self.client.connection_state() == async_nats::connection::State::Connected;
+        let admission = self.view().admit(&family_key, id, max, reclaim, loading);
+        let counted = match admission {
+            Admission::Refused(n) => {
+                return Err(OverCap {
+                    sessions: n + 1,
+                    max,
+                })
             }
-            Some(n) => {
-                self.leases
-                    .lock()
-                    .expect("lease lock")
-                    .insert(subject.clone());
-                Ok(Some((
-                    Lease {
-                        subject,
-                        limits: Arc::clone(self),
-                    },
-                    n,
-                )))
+            Admission::Unknown => {
+                self.warn_degraded(
+                    limit,
+                    &"the cluster's leases are not known yet (NATS down or being read)",
+                );
+                None
             }
-        }
+            Admission::Allowed(n) => Some(n),
+        };
+        tracing::debug!(
+            key = family_key,
+            lease = id,
+            ?counted,
+            "cluster lease taken"
+        );
+        let subject: Arc<str> = Arc::from(format!("{family_key}.{}.{id}", self.node));
+        let published = self.publish_now(&subject, bytes::Bytes::new());
+        let _ = self.ops.send(Op::Acquire {
+            subject: Arc::clone(&subject),
+            published,
+        });
+        Ok((
+            Lease {
+                subject: Some(subject),
+                limits: Arc::clone(self),
+                reclaimed,
+            },
+            counted,
+        ))
     }
 
-    /// Removes a lease from the stream (best effort: it expires anyway).
-    async fn forget(&self, subject: &str) {
-        if let Ok(stream) = self.jetstream.get_stream_no_info(SESSIONS_STREAM).await {
-            let _ = stream.purge().filter(subject).await;
-        }
+    /// Publishes on the caller's thread if the NATS client takes it at once (its queue
+    /// has room: no waiting), which spares the lease a hop to the publisher task and so
+    /// shortens the window in which another node does not see it yet. `false` when it
+    /// could not (queue full, NATS down): the publisher task does it.
+    fn publish_now(&self, subject: &str, payload: bytes::Bytes) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+            && self
+                .client
+                .publish(subject.to_owned(), payload)
+                .now_or_never()
+                .is_some_and(|sent| sent.is_ok())
     }
 
-    /// Keeps this node's leases alive; a node that dies stops, and its leases expire.
-    async fn refresh_leases(self: Arc<Self>) {
-        let period = self.lease_ttl / 3;
+    /// Forgets an own lease in the view and has the publisher release it.
+    fn give_back(&self, subject: Arc<str>, done: Option<oneshot::Sender<()>>) {
+        if let Some((family_key, _, id)) = view::parse_lease(&subject) {
+            self.view().release(family_key, id);
+        }
+        let _ = self.ops.send(Op::Release { subject, done });
+    }
+
+    /// Publishes what connects and closes ask for, in their order, and keeps this node's
+    /// leases alive: a node that dies stops, and its leases expire. Core publishes (the
+    /// stream stores them; no acknowledgement is awaited: a publish lost to a NATS blip
+    /// is repeated by the next refresh), skipped while NATS is unreachable.
+    async fn run(self: Arc<Self>, mut ops: mpsc::UnboundedReceiver<Op>) {
         let client = self.jetstream.client();
+        let period = self.lease_ttl / 3;
+        let node_subject: Arc<str> = Arc::from(format!("{NODE_PREFIX}.{}", self.node));
+        let mut leases: HashSet<Arc<str>> = HashSet::new();
         let mut tick = tokio::time::interval(period);
+        // This round's refreshes, spread over half the period: 10,000 sessions refreshed
+        // at once queued events behind them on the node's NATS connection (the loadtest's
+        // p99).
+        let mut round: VecDeque<Arc<str>> = VecDeque::new();
+        let mut pause = period;
+        let next_batch = tokio::time::sleep(period);
+        tokio::pin!(next_batch);
+        let connected = |c: &async_nats::Client| {
+            c.connection_state() == async_nats::connection::State::Connected
+        };
         loop {
-            tick.tick().await;
-            let mut subjects = vec![format!("{NODE_PREFIX}.{}", self.node)];
-            subjects.extend(self.leases.lock().expect("lease lock").iter().cloned());
-            // Core publishes (the stream stores them; no acknowledgement comes back: a
-            // refresh lost to a NATS blip is repeated next round), spread over half the
-            // period: 10,000 sessions refreshed at once queued events behind them on the
-            // node's NATS connection (the loadtest's p99).
-            let batches = subjects.len().div_ceil(REFRESH_BATCH);
-            let pause = (period / 2) / u32::try_from(batches).unwrap_or(u32::MAX).max(1);
-            for batch in subjects.chunks(REFRESH_BATCH) {
-                for subject in batch {
-                    let _ = client.publish(subject.clone(), bytes::Bytes::new()).await;
+            tokio::select! {
+                op = ops.recv() => {
+                    let Some(op) = op else { return };
+                    match op {
+                        Op::Acquire { subject, published } => {
+                            if !published && connected(&client) {
+                                let _ = client.publish(subject.to_string(), bytes::Bytes::new()).await;
+                            }
+                            leases.insert(subject);
+                        }
+                        Op::Attempt(subject) => {
+                            if connected(&client) {
+                                let _ = client.publish(subject, self.node_payload.clone()).await;
+                            }
+                        }
+                        Op::Release { subject, done } => {
+                            if leases.remove(&subject) {
+                                tokio::spawn(Arc::clone(&self).release(subject, done));
+                            } else if let Some(done) = done {
+                                let _ = done.send(());
+                            }
+                        }
+                        Op::RefreshNow => tick.reset_immediately(),
+                    }
                 }
-                tokio::time::sleep(pause).await;
+                _ = tick.tick() => {
+                    round.clear();
+                    round.push_back(node_subject.clone());
+                    round.extend(leases.iter().cloned());
+                    let batches = round.len().div_ceil(REFRESH_BATCH);
+                    pause = (period / 2) / u32::try_from(batches).unwrap_or(u32::MAX).max(1);
+                    next_batch.as_mut().reset(tokio::time::Instant::now());
+                }
+                () = &mut next_batch, if !round.is_empty() => {
+                    let mut sent = 0;
+                    while sent < REFRESH_BATCH {
+                        let Some(subject) = round.pop_front() else { break };
+                        // Released since the round began: its marker went out already.
+                        if subject != node_subject && !leases.contains(&subject) {
+                            continue;
+                        }
+                        if connected(&client) {
+                            let _ = client.publish(subject.to_string(), bytes::Bytes::new()).await;
+                        }
+                        sent += 1;
+                    }
+                    next_batch.as_mut().reset(tokio::time::Instant::now() + pause);
+                }
             }
+        }
+    }
+
+    /// Publishes a lease's release marker (acknowledged, so the purge after it finds it
+    /// stored), then purges the subject; best effort within [`RELEASE_TIMEOUT`]: the lease
+    /// expires anyway.
+    async fn release(self: Arc<Self>, subject: Arc<str>, done: Option<oneshot::Sender<()>>) {
+        let jetstream = &self.jetstream;
+        let _ = tokio::time::timeout(RELEASE_TIMEOUT, async {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(RELEASED_HEADER, "released");
+            if let Ok(ack) = jetstream
+                .publish_with_headers(subject.to_string(), headers, bytes::Bytes::new())
+                .await
+            {
+                let _ = ack.await;
+            }
+            if let Ok(stream) = jetstream.get_stream_no_info(SESSIONS_STREAM).await {
+                let _ = stream.purge().filter(&*subject).await;
+            }
+        })
+        .await;
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    /// Keeps the view: follows both streams from their current content on, and starts
+    /// over (the view of other nodes forgotten) whenever the connection to NATS drops.
+    async fn follow(self: Arc<Self>) {
+        let client = self.jetstream.client();
+        let statistics = client.statistics();
+        loop {
+            while client.connection_state() != async_nats::connection::State::Connected {
+                tokio::time::sleep(CONNECT_POLL).await;
+            }
+            let connects = statistics.connects.load(Ordering::Relaxed);
+            let feeds = match self.open_feeds().await {
+                Ok(feeds) => feeds,
+                Err(error) => {
+                    self.warn_degraded("cluster view", &error);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let (mut sessions, sessions_pending, mut rate, rate_pending) = feeds;
+            {
+                let mut view = self.view();
+                view.sessions_live = sessions_pending == 0;
+                view.rate_live = rate_pending == 0;
+            }
+            // The stream may be new (NATS restarted): put this node's leases back now.
+            let _ = self.ops.send(Op::RefreshNow);
+            let mut tick = tokio::time::interval(FEED_TICK);
+            let mut sweeps = 0u32;
+            loop {
+                tokio::select! {
+                    message = sessions.next() => match message {
+                        Some(Ok(message)) => self.on_lease(&message),
+                        _ => break,
+                    },
+                    message = rate.next() => match message {
+                        Some(Ok(message)) => self.on_attempt(&message),
+                        _ => break,
+                    },
+                    _ = tick.tick() => {
+                        if client.connection_state() != async_nats::connection::State::Connected
+                            || statistics.connects.load(Ordering::Relaxed) != connects
+                        {
+                            break;
+                        }
+                        sweeps += 1;
+                        if sweeps.is_multiple_of(4) {
+                            self.view().sweep();
+                        }
+                    }
+                }
+            }
+            self.view().reset();
+            tracing::debug!("cluster view lost its feed; reading the limit streams again");
+        }
+    }
+
+    /// Ordered consumers of both streams (created if missing), with the messages each
+    /// has to deliver before the view is complete.
+    async fn open_feeds(&self) -> Result<(push::Ordered, u64, push::Ordered, u64), CheckError> {
+        self.ensure_streams().await?;
+        let client = self.jetstream.client();
+        let open = |stream: &'static str, filter_subjects: Vec<String>, deliver_policy| {
+            let inbox = client.new_inbox();
+            async move {
+                let consumer = self
+                    .jetstream
+                    .get_stream_no_info(stream)
+                    .await
+                    .map_err(CheckError::from_nats)?
+                    .create_consumer(push::OrderedConfig {
+                        deliver_subject: inbox,
+                        filter_subjects,
+                        deliver_policy,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(CheckError::from_nats)?;
+                let pending = consumer.cached_info().num_pending;
+                let messages = consumer.messages().await.map_err(CheckError::from_nats)?;
+                Ok::<_, CheckError>((messages, pending))
+            }
+        };
+        // Node subjects are left out: the view ages leases by their own refreshes.
+        let leases = vec![format!("{SESSION_PREFIX}.>"), format!("{USER_PREFIX}.>")];
+        let (sessions, sessions_pending) =
+            open(SESSIONS_STREAM, leases, DeliverPolicy::LastPerSubject).await?;
+        let attempts = vec![format!("{RATE_PREFIX}.>")];
+        let (rate, rate_pending) = open(RATE_STREAM, attempts, DeliverPolicy::All).await?;
+        Ok((sessions, sessions_pending, rate, rate_pending))
+    }
+
+    /// A message of the lease stream: a lease stored, refreshed or released.
+    fn on_lease(&self, message: &jetstream::Message) {
+        let Ok(info) = message.info() else { return };
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        let subject = message.subject.as_str();
+        let mut view = self.view();
+        if !subject.starts_with(NODE_PREFIX) {
+            let released = message
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(RELEASED_HEADER).is_some());
+            tracing::trace!(subject, seq, released, pending, "lease message");
+            if view.feed_lease(subject, seq, released) {
+                crate::metrics::connection_refused("cluster_reclaimed");
+                tracing::debug!(
+                    lease = subject,
+                    "over the cap after a race across nodes: closing the session"
+                );
+            }
+        }
+        if pending == 0 {
+            view.sessions_live = true;
+        }
+    }
+
+    /// A message of the attempts stream.
+    fn on_attempt(&self, message: &jetstream::Message) {
+        let Ok(info) = message.info() else { return };
+        let pending = info.pending;
+        // Stamped when it was stored, not read: at a (re)start the whole last minute
+        // arrives at once.
+        let age = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::from(info.published))
+            .unwrap_or_default();
+        let address = message
+            .subject
+            .as_str()
+            .strip_prefix(RATE_PREFIX)
+            .and_then(|a| a.strip_prefix('.'));
+        let node = std::str::from_utf8(&message.payload).unwrap_or("");
+        let mut view = self.view();
+        if let Some(address) = address {
+            view.feed_attempt(address, node, age);
+        }
+        if pending == 0 {
+            view.rate_live = true;
         }
     }
 }

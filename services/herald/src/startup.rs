@@ -83,6 +83,14 @@ impl Application {
                 &node_name,
                 settings.bus.nats.stream_replicas,
                 settings.limits.lease_ttl,
+                crate::cluster_limits::Caps {
+                    per_alias: settings.limits.max_sessions_per_alias,
+                    per_scope: vec![(
+                        format!("{}-user", dialect::Dialect::Rooms),
+                        settings.rooms.max_connections_per_user,
+                    )],
+                    per_minute: settings.limits.connections_per_ip_per_minute.get(),
+                },
             )),
             Bus::Memory(_) => None,
         };

@@ -126,13 +126,14 @@ impl AppState {
         })
     }
 
-    /// The per-address connection rate across the cluster (after [`AppState::admit`]).
-    pub async fn admit_cluster(&self, ip: IpAddr) -> Result<(), Refusal> {
+    /// The per-address connection rate across the cluster (after [`AppState::admit`]),
+    /// judged from the node's view of the cluster: no round trip.
+    pub fn admit_cluster(&self, ip: IpAddr) -> Result<(), Refusal> {
         let Some(cluster) = &self.cluster else {
             return Ok(());
         };
         let per_minute = self.limits.settings.connections_per_ip_per_minute.get();
-        if cluster.connection_attempt(ip, per_minute).await == Verdict::Refused {
+        if cluster.connection_attempt(ip, per_minute) == Verdict::Refused {
             metrics::connection_refused("rate");
             return Err(Refusal::TooMany {
                 reason: "too many connections from this address across the cluster (limits.connections_per_ip_per_minute)".into(),

@@ -41,7 +41,7 @@ pub async fn admit(req: &HttpRequest, state: &AppState) -> Result<Admitted, Refu
         state.settings.server.trust_proxy,
     );
     state.admit(req, ip)?;
-    state.admit_cluster(ip).await?;
+    state.admit_cluster(ip)?;
     let node_slot = state
         .limits
         .total
@@ -219,11 +219,18 @@ pub async fn authenticate(
     }
 }
 
-/// A session's place under its alias's cap: on this node, and across the cluster when
-/// the cluster could be asked. Dropping it frees both.
+/// A session's place under its alias's cap: on this node, and across the cluster in
+/// NATS mode. Dropping it frees both.
 pub struct AliasPlace {
     _node: Slot<String>,
-    _cluster: Option<Lease>,
+    cluster: Option<Lease>,
+}
+
+impl AliasPlace {
+    /// Fires if the cluster reclaims the place after a race across nodes (once).
+    pub fn reclaimed(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.cluster.as_mut()?.reclaimed()
+    }
 }
 
 /// Takes the alias's session place or refuses with 429/4429.
@@ -244,23 +251,31 @@ pub async fn alias_place(state: &AppState, alias_id: &str) -> Result<AliasPlace,
         .try_acquire(alias_id.to_owned(), max)
         .ok_or_else(full)?;
     let cluster = match &state.cluster {
-        Some(cluster) => cluster
-            .acquire_session(alias_id, max)
-            .await
-            .map_err(|_over_cap| full())?,
+        Some(cluster) => Some(
+            cluster
+                .acquire_session(alias_id, max)
+                .map_err(|_over_cap| full())?,
+        ),
         None => None,
     };
     Ok(AliasPlace {
         _node: node,
-        _cluster: cluster,
+        cluster,
     })
 }
 
 /// A session's place under its user's cap in one dialect: on this node, and across the
-/// cluster when the cluster could be asked. Dropping it frees both.
+/// cluster in NATS mode. Dropping it frees both.
 pub struct UserPlace {
     _node: Slot<(&'static str, String)>,
-    _cluster: Option<Lease>,
+    cluster: Option<Lease>,
+}
+
+impl UserPlace {
+    /// Fires if the cluster reclaims the place after a race across nodes (once).
+    pub fn reclaimed(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.cluster.as_mut()?.reclaimed()
+    }
 }
 
 /// Takes a place under `user_id`'s cap of `max` sessions of `dialect` (per node, and
@@ -284,15 +299,16 @@ pub async fn user_place(
         .try_acquire((dialect.label(), user_id.to_owned()), max)
         .ok_or_else(full)?;
     let cluster = match &state.cluster {
-        Some(cluster) => cluster
-            .acquire_scoped(&format!("{dialect}-user"), user_id, max, setting)
-            .await
-            .map_err(|_over_cap| full())?,
+        Some(cluster) => Some(
+            cluster
+                .acquire_scoped(&format!("{dialect}-user"), user_id, max, setting)
+                .map_err(|_over_cap| full())?,
+        ),
         None => None,
     };
     Ok(UserPlace {
         _node: node,
-        _cluster: cluster,
+        cluster,
     })
 }
 

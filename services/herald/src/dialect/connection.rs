@@ -260,6 +260,17 @@ impl Connection {
         self.revocable = Some(Revocable::new(&self.state, principal));
     }
 
+    /// Watches the session's place under a cluster-wide cap: if reconciliation gives it
+    /// to a session admitted earlier on another node ([`crate::cluster_limits`]), the
+    /// session closes with 4429, the code a refusal after the upgrade uses.
+    pub fn watch_reclaim<S: Session>(
+        &self,
+        reclaimed: tokio::sync::oneshot::Receiver<()>,
+        ctx: &mut Context<S>,
+    ) {
+        watch(ctx, futures_util::stream::once(reclaimed), reclaim, ignore);
+    }
+
     /// Closes with `code` and `reason` after `delay` (see [`later`]).
     pub fn close_after<S: Session>(
         &self,
@@ -313,6 +324,32 @@ pub fn later<A>(
     if delay <= MAX_TIMER {
         ctx.run_later(delay, f);
     }
+}
+
+/// Close code of a session whose place under a cluster-wide cap was reclaimed.
+pub const RECLAIMED: u16 = 4429;
+
+/// The cluster reclaimed the session's place (the sender dropped without firing: the
+/// place was given back, the session is ending).
+fn reclaim<S: Session>(
+    act: &mut S,
+    fired: Result<(), tokio::sync::oneshot::error::RecvError>,
+    ctx: &mut Context<S>,
+) {
+    if fired.is_ok() {
+        act.conn().close(
+            RECLAIMED,
+            "over the session cap across the cluster: a session admitted at the same moment on another node keeps the place; retry later",
+            ctx,
+        );
+    }
+}
+
+/// The end of a stream the session outlives.
+fn ignore<S>(_: &mut S, _: &mut Context<S>)
+where
+    S: Actor<Context = Context<S>>,
+{
 }
 
 /// Drives `stream` within the actor's context as `ctx.add_stream` would: `on_item` for

@@ -305,9 +305,14 @@ impl ForwardEmailSession {
         };
         let place = match identity {
             Identity::Alias(AliasLogin {
-                principal, place, ..
+                principal,
+                mut place,
+                ..
             }) => {
                 self.conn.watch_revocations(&principal);
+                if let Some(reclaimed) = place.reclaimed() {
+                    self.conn.watch_reclaim(reclaimed, ctx);
+                }
                 Place::Alias { _place: place }
             }
             Identity::Anonymous { _slot } => Place::Anonymous { _slot },

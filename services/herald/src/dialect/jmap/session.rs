@@ -221,6 +221,9 @@ impl Actor for JmapSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.conn.watch_revocations(&self.login.principal);
+        if let Some(reclaimed) = self.login.place.reclaimed() {
+            self.conn.watch_reclaim(reclaimed, ctx);
+        }
         self.join(None, ctx);
     }
 }

@@ -266,13 +266,16 @@ impl RealtimeNode {
             *n
         };
         match &self.cluster {
-            Some(cluster) => match cluster.acquire_user(user_id).await {
-                Some((lease, n)) => {
-                    let first = (n == 1).then(|| format!("online-{}", lease.subject()));
-                    (PresenceLease(Some(lease)), first)
-                }
-                None => (PresenceLease(None), None),
-            },
+            Some(cluster) => {
+                let (lease, counted) = cluster.acquire_user(user_id);
+                let counted = match counted {
+                    Some(n) => Some(n),
+                    // The view is being read (at start, after a reconnect): ask the stream.
+                    None => cluster.confirm_user(user_id, &lease).await,
+                };
+                let first = (counted == Some(1)).then(|| format!("online-{}", lease.subject()));
+                (PresenceLease(Some(lease)), first)
+            }
             None => (
                 PresenceLease(None),
                 (local == 1).then(|| format!("online-{}-{}", self.tag, now_ms())),

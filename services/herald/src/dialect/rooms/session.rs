@@ -191,10 +191,13 @@ impl RoomsSession {
         &mut self,
         principal: Principal,
         user_id: String,
-        place: UserPlace,
+        mut place: UserPlace,
         ctx: &mut Context<Self>,
     ) {
         self.conn.watch_revocations(&principal);
+        if let Some(reclaimed) = place.reclaimed() {
+            self.conn.watch_reclaim(reclaimed, ctx);
+        }
         if let Some(exp) = principal.claims.get("exp").and_then(Value::as_u64) {
             let left = exp
                 .saturating_mul(1000)

@@ -652,18 +652,17 @@ fn passed_at(result: &Value, rate: f64) -> Option<&Value> {
     })
 }
 
-/// The fixed rate the tracing settings of one run are compared at: the highest ramp rate
-/// every setting passed, at most tracing off's half-load rate (below saturation, so the
+/// The fixed rate a tracing setting is compared with tracing off at: the highest ramp
+/// rate both passed, at most tracing off's half-load rate (below saturation, so the
 /// CPU-seconds are those of the same work at the same pace); the highest common one when
-/// none is that low.
-fn common_rate(run: &[&Value]) -> Option<f64> {
-    let off = run.first()?;
+/// none is that low. Pairwise, so one setting's short ramp does not lower the others'.
+fn common_rate(off: &Value, traced: &Value) -> Option<f64> {
     let mut rates: Vec<f64> = off["steps"]
         .as_array()?
         .iter()
         .filter(|s| s["passed"].as_bool() == Some(true) && s["kind"] != "half")
         .filter_map(|s| s["target_rate"].as_f64())
-        .filter(|&rate| run.iter().all(|r| passed_at(r, rate).is_some()))
+        .filter(|&rate| passed_at(traced, rate).is_some())
         .collect();
     rates.sort_by(f64::total_cmp);
     rates.dedup();
@@ -719,13 +718,13 @@ fn tracing_price(md: &mut String, results: &[Value]) {
         let Some(off) = of_run.first().filter(|r| r["system"] == "herald") else {
             continue;
         };
-        let fixed = common_rate(&of_run);
         let off_max = per_cpu(step_at(off, "max_sustainable_step"));
-        let off_fixed = per_cpu(fixed.and_then(|rate| passed_at(off, rate)));
         for (i, (system, sampling)) in TRACING_SETTINGS.iter().enumerate() {
             let Some(r) = of_run.iter().find(|r| r["system"] == *system) else {
                 continue;
             };
+            let fixed = common_rate(off, r);
+            let off_fixed = per_cpu(fixed.and_then(|rate| passed_at(off, rate)));
             let max = step_at(r, "max_sustainable_step");
             let at_fixed = fixed.and_then(|rate| passed_at(r, rate));
             let (max_ratio, fixed_ratio) = (
@@ -791,7 +790,8 @@ fn tracing_price(md: &mut String, results: &[Value]) {
          (protobuf, batch span processor defaults) to `herald-loadtest otlp-sink` (pinned \
          with the bus), `OTEL_TRACES_SAMPLER=parentbased_traceidratio` (the probes carry no \
          `traceparent`: each event is a root, sampled at `herald.receive`). The fixed rate is \
-         the highest ramp rate every setting passed, at most tracing off's half-load rate. \
+         per setting, the highest ramp rate both it and tracing off passed, at most tracing \
+         off's half-load rate; its ÷ off is against tracing off at that same rate. \
          Spans per event: 3 (`herald.receive`, `herald.fanout`, `herald.deliver`) + one \
          `herald.write` per session for fan-outs of ≤ 16 sessions, times the sampled \
          fraction, less what the batch processor dropped when its queue was full.\n"

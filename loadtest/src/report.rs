@@ -677,7 +677,8 @@ fn common_rate(off: &Value, traced: &Value) -> Option<f64> {
 
 /// "Tracing's price" (`bench --tracing`): herald's fan-out with span export off, at 1 %
 /// and at 100 % sampling, run by run, each as a ratio to tracing off in the same run, and
-/// whether 1 % costs less than issue 18's 5 % of deliveries per server CPU-second.
+/// whether 1 % costs less than issue 18's 5 % of deliveries per server CPU-second (median
+/// ratio at the fixed rate).
 fn tracing_price(md: &mut String, results: &[Value]) {
     let fanouts: Vec<&Value> = of(results, "fanout").collect();
     if !fanouts.iter().any(|r| {
@@ -779,7 +780,10 @@ fn tracing_price(md: &mut String, results: &[Value]) {
     );
     let (at_max, at_fixed) = &ratios[1];
     let (at_max, at_fixed) = (median(at_max.clone()), median(at_fixed.clone()));
-    let verdict = match at_max {
+    // Judged at the fixed rate: "at max" compares different rates whenever the ramps end
+    // at different steps, and a core delivers more per CPU-second at a higher rate (more
+    // deliveries per wake-up), so that ratio says more about where a ramp stopped.
+    let verdict = match at_fixed {
         Some(r) if r >= TRACE1_MIN_RATIO => "met",
         Some(_) => "**missed**",
         None => "not measured",
@@ -799,9 +803,10 @@ fn tracing_price(md: &mut String, results: &[Value]) {
     let _ = writeln!(
         md,
         "**Target: < 5 % fewer deliveries per server CPU-second at 1 % sampling**: {verdict} \
-         (median ÷ off at max: {}; at the fixed rate: {}).\n",
-        fmt(at_max, 3),
-        fmt(at_fixed, 3)
+         (median ÷ off at the fixed rate: {}; at max: {}, where the ramps may have ended at \
+         different rates).\n",
+        fmt(at_fixed, 3),
+        fmt(at_max, 3)
     );
 }
 

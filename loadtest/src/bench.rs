@@ -196,6 +196,13 @@ impl Sizes {
     }
 }
 
+/// The tracing runs (`--tracing`): herald's fan-out again with OTLP span export on, under
+/// these system names, at these sampling ratios (`parentbased_traceidratio`).
+pub const TRACED: [(&str, f64); 2] = [("herald-trace1", 0.01), ("herald-trace100", 1.0)];
+/// Wait after a traced fan-out before reading the sink's counts: the batch span
+/// processor's default `OTEL_BSP_SCHEDULE_DELAY` (5 s) and a second for the last request.
+const EXPORT_FLUSH: Duration = Duration::from_secs(6);
+
 /// Server CPU (percent of its one core) at which the quick ramp counts it as saturated.
 const SATURATED_CPU_PERCENT: f64 = 95.0;
 
@@ -224,6 +231,9 @@ pub struct BenchOptions {
     pub out: PathBuf,
     /// Pinning, if any.
     pub pin: Option<Pinning>,
+    /// After each run of herald's fan-out, run it again with span export on at each of
+    /// [`TRACED`]'s sampling ratios (needs `tools.generator` for the OTLP sink).
+    pub tracing: bool,
     /// Extra `key: value` lines for the report header.
     pub meta: serde_json::Map<String, Value>,
 }
@@ -380,6 +390,7 @@ async fn start(
     nodes: usize,
     options: &BenchOptions,
     name: &str,
+    herald_env: &[(&str, String)],
 ) -> anyhow::Result<Running> {
     let logs = options.out.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -438,7 +449,7 @@ async fn start(
                             "--config".into(),
                             config.display().to_string(),
                         ],
-                        &[],
+                        herald_env,
                         server_cpu,
                     )
                 },
@@ -754,7 +765,11 @@ impl Sink<'_> {
     /// Adds `run` to a scenario result, writes it to `raw/<name>.json`, keeps it, and
     /// notes its problems.
     fn keep<T: serde::Serialize>(&mut self, name: &str, result: &T) -> anyhow::Result<()> {
-        let mut value = serde_json::to_value(result)?;
+        self.keep_value(name, serde_json::to_value(result)?)
+    }
+
+    /// [`Sink::keep`] for a result already in JSON (e.g. with fields added).
+    fn keep_value(&mut self, name: &str, mut value: Value) -> anyhow::Result<()> {
         value["run"] = self.run.into();
         report::write_json(&self.raw.join(format!("{name}.json")), &value)?;
         self.problems.extend(problems_of(name, &value));
@@ -776,7 +791,7 @@ async fn run_system(
     let wants = |scenario| options.scenarios.contains(&scenario);
     if wants(Scenario::Idle) || wants(Scenario::Fanout) || wants(Scenario::BigPayload) {
         println!("== {name}: starting");
-        let running = start(system, 1, options, name).await?;
+        let running = start(system, 1, options, name, &[]).await?;
         if wants(Scenario::Idle) {
             idle_scenario(system, name, sizes, &running, sink).await?;
             tokio::time::sleep(sizes.settle).await;
@@ -836,7 +851,21 @@ async fn fanout_scenario(
     ramp: &[Step],
     sink: &mut Sink<'_>,
 ) -> anyhow::Result<()> {
-    let fanout = latency::run(latency_options(
+    let fanout = latency::run(fanout_options(system, sizes, running, ramp)?)
+        .await
+        .with_context(|| format!("{name}: fan-out"))?;
+    print_fanout(name, &fanout);
+    sink.keep(&format!("{name}-fanout"), &fanout)
+}
+
+/// The fan-out ramp's latency options (the same for every system and tracing setting).
+fn fanout_options(
+    system: System,
+    sizes: &Sizes,
+    running: &Running,
+    ramp: &[Step],
+) -> anyhow::Result<LatencyOptions> {
+    latency_options(
         sizes,
         running,
         system,
@@ -848,9 +877,11 @@ async fn fanout_scenario(
             per_alias: sizes.fanout_sessions_per_alias,
             half: true,
         },
-    )?)
-    .await
-    .with_context(|| format!("{name}: fan-out"))?;
+    )
+}
+
+/// One line per fan-out: its maximum and the p99 at half of it.
+fn print_fanout(name: &str, fanout: &latency::LatencyReport) {
     if let Some(best) = fanout.max_sustainable_step {
         let s = &fanout.steps[best];
         println!(
@@ -865,7 +896,89 @@ async fn fanout_scenario(
     } else {
         println!("{name} fan-out: no step passed");
     }
-    sink.keep(&format!("{name}-fanout"), &fanout)
+}
+
+/// herald's fan-out with OTLP span export on at `sampling` (a ratio of events, decided at
+/// `herald.receive`: the probes carry no `traceparent`), on fresh processes: an OTLP sink
+/// (`herald-loadtest otlp-sink`, pinned with the bus), herald started with the standard
+/// `OTEL_*` variables pointing at it, the same ramp as tracing off. The result is kept as
+/// system `label`, with a `tracing` object: the sampler, and what the sink received.
+async fn traced_fanout_scenario(
+    (label, sampling): (&str, f64),
+    run: usize,
+    options: &BenchOptions,
+    ramp: &[Step],
+    sink: &mut Sink<'_>,
+) -> anyhow::Result<()> {
+    let name = format!("{label}-run{run}");
+    let generator = options
+        .tools
+        .generator
+        .as_ref()
+        .context("--tracing needs the herald-loadtest binary (otlp-sink)")?;
+    println!("== {name}: starting (OTLP export on, sampling {sampling})");
+    let mut collector = Stack::new(options.out.join("logs"));
+    let port = free_port()?;
+    let collector_pid = collector.spawn(
+        &format!("{name}-otlp-sink"),
+        generator,
+        &[
+            "otlp-sink".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ],
+        &[],
+        options.pin.map(|p| p.bus_cpu),
+    )?;
+    collector.wait_ready("otlp-sink", port, false).await?;
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()),
+        ("OTEL_TRACES_SAMPLER_ARG", sampling.to_string()),
+    ];
+    let running = start(System::Herald, 1, options, &name, &env).await?;
+    let fanout = latency::run(fanout_options(
+        System::Herald,
+        &options.sizes,
+        &running,
+        ramp,
+    )?)
+    .await
+    .with_context(|| format!("{name}: fan-out"))?;
+    print_fanout(&name, &fanout);
+    // The batch processor exports on its schedule: wait for the last batch before counting.
+    tokio::time::sleep(EXPORT_FLUSH).await;
+    let received = crate::otlpsink::stats(port).await?;
+    let sink_cpu = crate::procfs::cpu_seconds(crate::procfs::Process::Pid(collector_pid))?;
+    drop(running);
+    drop(collector);
+    let events: u64 = fanout.steps.iter().map(|s| s.events_published).sum();
+    println!(
+        "{name}: {} spans in {} requests ({:.3} per event), sink CPU {sink_cpu:.2} s",
+        received.spans,
+        received.requests,
+        received.spans as f64 / events.max(1) as f64
+    );
+    let mut value = serde_json::to_value(&fanout)?;
+    value["system"] = label.into();
+    value["tracing"] = serde_json::json!({
+        "sampler": "parentbased_traceidratio",
+        "sampling": sampling,
+        "protocol": "http/protobuf",
+        "events_published": events,
+        "spans_received": received.spans,
+        "requests": received.requests,
+        "bytes": received.bytes,
+        "malformed": received.malformed,
+        "sink_cpu_secs": sink_cpu,
+    });
+    sink.keep_value(&format!("{name}-fanout"), value)?;
+    tokio::time::sleep(options.sizes.settle).await;
+    Ok(())
 }
 
 /// 100 KiB notifications on the single server process.
@@ -911,7 +1024,7 @@ async fn two_nodes_scenario(
 ) -> anyhow::Result<()> {
     let sizes = &options.sizes;
     let name = format!("{name}-two-nodes");
-    let running = start(system, 2, options, &name).await?;
+    let running = start(system, 2, options, &name, &[]).await?;
     let two = latency::run(latency_options(
         sizes,
         &running,
@@ -956,7 +1069,7 @@ async fn idle_cluster_scenario(
         "== {name}: {} sessions over {} server processes",
         sizes.cluster_idle_sessions, sizes.cluster_nodes
     );
-    let running = start(system, sizes.cluster_nodes, options, &name).await?;
+    let running = start(system, sizes.cluster_nodes, options, &name, &[]).await?;
     let result = cluster::run(ClusterIdleOptions {
         generator,
         system,
@@ -1020,7 +1133,22 @@ pub async fn run(mut options: BenchOptions) -> anyhow::Result<BenchOutcome> {
             };
             if let Err(error) = run_system(system, &name, &options, &ramp, &mut sink).await {
                 println!("{name}: failed: {error:#}");
-                problems.push(format!("{name}: {error:#}"));
+                sink.problems.push(format!("{name}: {error:#}"));
+            }
+            // Right after tracing off, so the three settings share the same minutes.
+            if system == System::Herald
+                && options.tracing
+                && options.scenarios.contains(&Scenario::Fanout)
+            {
+                for traced in TRACED {
+                    if let Err(error) =
+                        traced_fanout_scenario(traced, run, &options, &ramp, &mut sink).await
+                    {
+                        let name = format!("{}-run{run}", traced.0);
+                        println!("{name}: failed: {error:#}");
+                        sink.problems.push(format!("{name}: {error:#}"));
+                    }
+                }
             }
         }
     }
@@ -1057,6 +1185,21 @@ pub async fn run(mut options: BenchOptions) -> anyhow::Result<BenchOutcome> {
         )
         .into(),
     );
+    if options.tracing {
+        meta.insert(
+            "tracing".into(),
+            format!(
+                "herald's fan-out also with OTLP/HTTP export to a local sink (pinned with the \
+                 bus), OTEL_TRACES_SAMPLER=parentbased_traceidratio at {}",
+                TRACED
+                    .iter()
+                    .map(|(label, ratio)| format!("{ratio} ({label})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+            .into(),
+        );
+    }
     if let Some(pin) = options.pin {
         meta.insert(
             "pinning".into(),

@@ -20,6 +20,7 @@
 //! - [`latency`]: scenario "latency": publish→receipt percentiles, lost, duplicated.
 //! - [`limit`]: the `limit` system, the least a server can do (`limit-server`).
 //! - [`nodeconfig`]: a herald config with many aliases and high limits.
+//! - [`otlpsink`]: the OTLP receiver of the tracing runs (`otlp-sink`): counts spans.
 //! - [`report`]: percentiles, JSON results, and the combined `report.md`/`report.json`.
 //! - [`plots`]: the report's SVG charts.
 //! - [`natsproto`]: the NATS text protocol of the raw-NATS peer sessions.
@@ -33,6 +34,7 @@ pub mod latency;
 pub mod limit;
 pub mod natsproto;
 pub mod nodeconfig;
+pub mod otlpsink;
 pub mod plots;
 pub mod probe;
 pub mod procfs;

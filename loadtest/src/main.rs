@@ -11,6 +11,7 @@ use herald_loadtest::idle::{self, IdleOptions, IdleReport};
 use herald_loadtest::latency::{self, LatencyOptions, LatencyReport, Step};
 use herald_loadtest::limit;
 use herald_loadtest::nodeconfig::NodeConfig;
+use herald_loadtest::otlpsink;
 use herald_loadtest::report;
 use herald_loadtest::session::{System, Target};
 use herald_loadtest::spread;
@@ -40,6 +41,16 @@ enum Command {
     /// The `limit` system: the least a server can do (one thread, one NATS subscription,
     /// the same frame written to every socket of the alias); runs until killed.
     LimitServer(LimitServerArgs),
+    /// The OTLP receiver of the tracing runs: answers `POST /v1/traces` and counts
+    /// requests, spans and bytes (`GET /stats`); runs until killed.
+    OtlpSink(OtlpSinkArgs),
+}
+
+#[derive(Args)]
+struct OtlpSinkArgs {
+    /// Address to accept OTLP/HTTP on (loopback).
+    #[arg(long)]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Args)]
@@ -240,6 +251,11 @@ struct BenchArgs {
     /// CPU of the bus processes (with `--server-cpu`).
     #[arg(long, default_value_t = 1)]
     bus_cpu: usize,
+    /// Also run herald's fan-out with OTLP span export on, at 1 % and 100 % sampling
+    /// (systems `herald-trace1`, `herald-trace100`, each with its own OTLP sink), and
+    /// report tracing's price beside tracing off.
+    #[arg(long)]
+    tracing: bool,
     /// `key=value` lines for the report header (repeatable).
     #[arg(long = "meta")]
     meta: Vec<String>,
@@ -490,6 +506,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     server_cpu,
                     bus_cpu: args.bus_cpu,
                 }),
+                tracing: args.tracing,
                 meta: parse_meta(&args.meta)?,
             })
             .await?;
@@ -517,6 +534,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::LimitServer(_) => unreachable!("limit-server runs on its own runtime"),
+        Command::OtlpSink(_) => unreachable!("otlp-sink runs on its own runtime"),
         Command::Report(args) => {
             let meta = parse_meta(&args.meta)?;
             report::combine(&args.out, meta.into(), &args.inputs)?;
@@ -534,6 +552,13 @@ fn main() -> ExitCode {
     if let Command::LimitServer(args) = &cli.command {
         if let Err(error) = limit::run_blocking(args.listen, &args.nats) {
             eprintln!("herald-loadtest limit-server: {error:#}");
+            return ExitCode::from(2);
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Command::OtlpSink(args) = &cli.command {
+        if let Err(error) = otlpsink::run_blocking(args.listen) {
+            eprintln!("herald-loadtest otlp-sink: {error:#}");
             return ExitCode::from(2);
         }
         return ExitCode::SUCCESS;

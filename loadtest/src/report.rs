@@ -541,6 +541,7 @@ fn markdown(meta: &Value, results: &[Value], plots: &[(String, String)]) -> Stri
     }
     summary(&mut md, results);
     targets(&mut md, results);
+    tracing_price(&mut md, results);
     ramp_ends(&mut md, results);
     for (file, title) in plots {
         let _ = writeln!(md, "### {title}\n\n![{title}]({file})\n");
@@ -630,6 +631,183 @@ fn markdown(meta: &Value, results: &[Value], plots: &[(String, String)]) -> Stri
         &steps,
     );
     md
+}
+
+/// The tracing settings of `--tracing`, tracing off first: system name and sampling.
+const TRACING_SETTINGS: [(&str, &str); 3] = [
+    ("herald", "off"),
+    ("herald-trace1", "1 %"),
+    ("herald-trace100", "100 %"),
+];
+/// Issue 18's bound on tracing's price at 1 % sampling: deliveries per server CPU-second
+/// at least this fraction of tracing off's.
+const TRACE1_MIN_RATIO: f64 = 0.95;
+
+/// A fan-out ramp's passed step (ramp or retry) at `rate` events/s.
+fn passed_at(result: &Value, rate: f64) -> Option<&Value> {
+    result["steps"].as_array()?.iter().find(|s| {
+        s["passed"].as_bool() == Some(true)
+            && s["kind"] != "half"
+            && s["target_rate"].as_f64() == Some(rate)
+    })
+}
+
+/// The fixed rate a tracing setting is compared with tracing off at: the highest ramp
+/// rate both passed, at most tracing off's half-load rate (below saturation, so the
+/// CPU-seconds are those of the same work at the same pace); the highest common one when
+/// none is that low. Pairwise, so one setting's short ramp does not lower the others'.
+fn common_rate(off: &Value, traced: &Value) -> Option<f64> {
+    let mut rates: Vec<f64> = off["steps"]
+        .as_array()?
+        .iter()
+        .filter(|s| s["passed"].as_bool() == Some(true) && s["kind"] != "half")
+        .filter_map(|s| s["target_rate"].as_f64())
+        .filter(|&rate| passed_at(traced, rate).is_some())
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    let half = step_at(off, "half_step").and_then(|s| s["target_rate"].as_f64());
+    rates
+        .iter()
+        .rev()
+        .find(|&&rate| half.is_none_or(|h| rate <= h))
+        .or(rates.last())
+        .copied()
+}
+
+/// "Tracing's price" (`bench --tracing`): herald's fan-out with span export off, at 1 %
+/// and at 100 % sampling, run by run, each as a ratio to tracing off in the same run, and
+/// whether 1 % costs less than issue 18's 5 % of deliveries per server CPU-second (median
+/// ratio at the fixed rate).
+fn tracing_price(md: &mut String, results: &[Value]) {
+    let fanouts: Vec<&Value> = of(results, "fanout").collect();
+    if !fanouts.iter().any(|r| {
+        r["system"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("herald-trace"))
+    }) {
+        return;
+    }
+    let mut runs: Vec<u64> = fanouts.iter().filter_map(|r| r["run"].as_u64()).collect();
+    runs.sort_unstable();
+    runs.dedup();
+    let per_cpu = |s: Option<&Value>| s.and_then(|s| s["deliveries_per_server_cpu_sec"].as_f64());
+    let ratio =
+        |a: Option<f64>, b: Option<f64>| a.zip(b).and_then(|(a, b)| (b > 0.0).then(|| a / b));
+    let pair = |s: Option<&Value>| {
+        s.map_or("-".into(), |s| {
+            format!(
+                "{} / {}",
+                num(s, &["latency_ms", "p50"], 2),
+                num(s, &["latency_ms", "p99"], 2)
+            )
+        })
+    };
+    let mut rows = Vec::new();
+    // Ratios to tracing off per setting, at max and at the fixed rate, over the runs.
+    let mut ratios: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); TRACING_SETTINGS.len()];
+    for run in runs {
+        let of_run: Vec<&Value> = TRACING_SETTINGS
+            .iter()
+            .filter_map(|(system, _)| {
+                fanouts
+                    .iter()
+                    .find(|r| r["system"] == *system && r["run"].as_u64() == Some(run))
+                    .copied()
+            })
+            .collect();
+        let Some(off) = of_run.first().filter(|r| r["system"] == "herald") else {
+            continue;
+        };
+        let off_max = per_cpu(step_at(off, "max_sustainable_step"));
+        for (i, (system, sampling)) in TRACING_SETTINGS.iter().enumerate() {
+            let Some(r) = of_run.iter().find(|r| r["system"] == *system) else {
+                continue;
+            };
+            let fixed = common_rate(off, r);
+            let off_fixed = per_cpu(fixed.and_then(|rate| passed_at(off, rate)));
+            let max = step_at(r, "max_sustainable_step");
+            let at_fixed = fixed.and_then(|rate| passed_at(r, rate));
+            let (max_ratio, fixed_ratio) = (
+                ratio(per_cpu(max), off_max),
+                ratio(per_cpu(at_fixed), off_fixed),
+            );
+            ratios[i].0.extend(max_ratio);
+            ratios[i].1.extend(fixed_ratio);
+            let tracing = &r["tracing"];
+            let spans_per_event = tracing["spans_received"]
+                .as_f64()
+                .zip(tracing["events_published"].as_f64())
+                .and_then(|(spans, events)| (events > 0.0).then(|| spans / events));
+            rows.push(vec![
+                (*system).to_owned(),
+                (*sampling).to_owned(),
+                run.to_string(),
+                max.map_or("-".into(), |s| num(s, &["deliveries_per_sec"], 0)),
+                fmt(per_cpu(max), 0),
+                fmt(max_ratio, 3),
+                pair(max),
+                fmt(fixed, 0),
+                fmt(per_cpu(at_fixed), 0),
+                fmt(fixed_ratio, 3),
+                pair(at_fixed),
+                step_at(r, "half_step").map_or("-".into(), |s| num(s, &["latency_ms", "p99"], 2)),
+                fmt(spans_per_event, 3),
+                num(tracing, &["sink_cpu_secs"], 2),
+            ]);
+        }
+    }
+    table(
+        md,
+        "Tracing's price (herald's fan-out, span export off / 1 % / 100 % sampled)",
+        &[
+            "system",
+            "sampling",
+            "run",
+            "max deliveries/s",
+            "deliv./server CPU-s at max",
+            "÷ off",
+            "p50 / p99 ms at max",
+            "fixed events/s",
+            "deliv./server CPU-s at fixed",
+            "÷ off",
+            "p50 / p99 ms at fixed",
+            "p99 ms at 50 % of max",
+            "spans received per event",
+            "OTLP sink CPU s",
+        ],
+        &rows,
+    );
+    let (at_max, at_fixed) = &ratios[1];
+    let (at_max, at_fixed) = (median(at_max.clone()), median(at_fixed.clone()));
+    // Judged at the fixed rate: "at max" compares different rates whenever the ramps end
+    // at different steps, and a core delivers more per CPU-second at a higher rate (more
+    // deliveries per wake-up), so that ratio says more about where a ramp stopped.
+    let verdict = match at_fixed {
+        Some(r) if r >= TRACE1_MIN_RATIO => "met",
+        Some(_) => "**missed**",
+        None => "not measured",
+    };
+    let _ = writeln!(
+        md,
+        "Same ramp, fresh processes, run right after tracing off; herald exports OTLP/HTTP \
+         (protobuf, batch span processor defaults) to `herald-loadtest otlp-sink` (pinned \
+         with the bus), `OTEL_TRACES_SAMPLER=parentbased_traceidratio` (the probes carry no \
+         `traceparent`: each event is a root, sampled at `herald.receive`). The fixed rate is \
+         per setting, the highest ramp rate both it and tracing off passed, at most tracing \
+         off's half-load rate; its ÷ off is against tracing off at that same rate. \
+         Spans per event: 3 (`herald.receive`, `herald.fanout`, `herald.deliver`) + one \
+         `herald.write` per session for fan-outs of ≤ 16 sessions, times the sampled \
+         fraction, less what the batch processor dropped when its queue was full.\n"
+    );
+    let _ = writeln!(
+        md,
+        "**Target: < 5 % fewer deliveries per server CPU-second at 1 % sampling**: {verdict} \
+         (median ÷ off at the fixed rate: {}; at max: {}, where the ramps may have ended at \
+         different rates).\n",
+        fmt(at_fixed, 3),
+        fmt(at_max, 3)
+    );
 }
 
 /// Where each fan-out ramp ended and why: a ramp that ran out of rates, or whose

@@ -83,6 +83,7 @@ async fn quick_benchmark_of_herald_raw_nats_and_limit_is_clean_and_reported() {
         scenarios: Scenario::ALL.to_vec(),
         out: dir.path().to_path_buf(),
         pin: None,
+        tracing: true,
         meta: serde_json::Map::new(),
     })
     .await
@@ -94,6 +95,11 @@ async fn quick_benchmark_of_herald_raw_nats_and_limit_is_clean_and_reported() {
     assert!(md.contains("herald ÷ nats-ws"), "{md}");
     assert!(md.contains("herald ÷ limit"), "{md}");
     assert!(md.contains("## Fan-out ramps: where each ended"), "{md}");
+    assert!(md.contains("## Tracing's price"), "{md}");
+    assert!(
+        md.contains("**Target: < 5 % fewer deliveries per server CPU-second at 1 % sampling**"),
+        "{md}"
+    );
     assert!(md.contains("(idle-cluster, every run)"), "{md}");
     for plot in ["latency-cdf.svg", "throughput.svg", "rss.svg"] {
         assert!(
@@ -153,7 +159,29 @@ async fn quick_benchmark_of_herald_raw_nats_and_limit_is_clean_and_reported() {
             assert_eq!(first[key], 0, "{what}: step 0 {key}");
         }
     }
-    for system in ["herald", "limit"] {
+    // `tracing: true`: herald's fan-out again with span export on, every event (100 %) and
+    // about one in a hundred (1 %) sampled; the sink counts what herald exported.
+    for traced in ["herald-trace1", "herald-trace100"] {
+        assert_eq!(scenarios(traced), ["fanout"], "{traced}");
+    }
+    let tracing_of = |system: &str| {
+        &results
+            .iter()
+            .find(|r| r["system"] == system)
+            .expect("a traced result")["tracing"]
+    };
+    let (all, some) = (tracing_of("herald-trace100"), tracing_of("herald-trace1"));
+    let events = all["events_published"].as_u64().unwrap();
+    assert!(events >= 300, "{all}");
+    // 3 spans per event and one `herald.write` for each of its 2 sessions.
+    assert_eq!(all["spans_received"].as_u64().unwrap(), 5 * events, "{all}");
+    assert_eq!(all["malformed"], 0, "{all}");
+    // 1 %: a few events of ~300 at most (ratio sampling on random trace ids).
+    assert!(
+        some["spans_received"].as_u64().unwrap() < events / 2,
+        "{some}"
+    );
+    for system in ["herald", "limit", "herald-trace1", "herald-trace100"] {
         let fanout = results
             .iter()
             .find(|r| r["system"] == system && r["scenario"] == "fanout")

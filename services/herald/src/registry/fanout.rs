@@ -105,6 +105,13 @@ impl Registry {
             );
         }
         let _receive = receive.enter();
+        // With export on, the sampler has decided at `herald.receive` (the root, or the
+        // producer's sampled bit): an unsampled event's children would be unsampled too,
+        // so they are not created at all. Most events are unsampled at a low ratio, and
+        // each span costs its builder, attributes and context even when nothing is
+        // exported. With export off they stay (DEBUG spans, for debug logs).
+        let child_spans = !herald_telemetry::tracing_enabled()
+            || propagation::is_sampled(&propagation::context_of(&receive));
         let wanted = self.per_codec.map(|n| n > 0);
         let Some((decoded, frames)) = self.items(&message, wanted) else {
             return;
@@ -119,18 +126,22 @@ impl Registry {
         let bytes = frames
             .each_ref()
             .map(|f| f.iter().map(|(f, _)| f.len()).sum::<usize>());
-        let fanout = tracing::debug_span!(
-            "herald.fanout",
-            key = %self.key,
-            recipients = self.members.len(),
-            notifications = frames.iter().map(Vec::len).max().unwrap_or_default(),
-            bytes.json = bytes[Codec::V1Json.index()],
-            bytes.msgpack = bytes[Codec::V1MsgPack.index()],
-            bytes.msgpackr = bytes[Codec::V1Msgpackr.index()],
-        );
+        let fanout = if !child_spans {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!(
+                "herald.fanout",
+                key = %self.key,
+                recipients = self.members.len(),
+                notifications = frames.iter().map(Vec::len).max().unwrap_or_default(),
+                bytes.json = bytes[Codec::V1Json.index()],
+                bytes.msgpack = bytes[Codec::V1MsgPack.index()],
+                bytes.msgpackr = bytes[Codec::V1Msgpackr.index()],
+            )
+        };
         let _fanout = fanout.enter();
         let deliver_spans: [Option<tracing::Span>; CODECS] = std::array::from_fn(|i| {
-            (self.per_codec[i] > 0).then(|| {
+            (child_spans && self.per_codec[i] > 0).then(|| {
                 tracing::debug_span!(
                     "herald.deliver",
                     dialect = Codec::ALL[i].dialect().label(),

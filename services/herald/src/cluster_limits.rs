@@ -285,6 +285,11 @@ impl ClusterLimits {
         limits
     }
 
+    /// Other nodes' session leases this node's view holds (`herald_cluster_remote_leases`).
+    pub fn remote_leases(&self) -> usize {
+        self.view().remote_leases()
+    }
+
     fn view(&self) -> std::sync::MutexGuard<'_, View> {
         // Every update leaves the view consistent, so a panic elsewhere cannot corrupt it.
         self.view.lock().unwrap_or_else(|e| e.into_inner())

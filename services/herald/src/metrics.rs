@@ -43,6 +43,10 @@ fn describe() {
         "herald_registries",
         "Registry actors (routing keys with sessions on this node)."
     );
+    describe_gauge!(
+        "herald_cluster_remote_leases",
+        "Other nodes' session leases in this node's view of the cluster (NATS mode; counted when scraped)."
+    );
     describe_counter!(
         "herald_auth_callouts_total",
         "Auth callout requests, by outcome (allow, deny, timeout, error)."
@@ -116,6 +120,11 @@ pub fn session_delta(dialect: Dialect, delta: f64) {
 /// A registry actor started (1) or stopped (-1).
 pub fn registry_delta(delta: f64) {
     gauge!("herald_registries").increment(delta);
+}
+
+/// Other nodes' session leases in this node's view of the cluster (NATS mode).
+pub fn cluster_remote_leases(count: usize) {
+    gauge!("herald_cluster_remote_leases").set(count as f64);
 }
 
 /// An event arrived from the bus and decoded.

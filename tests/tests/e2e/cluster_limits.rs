@@ -9,7 +9,6 @@
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use futures_util::StreamExt;
 use herald_tests::fixtures::{DEMO, OTHER};
 use herald_tests::{eventually, Connect, Frame, NatsServer, Node, NodeConfig, WsClient, PROMPT};
 
@@ -67,29 +66,28 @@ fn racing(cap: i64) -> impl Fn(NodeConfig) -> NodeConfig {
 }
 
 /// Logs DEMO in once on every node and leaves, so the storm hits warm auth caches (a
-/// cold cache would make every racer hash the password) and no place is held: waits
-/// until the lease stream holds no alias lease (their release markers purged), then a
-/// moment for the markers to reach every node's view.
-async fn warm_up(nats: &NatsServer, nodes: &[Node]) {
-    for node in nodes {
-        Connect::v1(node).alias(&DEMO).connect().await.close().await;
-    }
-    let jetstream = async_nats::jetstream::new(nats.client().await);
-    eventually(PROMPT, "the warm-up leases to be released", || async {
-        let stream = jetstream.get_stream("HERALD_SESSIONS").await.ok()?;
-        let mut subjects = stream
-            .info_with_subjects("herald.limits.session.alias.>")
-            .await
-            .ok()?;
-        let mut held = 0;
-        while let Some(subject) = subjects.next().await {
-            subject.ok()?;
-            held += 1;
+/// cold cache would make every racer hash the password) and no place is held: each
+/// warm-up lease is seen by every other node before it is given back, and every view is
+/// empty again before the race starts (a release read late would count against it).
+async fn warm_up(nodes: &[Node]) {
+    const REMOTE: &str = "herald_cluster_remote_leases";
+    for (i, node) in nodes.iter().enumerate() {
+        let client = Connect::v1(node).alias(&DEMO).connect().await;
+        for (j, other) in nodes.iter().enumerate() {
+            if i != j {
+                other
+                    .wait_metric(REMOTE, "the warm-up lease in every view", |n| n >= 1.0)
+                    .await;
+            }
         }
-        (held == 0).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+        client.close().await;
+    }
+    for node in nodes {
+        node.wait_metric(REMOTE, "the warm-up leases to leave every view", |n| {
+            n == 0.0
+        })
+        .await;
+    }
 }
 
 /// What became of one racing connect.
@@ -158,13 +156,21 @@ fn assert_exactly_cap(fates: Vec<Fate>, cap: usize) -> (Vec<WsClient>, usize, us
 async fn race_for_the_last_place(n_nodes: usize) {
     let nats = NatsServer::start();
     let nodes = nodes(&nats, n_nodes, racing(3)).await;
-    warm_up(&nats, &nodes).await;
+    warm_up(&nodes).await;
     let mut held = vec![
         Connect::v1(&nodes[0]).alias(&DEMO).connect().await,
         Connect::v1(&nodes[1]).alias(&DEMO).connect().await,
     ];
     // The held leases reach every view (sequential connects see each other).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (i, node) in nodes.iter().enumerate() {
+        let remote = if i < 2 { 1.0 } else { 2.0 };
+        node.wait_metric(
+            "herald_cluster_remote_leases",
+            "the held leases in every view",
+            |n| n == remote,
+        )
+        .await;
+    }
     let fates = storm(&nodes, 8 * n_nodes, Duration::from_secs(2)).await;
     let (open, _, _) = assert_exactly_cap(fates, 1);
     // The held sessions were admitted first: reconciliation never takes their places.
@@ -197,7 +203,7 @@ async fn racers_on_three_nodes_for_the_last_place_leave_exactly_the_cap_open() {
 async fn frozen_race(n_nodes: usize, cap: usize, per_node: usize) {
     let mut nats = NatsServer::start();
     let nodes = nodes(&nats, n_nodes, racing(cap as i64)).await;
-    warm_up(&nats, &nodes).await;
+    warm_up(&nodes).await;
     tokio::task::block_in_place(|| nats.pause());
     let mut admitted = Vec::new();
     for node in &nodes {
@@ -238,7 +244,7 @@ async fn sessions_admitted_on_three_nodes_behind_a_frozen_nats_are_cut_back_to_t
 async fn connects_do_not_wait_for_a_frozen_nats() {
     let mut nats = NatsServer::start();
     let nodes = nodes(&nats, 2, |c| c.max_sessions_per_alias(50)).await;
-    warm_up(&nats, &nodes).await;
+    warm_up(&nodes).await;
     // A session per node keeps the alias's registry (and its NATS subscription) in
     // place, so what is timed below is admission, not a registry's first subscribe.
     let mut open = Vec::new();

@@ -342,9 +342,9 @@ impl View {
         self.rate.clear(); // read again from the stream; own attempts stay
     }
 
-    /// Leases of other nodes the view holds (for tests and the bound).
-    #[cfg(test)]
-    fn remote_leases(&self) -> usize {
+    /// Leases of other nodes the view holds, expired or doomed ones included until the
+    /// sweep drops them.
+    pub(super) fn remote_leases(&self) -> usize {
         self.keys
             .values()
             .flatten()

@@ -37,6 +37,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    if let Some(cluster) = &state.cluster {
+        // Counted when scraped: the view changes on every connect in the cluster.
+        crate::metrics::cluster_remote_leases(cluster.remote_leases());
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -1,5 +1,6 @@
 //! `[auth]`: publish tokens, the providers every dialect asks, and each provider's settings.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -167,35 +168,27 @@ impl AuthSettings {
     }
 }
 
-/// `[auth.dialects]`: which providers a dialect asks, in order; empty means
-/// `auth.providers`.
+/// `[auth.dialects]`: which providers a dialect asks, in order, keyed by its label
+/// (`v1 = ["static"]`); a dialect not listed asks `auth.providers`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DialectProviders {
-    /// `/v1/ws`.
-    pub v1: Vec<ProviderKind>,
-    /// `/jmap/ws`.
-    pub jmap: Vec<ProviderKind>,
-    /// `/ws`.
-    pub realtime: Vec<ProviderKind>,
-    /// `/api/v1/ws/connect`.
-    pub rooms: Vec<ProviderKind>,
-}
+#[serde(transparent)]
+pub struct DialectProviders(BTreeMap<Dialect, Vec<ProviderKind>>);
 
 impl DialectProviders {
-    /// The list configured for `dialect` (keyed by its label: `v1`, `jmap`, ...).
+    /// The list configured for `dialect` (empty when none is).
     pub fn of(&self, dialect: Dialect) -> &[ProviderKind] {
-        match dialect {
-            Dialect::ForwardEmail => &self.v1,
-            Dialect::Jmap => &self.jmap,
-            Dialect::Realtime => &self.realtime,
-            Dialect::Rooms => &self.rooms,
-        }
+        self.0.get(&dialect).map_or(&[], Vec::as_slice)
     }
 
     /// Every dialect's list, with its key under `auth.dialects`.
     pub fn all(&self) -> [(&'static str, &[ProviderKind]); 4] {
         Dialect::ALL.map(|dialect| (dialect.label(), self.of(dialect)))
+    }
+}
+
+impl FromIterator<(Dialect, Vec<ProviderKind>)> for DialectProviders {
+    fn from_iter<I: IntoIterator<Item = (Dialect, Vec<ProviderKind>)>>(lists: I) -> Self {
+        DialectProviders(lists.into_iter().collect())
     }
 }
 

@@ -20,6 +20,7 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use herald_protocol::Dialect;
 use serde::{Deserialize, Serialize, Serializer};
 
 pub use auth::{
@@ -46,10 +47,6 @@ const LIST_KEYS: &[&str] = &[
     "server.allowed_origins",
     "auth.publish_tokens",
     "auth.providers",
-    "auth.dialects.v1",
-    "auth.dialects.jmap",
-    "auth.dialects.realtime",
-    "auth.dialects.rooms",
     "realtime.default_subscribe",
     "realtime.default_publish",
 ];
@@ -224,6 +221,9 @@ impl Settings {
             .list_separator(",");
         for key in LIST_KEYS {
             env = env.with_list_parse_key(key);
+        }
+        for dialect in Dialect::ALL {
+            env = env.with_list_parse_key(&format!("auth.dialects.{dialect}"));
         }
         let raw = builder.add_source(env).build()?;
         let backend_timeout_set = raw.get::<config::Value>("auth.backend_timeout").is_ok();

@@ -265,6 +265,22 @@ fn bad_provider_settings_name_their_key() {
 }
 
 #[test]
+fn auth_dialects_are_keyed_by_label_and_unknown_ones_are_refused() {
+    let s =
+        load_with("[auth]\nproviders = [\"static\", \"jwt\"]\n[auth.dialects]\nrooms = [\"jwt\"]")
+            .unwrap();
+    assert_eq!(s.auth.dialects.of(Dialect::Rooms), [ProviderKind::Jwt]);
+    assert!(s.auth.dialects.of(Dialect::Jmap).is_empty());
+    let (key, reason) = refusal("[auth.dialects]\nwebsocket = [\"jwt\"]");
+    assert!(key.starts_with("auth.dialects"), "{key}: {reason}");
+    assert!(
+        reason.contains("unknown dialect \"websocket\"")
+            && reason.contains("v1, jmap, realtime, rooms"),
+        "{reason}"
+    );
+}
+
+#[test]
 fn the_old_auth_backend_timeout_key_still_works_with_a_warning() {
     let s = load_with("[forwardemail]\nauth_backend_timeout = \"3s\"").unwrap();
     assert_eq!(s.auth.backend_timeout, Duration::from_secs(3));

@@ -64,14 +64,57 @@ pub trait Session: Actor<Context = Context<Self>> {
         self.conn().keepalive(ctx);
     }
 
-    /// The answer to a data message over the session's inbound rate
+    /// The answer to a data message over the session's inbound `rate`
     /// ([`Connection::limit_rate`]), which is dropped unread.
-    fn rate_limited(&mut self) {}
+    fn rate_limited(&mut self, _rate: MessageRate) {}
 
     /// A frame queued ahead of the 1009 close of an oversized message (JMAP's
     /// `requestTooLarge`).
     fn overflow_notice(&self) -> Option<Frame> {
         None
+    }
+}
+
+/// A session's inbound rate of data messages, and the settings section that set it.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageRate {
+    /// Sustained messages per second.
+    pub per_second: u32,
+    /// Messages allowed in a burst above the sustained rate.
+    pub burst: u32,
+    /// The settings section (`realtime`, `rooms`) whose `messages_per_second` and
+    /// `burst` these are.
+    pub section: &'static str,
+}
+
+impl MessageRate {
+    /// `per_second` in bursts of `burst`, as set in settings `section`.
+    pub fn new(section: &'static str, per_second: u32, burst: u32) -> MessageRate {
+        MessageRate {
+            per_second,
+            burst,
+            section,
+        }
+    }
+
+    /// How long a client over the rate should wait before its next message.
+    pub fn retry_after_ms(&self) -> u64 {
+        1000 / u64::from(self.per_second.max(1))
+    }
+}
+
+/// The rate as a client is told it, with the keys an operator changes it by.
+impl std::fmt::Display for MessageRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let MessageRate {
+            per_second,
+            burst,
+            section,
+        } = self;
+        write!(
+            f,
+            "at most {per_second} per second with bursts of {burst} ({section}.messages_per_second, {section}.burst)"
+        )
     }
 }
 
@@ -90,7 +133,7 @@ pub struct Connection {
     joined: Vec<RoutingKey>,
     /// The inbound rate of data messages, for dialects whose messages cost bus work
     /// (boxed: most sessions, `/v1/ws` ones, have none).
-    limiter: Option<Box<DefaultDirectRateLimiter>>,
+    limiter: Option<Box<(DefaultDirectRateLimiter, MessageRate)>>,
     /// Whether the client showed life since the last keepalive round.
     alive: bool,
     /// Labels the session gauge.
@@ -149,14 +192,14 @@ impl Connection {
         }
     }
 
-    /// Limits the client's data messages to `per_second`, in bursts of `burst` (0 counts
-    /// as 1: a setting cannot stop a session from sending at all); those over it go to
+    /// Limits the client's data messages to `rate`; those over it go to
     /// [`Session::rate_limited`] instead of [`Session::on_data`].
-    pub fn limit_rate(&mut self, per_second: u32, burst: u32) {
+    pub fn limit_rate(&mut self, rate: MessageRate) {
+        // 0 counts as 1: a setting cannot stop a session from sending at all.
         let at_least_one = |n| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
-        self.limiter = Some(Box::new(RateLimiter::direct(
-            Quota::per_second(at_least_one(per_second)).allow_burst(at_least_one(burst)),
-        )));
+        let quota =
+            Quota::per_second(at_least_one(rate.per_second)).allow_burst(at_least_one(rate.burst));
+        self.limiter = Some(Box::new((RateLimiter::direct(quota), rate)));
     }
 
     /// Queues a close frame after what is queued and stops the actor. The reason is cut
@@ -302,10 +345,11 @@ fn receive<S: Session>(act: &mut S, item: Result<Message, ProtocolError>, ctx: &
     }
     if let Some(data) = act.conn().inbound(item, ctx) {
         let conn = act.conn();
-        if conn.limiter.as_ref().is_some_and(|l| l.check().is_err()) {
+        let over = conn.limiter.as_deref().filter(|(l, _)| l.check().is_err());
+        if let Some(&(_, rate)) = over {
             // Dropped before parsing: a flood costs the node one small answer per frame,
             // and the output budget closes a flooder that does not read them (1013).
-            act.rate_limited();
+            act.rate_limited(rate);
         } else {
             act.on_data(data, ctx);
         }

@@ -148,12 +148,9 @@ mod tests {
     fn auth_dialects_keys_are_the_labels() {
         use crate::config::ProviderKind::{Callout, Jwt, Static};
         // A different list per dialect, so a key read from the wrong field shows.
-        let providers = crate::config::DialectProviders {
-            v1: vec![Static],
-            jmap: vec![Jwt],
-            realtime: vec![Callout],
-            rooms: vec![Static, Jwt],
-        };
+        let lists = [vec![Static], vec![Jwt], vec![Callout], vec![Static, Jwt]];
+        let providers: crate::config::DialectProviders =
+            Dialect::ALL.into_iter().zip(lists).collect();
         let keys = serde_json::to_value(&providers).expect("serialises");
         for dialect in Dialect::ALL {
             assert_eq!(

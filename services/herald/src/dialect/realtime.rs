@@ -7,6 +7,7 @@
 //! matching). Broadcasts and direct messages go through the bus like any producer's
 //! event; [`node::RealtimeNode`] counts their recipients across the cluster.
 
+mod acks;
 mod commands;
 mod frames;
 mod node;
@@ -60,7 +61,7 @@ pub fn encode(decoded: &Decoded) -> Result<Encoded, EncodeError> {
     let mut frame = match (&decoded.subject, typed) {
         (Subject::Topic(_) | Subject::User(_), true) => {
             let mut map = payload.clone();
-            map.remove(node::ACK_FIELD);
+            map.remove(acks::ACK_FIELD);
             Value::Object(map)
         }
         (Subject::Topic(topic), false) => json!({

@@ -219,13 +219,21 @@ impl RealtimeSession {
         );
     }
 
-    /// Who sent a message, as stored with it.
-    fn sender(&self) -> Value {
-        json!({
+    /// A new message's stored id, and the metadata stored with it: its public id (the
+    /// client's request id when it gave one), when and by whom it was sent.
+    fn new_message(&self, request: &ClientFrame) -> (String, Value) {
+        let message_id = uuid::Uuid::new_v4().to_string();
+        let public_id = request
+            .id
+            .clone()
+            .unwrap_or_else(|| message_id.clone().into());
+        let sender = json!({
             "user_id": self.user_id,
             "username": self.principal.username,
             "connection_id": self.connection_id,
-        })
+        });
+        let metadata = json!({"message_id": public_id, "sent_at": now_secs(), "sender": sender});
+        (message_id, metadata)
     }
 
     fn on_broadcast(&mut self, request: &ClientFrame, ctx: &mut Context<Self>) {
@@ -268,17 +276,13 @@ impl RealtimeSession {
                 id.as_ref(),
             ));
         }
-        let message_id = uuid::Uuid::new_v4().to_string();
-        let public_id = request
-            .id
-            .clone()
-            .unwrap_or_else(|| message_id.clone().into());
+        let (message_id, metadata) = self.new_message(request);
         let payload = json!({
             "type": "Broadcast",
             "data": {
                 "topic": topic,
                 "payload": request.data.get("payload").cloned().unwrap_or(Value::Null),
-                "metadata": {"message_id": public_id, "sent_at": now_secs(), "sender": self.sender()},
+                "metadata": metadata,
             },
         });
         let subject = format!("herald.v1.topic.{topic}");
@@ -315,18 +319,15 @@ impl RealtimeSession {
                 id.as_ref(),
             ));
         }
-        let message_id = uuid::Uuid::new_v4().to_string();
-        let public_id = request
-            .id
-            .clone()
-            .unwrap_or_else(|| message_id.clone().into());
+        let (message_id, metadata) = self.new_message(request);
+        let public_id = metadata["message_id"].clone();
         let payload = json!({
             "type": "DirectMessage",
             "data": {
                 "from_user": self.user_id,
                 "target_user": target,
                 "payload": request.data.get("payload").cloned().unwrap_or(Value::Null),
-                "metadata": {"message_id": public_id, "sent_at": now_secs(), "sender": self.sender()},
+                "metadata": metadata,
             },
         });
         let subject = format!("herald.v1.user.{target}");

@@ -27,17 +27,13 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::acks::{self, AckReporter, Pending, Reports, ACK_FIELD, ACK_PREFIX};
 use crate::bus::{Bus, BusMessage};
 use crate::cluster_limits::{ClusterLimits, Lease};
-use crate::codec::Decoded;
 use crate::config::Settings;
 use crate::registry::{DeliveryObserver, SessionId};
 use herald_protocol::now_ms;
 
-/// Subjects delivery reports are sent on (`herald.realtime.ack.<message_id>`).
-pub const ACK_PREFIX: &str = herald_protocol::subject::REALTIME_ACK;
-/// The reserved payload field naming a stored event's report subject.
-pub const ACK_FIELD: &str = "ack";
 /// The KV bucket of offline direct-message queues.
 const QUEUE_BUCKET: &str = "HERALD_DM_QUEUE";
 /// Read-modify-write attempts on a queue entry before giving up (contention is rare).
@@ -109,37 +105,6 @@ pub struct RealtimeNode {
     inbox_ready: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Senders of the reports awaited on this node, by message id.
-type Pending = Arc<Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Vec<String>>>>>;
-
-/// Every node's delivery reports for one stored message (unregistered on drop).
-pub struct Reports {
-    message_id: String,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
-    pending: Pending,
-}
-
-impl Reports {
-    /// The connection ids reported within `wait`, across the cluster.
-    pub async fn collect(mut self, wait: Duration) -> Vec<String> {
-        let mut connections = Vec::new();
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(report)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
-            connections.extend(report);
-        }
-        connections
-    }
-}
-
-impl Drop for Reports {
-    fn drop(&mut self) {
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .remove(&self.message_id);
-    }
-}
-
 /// A session's presence: its lease in the cluster (NATS), released when it closes.
 pub struct PresenceLease(Option<Lease>);
 
@@ -203,16 +168,7 @@ impl RealtimeNode {
         let mut ready = self.inbox_ready.clone();
         // Only at startup, before the node's report subscription exists.
         let _ = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .insert(message_id.to_owned(), tx);
-        let reports = Reports {
-            message_id: message_id.to_owned(),
-            rx,
-            pending: Arc::clone(&self.pending),
-        };
+        let reports = self.pending.register(message_id);
         let reply = format!("{ACK_PREFIX}.{}.{message_id}", self.tag);
         payload.insert(ACK_FIELD.into(), reply.into());
         message.payload = json!({ "payload": payload }).to_string().into();
@@ -238,18 +194,8 @@ impl RealtimeNode {
                 let Some(message_id) = report.subject.rsplit('.').next() else {
                     continue;
                 };
-                let Ok(body) = serde_json::from_slice::<Value>(&report.payload) else {
-                    continue;
-                };
-                let connections: Vec<String> = body["connections"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect();
-                if let Some(tx) = self.pending.lock().expect("pending lock").get(message_id) {
-                    let _ = tx.send(connections);
+                if let Some(connections) = acks::reported_connections(&report.payload) {
+                    self.pending.route(message_id, connections);
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -543,52 +489,6 @@ impl RealtimeNode {
                     .map_err(|e| QueueError::Open(e.into()))
             })
             .await
-    }
-}
-
-/// Reports, for events stored with an `ack` subject, the connections of this node that
-/// received them.
-struct AckReporter {
-    bus: Bus,
-    tag: String,
-}
-
-impl std::fmt::Debug for AckReporter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AckReporter")
-            .field("tag", &self.tag)
-            .finish()
-    }
-}
-
-impl DeliveryObserver for AckReporter {
-    fn wants(&self, decoded: &Decoded) -> bool {
-        matches!(decoded.envelope.payload.get(ACK_FIELD), Some(Value::String(s)) if s.starts_with(ACK_PREFIX))
-    }
-
-    fn delivered(&self, decoded: &Decoded, sessions: &[SessionId]) {
-        let Some(Value::String(reply)) = decoded.envelope.payload.get(ACK_FIELD) else {
-            return;
-        };
-        if sessions.is_empty() {
-            return;
-        }
-        let connections: Vec<String> = sessions
-            .iter()
-            .map(|s| format!("{}-{s}", self.tag))
-            .collect();
-        let report = BusMessage {
-            subject: reply.clone(),
-            payload: json!({ "connections": connections }).to_string().into(),
-            json: true,
-            ..Default::default()
-        };
-        let bus = self.bus.clone();
-        tokio::spawn(async move {
-            if let Err(error) = bus.publish(report).await {
-                tracing::debug!(%error, "cannot report /ws recipients");
-            }
-        });
     }
 }
 

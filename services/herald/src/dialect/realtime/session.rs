@@ -14,7 +14,7 @@ use super::node::PresenceLease;
 use super::upgrade::permissions;
 use crate::auth::Principal;
 use crate::dialect::codec::Codec;
-use crate::dialect::connection::{self, Connection, Data, Session};
+use crate::dialect::connection::{self, Connection, Data, MessageRate, Session};
 use crate::dialect::Dialect;
 use crate::limits::Slot;
 use crate::outbox::Frame;
@@ -56,12 +56,12 @@ impl RealtimeSession {
         socket: Socket,
     ) {
         let rt = &state.settings.realtime;
-        let (per_second, burst) = (rt.messages_per_second, rt.burst);
+        let rate = MessageRate::new("realtime", rt.messages_per_second, rt.burst);
         let may_subscribe = permissions(&principal, "subscribe", &rt.default_subscribe);
         let may_publish = permissions(&principal, "publish", &rt.default_publish);
         let ping_interval = rt.ping_interval;
         Connection::start(state, socket, node_slot, ping_interval, |mut conn, _| {
-            conn.limit_rate(per_second, burst);
+            conn.limit_rate(rate);
             RealtimeSession {
                 connection_id: conn.state.realtime.connection_id(conn.id),
                 conn,
@@ -204,15 +204,12 @@ impl Session for RealtimeSession {
         &mut self.conn
     }
 
-    fn rate_limited(&mut self) {
-        let rt = &self.conn.state.settings.realtime;
+    fn rate_limited(&mut self, rate: MessageRate) {
+        let retry_after = json!({"retry_after_ms": rate.retry_after_ms()});
         self.send(error(
             429,
-            format!(
-                "too many messages: at most {} per second with bursts of {} (realtime.messages_per_second, realtime.burst); slow down",
-                rt.messages_per_second, rt.burst
-            ),
-            json!({"retry_after_ms": 1000 / u64::from(rt.messages_per_second.max(1))}),
+            format!("too many messages: {rate}; slow down"),
+            retry_after,
             None,
         ));
     }

@@ -20,7 +20,7 @@ use crate::auth::{Credentials, Principal};
 use crate::bus::{Bus, BusMessage};
 use crate::dialect::admission::{admit, authenticate, bearer, user_place, Admitted, UserPlace};
 use crate::dialect::codec::Codec;
-use crate::dialect::connection::{Connection, Data, Session};
+use crate::dialect::connection::{Connection, Data, MessageRate, Session};
 use crate::dialect::{Dialect, Refusal};
 use crate::limits::Slot;
 use crate::metrics;
@@ -120,12 +120,12 @@ impl RoomsSession {
         socket: Socket,
     ) {
         let rooms = &state.settings.rooms;
-        let (per_second, burst) = (rooms.messages_per_second, rooms.burst);
+        let rate = MessageRate::new("rooms", rooms.messages_per_second, rooms.burst);
         let ping_interval = rooms.ping_interval;
         Connection::start(state, socket, node_slot, ping_interval, |mut conn, _| {
             conn.outbox.open();
             // Joins, leaves and messages each put an event on the bus.
-            conn.limit_rate(per_second, burst);
+            conn.limit_rate(rate);
             RoomsSession {
                 conn,
                 ip,
@@ -473,16 +473,10 @@ impl Session for RoomsSession {
         &mut self.conn
     }
 
-    fn rate_limited(&mut self) {
-        let rooms = &self.conn.state.settings.rooms;
-        self.push(error_frame(
-            None,
-            "rate_limited",
-            &format!(
-                "too many frames: at most {} per second with bursts of {} (rooms.messages_per_second, rooms.burst); this one was dropped, slow down and resend it",
-                rooms.messages_per_second, rooms.burst
-            ),
-        ));
+    fn rate_limited(&mut self, rate: MessageRate) {
+        let message =
+            format!("too many frames: {rate}; this one was dropped, slow down and resend it");
+        self.push(error_frame(None, "rate_limited", &message));
     }
 
     fn on_data(&mut self, data: Data, ctx: &mut Context<Self>) {

@@ -82,9 +82,6 @@ pub enum PushError {
     Closed,
 }
 
-/// Called once when a session first overflows, so its actor can close it at once.
-pub type OnOverflow = Box<dyn Fn() + Send + Sync>;
-
 /// The queue proper, whether either end is gone, and who to wake.
 #[derive(Default)]
 struct Queue {
@@ -119,7 +116,8 @@ struct State {
     backlog_waiting: AtomicBool,
     /// The close reason sent (with 1013) when the budget overflows.
     overflow_reason: &'static str,
-    on_overflow: OnOverflow,
+    /// Live [`Outbox`] clones: when the last goes, the reader ends once the queue is empty.
+    senders: AtomicUsize,
 }
 
 impl State {
@@ -163,20 +161,28 @@ impl State {
     }
 }
 
-/// Marks the senders gone when the last [`Outbox`] clone is dropped.
-struct Senders(Arc<State>);
+/// The sending half, cloned into every registry the session joins.
+pub struct Outbox {
+    state: Arc<State>,
+}
 
-impl Drop for Senders {
-    fn drop(&mut self) {
-        self.0.update(|queue| queue.senders_gone = true);
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.state.senders.fetch_add(1, Ordering::Relaxed);
+        Outbox {
+            state: Arc::clone(&self.state),
+        }
     }
 }
 
-/// The sending half, cloned into every registry the session joins.
-#[derive(Clone)]
-pub struct Outbox {
-    state: Arc<State>,
-    _senders: Arc<Senders>,
+/// The last clone gone marks the senders gone (one count in the shared state rather
+/// than an `Arc` of its own: every registry a session joins holds a clone).
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.state.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.state.update(|queue| queue.senders_gone = true);
+        }
+    }
 }
 
 /// Bytes charged to a session's budget by [`Outbox::charge`], given back on drop.
@@ -295,11 +301,7 @@ impl Backlog {
 
 impl Outbox {
     /// A new queue that overflows past `limit` bytes, closing with `overflow_reason`.
-    pub fn new(
-        limit: usize,
-        overflow_reason: &'static str,
-        on_overflow: OnOverflow,
-    ) -> (Outbox, OutboxReceiver) {
+    pub fn new(limit: usize, overflow_reason: &'static str) -> (Outbox, OutboxReceiver) {
         let state = Arc::new(State {
             queue: Mutex::new(Queue::default()),
             buffered: AtomicUsize::new(0),
@@ -307,12 +309,11 @@ impl Outbox {
             overflowed: AtomicBool::new(false),
             backlog_waiting: AtomicBool::new(false),
             overflow_reason,
-            on_overflow,
+            senders: AtomicUsize::new(1),
         });
         (
             Outbox {
                 state: Arc::clone(&state),
-                _senders: Arc::new(Senders(Arc::clone(&state))),
             },
             OutboxReceiver { state },
         )
@@ -374,7 +375,6 @@ impl Outbox {
     /// had overflowed; later pushes are refused.
     pub fn mark_slow(&self) {
         if !self.state.overflowed.swap(true, Ordering::Relaxed) {
-            (self.state.on_overflow)();
             // Wake the connection (it abandons the queue and closes) and the session.
             let owner = self.state.update(|queue| queue.owner.take());
             if let Some(owner) = owner {
@@ -438,21 +438,51 @@ impl Outbox {
     }
 }
 
+/// Helpers for tests of code that marks sessions slow.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+
+    use super::Outbox;
+
+    /// How many times a session's actor would have been told of its overflow.
+    #[derive(Default)]
+    pub(crate) struct Told(AtomicUsize);
+
+    impl Told {
+        /// The wakes so far.
+        pub(crate) fn count(&self) -> usize {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Wake for Told {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Watches `outbox` for an overflow as a session's `Vigil` does.
+    pub(crate) fn watch_overflow(outbox: &Outbox) -> Arc<Told> {
+        let told = Arc::new(Told::default());
+        let waker = Waker::from(Arc::clone(&told));
+        assert!(outbox
+            .poll_overflowed(&mut Context::from_waker(&waker))
+            .is_pending());
+        told
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn pushing_past_the_budget_marks_a_slow_consumer_once() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&calls);
-        let (outbox, _rx) = Outbox::new(
-            10,
-            "slow",
-            Box::new(move || {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }),
-        );
+        let (outbox, _rx) = Outbox::new(10, "slow");
+        let told = test_support::watch_overflow(&outbox);
         let frame = Frame::Binary(Bytes::from_static(b"123456"));
         assert_eq!(outbox.push(frame.clone()), Ok(()));
         assert_eq!(outbox.push(frame.clone()), Err(PushError::SlowConsumer));
@@ -462,12 +492,12 @@ mod tests {
             Err(PushError::SlowConsumer)
         );
         assert_eq!(outbox.push(frame), Err(PushError::SlowConsumer));
-        assert_eq!(calls.load(Ordering::Relaxed), 1, "the session is told once");
+        assert_eq!(told.count(), 1, "the session is told once");
     }
 
     #[test]
     fn a_charge_counts_against_the_budget_until_dropped() {
-        let (outbox, rx) = Outbox::new(100, "slow", Box::new(|| {}));
+        let (outbox, rx) = Outbox::new(100, "slow");
         let held = outbox.charge(60).unwrap();
         assert_eq!(
             outbox.push(Frame::Binary(Bytes::from(vec![0; 50]))),
@@ -475,7 +505,7 @@ mod tests {
             "frames and charges share one budget"
         );
         drop(held);
-        let (outbox, rx2) = Outbox::new(100, "slow", Box::new(|| {}));
+        let (outbox, rx2) = Outbox::new(100, "slow");
         let held = outbox.charge(60).unwrap();
         drop(held);
         assert!(outbox.push(Frame::Binary(Bytes::from(vec![0; 90]))).is_ok());
@@ -490,7 +520,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_reading_side_gets_items_in_order_then_ends_when_senders_are_gone() {
-        let (outbox, rx) = Outbox::new(1 << 20, "slow", Box::new(|| {}));
+        let (outbox, rx) = Outbox::new(1 << 20, "slow");
         outbox.open();
         assert_eq!(
             rx.state.queue().items.capacity(),
@@ -524,7 +554,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_is_read_before_open_except_once_the_senders_are_gone() {
-        let (outbox, rx) = Outbox::new(1 << 20, "slow", Box::new(|| {}));
+        let (outbox, rx) = Outbox::new(1 << 20, "slow");
         outbox
             .push(Frame::Binary(Bytes::from_static(b"a")))
             .unwrap();
@@ -537,7 +567,7 @@ mod tests {
             Poll::Ready(Some(Outbound::Frame(..)))
         ));
 
-        let (outbox, rx) = Outbox::new(1 << 20, "slow", Box::new(|| {}));
+        let (outbox, rx) = Outbox::new(1 << 20, "slow");
         outbox
             .push(Frame::Binary(Bytes::from_static(b"b")))
             .unwrap();
@@ -548,7 +578,7 @@ mod tests {
 
     #[tokio::test]
     async fn overflow_wakes_the_reader_with_the_reason() {
-        let (outbox, rx) = Outbox::new(4, "too slow", Box::new(|| {}));
+        let (outbox, rx) = Outbox::new(4, "too slow");
         outbox.open();
         let reader = tokio::spawn(async move {
             std::future::poll_fn(|cx| match rx.overflow_reason() {
@@ -566,7 +596,7 @@ mod tests {
 
     #[test]
     fn only_the_latest_pong_and_one_ping_wait_ahead_of_data() {
-        let (outbox, rx) = Outbox::new(1 << 20, "slow", Box::new(|| {}));
+        let (outbox, rx) = Outbox::new(1 << 20, "slow");
         outbox
             .push(Frame::Binary(Bytes::from_static(b"data")))
             .unwrap();
@@ -603,7 +633,7 @@ mod tests {
 
     #[test]
     fn a_dropped_receiver_reports_closed() {
-        let (outbox, rx) = Outbox::new(10, "slow", Box::new(|| {}));
+        let (outbox, rx) = Outbox::new(10, "slow");
         drop(rx);
         assert_eq!(
             outbox.push(Frame::Binary(Bytes::from_static(b"x"))),
@@ -621,7 +651,7 @@ mod tests {
                 self.0.store(true, Ordering::SeqCst);
             }
         }
-        let (outbox, rx) = Outbox::new(100, "slow", Box::new(|| {}));
+        let (outbox, rx) = Outbox::new(100, "slow");
         let backlog = rx.backlog();
         let woken = Arc::new(Flag(AtomicBool::new(false)));
         let waker = Waker::from(Arc::clone(&woken));
@@ -646,7 +676,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_drained_queue_gives_its_memory_back() {
-        let (outbox, rx) = Outbox::new(1 << 20, "slow", Box::new(|| {}));
+        let (outbox, rx) = Outbox::new(1 << 20, "slow");
         outbox.open();
         outbox
             .push(Frame::Binary(Bytes::from_static(b"connected")))

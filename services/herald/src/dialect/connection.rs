@@ -160,7 +160,6 @@ impl Connection {
         let (outbox, receiver) = Outbox::new(
             state.limits.settings.max_buffered_bytes,
             super::closes(S::DIALECT).slow,
-            Box::new(|| {}),
         );
         let inbound = transport.start(receiver);
         let conn = Connection::new(state, outbox, node_slot, S::DIALECT);

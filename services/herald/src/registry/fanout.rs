@@ -176,9 +176,9 @@ impl Registry {
                 }
             }
             for (frame, published_ms) in &frames[codec] {
-                if state.held.is_some() {
-                    state.held_bytes += frame.len();
-                    if state.held_bytes > max_buffered {
+                if let Some(held) = &mut state.held {
+                    held.bytes += frame.len();
+                    if held.bytes > max_buffered {
                         // Too far behind to catch up in memory: the slow-consumer path
                         // closes it with 1013, and it resumes with `since`.
                         state.held = None;
@@ -186,9 +186,7 @@ impl Registry {
                         counts[codec].dropped += 1;
                         break;
                     }
-                }
-                if let Some(held) = &mut state.held {
-                    held.push((message.seq, frame.clone()));
+                    held.items.push((message.seq, frame.clone()));
                     counts[codec].held += 1;
                     if observed.is_some() {
                         delivered_to.push(state.member.id);
@@ -263,7 +261,7 @@ mod bench {
         let mut registry = Registry::new(RoutingKey::Alias("a1".into()), bus, settings);
         let mut receivers = Vec::with_capacity(members);
         for id in 0..members as SessionId {
-            let (outbox, rx) = Outbox::new(usize::MAX, "slow", Box::new(|| {}));
+            let (outbox, rx) = Outbox::new(usize::MAX, "slow");
             let member = Member {
                 id,
                 outbox,
@@ -276,7 +274,6 @@ mod bench {
                     member,
                     held: None,
                     sent_upto: None,
-                    held_bytes: 0,
                 },
             );
             registry.per_codec[Codec::V1Json.index()] += 1;

@@ -145,13 +145,21 @@ pub struct RegistrySettings {
 /// A member and, while it catches up on a `since` replay, the live frames held for it.
 struct MemberState {
     member: Member,
-    /// `Some` while the member's replay runs: live items (with their sequence) wait here.
-    held: Option<Vec<(Option<u64>, Item)>>,
+    /// `Some` while the member's replay runs: live items wait here (boxed: members
+    /// catching up are few, and every idle member would carry the room otherwise).
+    held: Option<Box<Held>>,
     /// Highest sequence this member was sent by its own replay: later deliveries at or
     /// below it (a gap fill, a live event that raced the replay) are not sent again.
     sent_upto: Option<u64>,
-    /// Bytes in `held`: past `limits.max_buffered_bytes` the member is a slow consumer.
-    held_bytes: usize,
+}
+
+/// The live items held behind a member's replay.
+#[derive(Default)]
+struct Held {
+    /// The items, with their sequence.
+    items: Vec<(Option<u64>, Item)>,
+    /// Their bytes: past `limits.max_buffered_bytes` the member is a slow consumer.
+    bytes: usize,
 }
 
 /// The registry actor of one routing key.
@@ -267,14 +275,13 @@ impl Handler<Join> for Registry {
     fn handle(&mut self, join: Join, ctx: &mut Self::Context) {
         let id = join.member.id;
         self.per_codec[join.member.codec.index()] += 1;
-        let held = join.since.map(|_| Vec::new());
+        let held = join.since.map(|_| Box::default());
         if let Some(old) = self.members.insert(
             id,
             MemberState {
                 member: join.member,
                 held,
                 sent_upto: None,
-                held_bytes: 0,
             },
         ) {
             self.per_codec[old.member.codec.index()] -= 1;

@@ -67,7 +67,7 @@ impl Registry {
             return;
         };
         state.sent_upto = Some(upto);
-        let held = state.held.take().unwrap_or_default();
+        let held = state.held.take().map(|held| held.items).unwrap_or_default();
         out.extend(
             held.into_iter()
                 .filter(|(seq, _)| seq.is_none_or(|s| s > upto)),

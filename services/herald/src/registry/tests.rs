@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::bus::{Bus, MemoryBus, Replay};
 use crate::codec::Codec;
+use crate::outbox::test_support::watch_overflow;
 use crate::outbox::Outbox;
 
 #[test]
@@ -21,15 +22,8 @@ fn a_member_whose_held_frames_exceed_its_budget_becomes_a_slow_consumer() {
         on_delivered: None,
     });
     let mut registry = Registry::new(RoutingKey::Alias("a1".into()), bus, settings);
-    let evicted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&evicted);
-    let (outbox, _rx) = Outbox::new(
-        1 << 20,
-        "slow",
-        Box::new(move || {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }),
-    );
+    let (outbox, _rx) = Outbox::new(1 << 20, "slow");
+    let evicted = watch_overflow(&outbox);
     let member = Member {
         id: 1,
         outbox: outbox.clone(),
@@ -41,9 +35,8 @@ fn a_member_whose_held_frames_exceed_its_budget_becomes_a_slow_consumer() {
         1,
         MemberState {
             member,
-            held: Some(Vec::new()),
+            held: Some(Box::default()),
             sent_upto: None,
-            held_bytes: 0,
         },
     );
     registry.per_codec[Codec::V1Json.index()] += 1;
@@ -64,9 +57,9 @@ fn a_member_whose_held_frames_exceed_its_budget_becomes_a_slow_consumer() {
     assert!(registry.members[&1]
         .held
         .as_ref()
-        .is_some_and(|h| h.len() == 2));
+        .is_some_and(|h| h.items.len() == 2));
     assert_eq!(
-        evicted.load(Ordering::Relaxed),
+        evicted.count(),
         0,
         "under budget: still held"
     );
@@ -78,7 +71,7 @@ fn a_member_whose_held_frames_exceed_its_budget_becomes_a_slow_consumer() {
     );
     assert!(outbox.is_overflowed());
     assert_eq!(
-        evicted.load(Ordering::Relaxed),
+        evicted.count(),
         1,
         "the session is told once"
     );
@@ -86,12 +79,12 @@ fn a_member_whose_held_frames_exceed_its_budget_becomes_a_slow_consumer() {
 
 /// Helpers shared with the directory's tests.
 pub(crate) mod support {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
 
     use crate::bus::BusMessage;
     use crate::codec::{Codec, CodecSettings};
+    use crate::outbox::test_support::{watch_overflow, Told};
     use crate::outbox::{Frame, Outbound, Outbox, OutboxReceiver};
     use crate::registry::{Member, RegistrySettings, SessionId};
 
@@ -123,13 +116,9 @@ pub(crate) mod support {
 
     /// A `/v1/ws` JSON member with an open outbox of `budget` bytes, and how many times
     /// it was told it overflowed.
-    pub fn member(id: SessionId, budget: usize) -> (Member, OutboxReceiver, Arc<AtomicUsize>) {
-        let evicted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&evicted);
-        let on_overflow = Box::new(move || {
-            counter.fetch_add(1, Ordering::Relaxed);
-        });
-        let (outbox, rx) = Outbox::new(budget, "slow", on_overflow);
+    pub fn member(id: SessionId, budget: usize) -> (Member, OutboxReceiver, Arc<Told>) {
+        let (outbox, rx) = Outbox::new(budget, "slow");
+        let evicted = watch_overflow(&outbox);
         outbox.open();
         let member = Member {
             id,
@@ -292,7 +281,7 @@ async fn a_slow_consumer_is_told_once_and_does_not_hold_back_the_others() {
     assert_eq!(uids(&fast_rx).await, [1, 2, 3]);
     assert!(slow.outbox.is_overflowed());
     assert_eq!(
-        evicted.load(Ordering::Relaxed),
+        evicted.count(),
         1,
         "the session is told once"
     );
@@ -332,7 +321,7 @@ async fn relay_member(
     MemoryBus,
     Outbox,
     Arc<AtomicUsize>,
-    Arc<AtomicUsize>,
+    Arc<crate::outbox::test_support::Told>,
 ) {
     let bus = memory_bus();
     let registry = Registry::new(alias_a1(), Bus::Memory(bus.clone()), settings(1 << 20)).start();
@@ -382,7 +371,7 @@ async fn relayed_changes_are_charged_to_the_session_budget_until_handled() {
     assert!(!outbox.is_overflowed(), "three fit the budget");
     bus.publish(new_message(4, 0));
     until("the overflow", || outbox.is_overflowed()).await;
-    assert_eq!(evicted.load(Ordering::Relaxed), 1);
+    assert_eq!(evicted.count(), 1);
     assert_eq!(
         changes.load(Ordering::Relaxed),
         3,

@@ -10,7 +10,9 @@
 //!   message kept per subject and expiring after the lease TTL (`limits.lease_ttl`) unless
 //!   the owning node refreshes it (every third of the TTL). A node that dies stops
 //!   refreshing, so its sessions stop counting within the TTL. A session that ends
-//!   publishes a release marker (header `Herald-Lease: released`), then purges its subject.
+//!   publishes a release marker on `herald.limits.released.<its lease subject>`, then
+//!   purges its lease's subject; the marker stays for the TTL, so a view whose feed lags
+//!   behind the purge still reads it.
 //! - `HERALD_RATE`: one message per connection attempt on `herald.limits.rate.<address>`
 //!   (payload: the node), kept for a minute.
 //!
@@ -92,8 +94,24 @@ const USER_PREFIX: &str = herald_protocol::subject::LIMITS_USER;
 /// (its node died) from one that was released.
 const NODE_PREFIX: &str = herald_protocol::subject::LIMITS_NODE;
 const RATE_PREFIX: &str = herald_protocol::subject::LIMITS_RATE;
-/// The header of a release marker.
+/// The header of a release marker published on the lease's own subject (herald before
+/// release markers had a subject of their own; still read during a rolling upgrade).
 const RELEASED_HEADER: &str = "Herald-Lease";
+/// Release markers: `herald.limits.released.<lease subject>`, kept until the stream's
+/// `max_age` while the lease itself is purged at once.
+const RELEASED_PREFIX: &str = herald_protocol::subject::LIMITS_RELEASED;
+
+/// The subject of the release marker of the lease on `lease`.
+fn release_marker(lease: &str) -> String {
+    format!("{RELEASED_PREFIX}.{lease}")
+}
+
+/// The lease a release marker on `subject` releases (`None` for any other subject).
+fn released_lease(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix(RELEASED_PREFIX)
+        .and_then(|rest| rest.strip_prefix('.'))
+}
 
 /// The verdict of a cluster-wide check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +321,7 @@ impl ClusterLimits {
                 format!("{SESSION_PREFIX}.>"),
                 format!("{USER_PREFIX}.>"),
                 format!("{NODE_PREFIX}.>"),
+                format!("{RELEASED_PREFIX}.>"),
             ],
             max_messages_per_subject: 1,
             max_age: self.lease_ttl,
@@ -586,6 +605,15 @@ impl ClusterLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_release_marker_names_its_lease() {
+        let lease = "herald.limits.session.alias.a1.node-1.7";
+        let marker = release_marker(lease);
+        assert!(marker.starts_with("herald.limits.released."), "{marker}");
+        assert_eq!(released_lease(&marker), Some(lease));
+        assert_eq!(released_lease(lease), None);
+    }
 
     #[test]
     fn addresses_become_single_subject_tokens() {

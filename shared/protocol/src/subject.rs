@@ -27,6 +27,10 @@ pub const LIVE_PREFIX: &str = "herald.live";
 pub const LIMITS_SESSION: &str = "herald.limits.session";
 /// Cluster-wide `/ws` user leases (presence), apart from session leases.
 pub const LIMITS_USER: &str = "herald.limits.user";
+/// A lease's release marker, on a subject of its own so that purging the lease does not
+/// take the marker from views that have not read it yet:
+/// `herald.limits.released.<the lease's subject>`.
+pub const LIMITS_RELEASED: &str = "herald.limits.released";
 /// One subject per live node, refreshed with its leases.
 pub const LIMITS_NODE: &str = "herald.limits.node";
 /// Cluster-wide connection attempts per address.

@@ -10,8 +10,9 @@ use async_nats::jetstream::consumer::{push, DeliverPolicy};
 use futures_util::StreamExt;
 
 use super::{
-    CheckError, ClusterLimits, Op, CONNECT_POLL, FEED_TICK, NODE_PREFIX, RATE_PREFIX, RATE_STREAM,
-    RELEASED_HEADER, SESSIONS_STREAM, SESSION_PREFIX, USER_PREFIX,
+    released_lease, CheckError, ClusterLimits, Op, CONNECT_POLL, FEED_TICK, NODE_PREFIX,
+    RATE_PREFIX, RATE_STREAM, RELEASED_HEADER, RELEASED_PREFIX, SESSIONS_STREAM, SESSION_PREFIX,
+    USER_PREFIX,
 };
 
 impl ClusterLimits {
@@ -98,7 +99,11 @@ impl ClusterLimits {
             }
         };
         // Node subjects are left out: the view ages leases by their own refreshes.
-        let leases = vec![format!("{SESSION_PREFIX}.>"), format!("{USER_PREFIX}.>")];
+        let leases = vec![
+            format!("{SESSION_PREFIX}.>"),
+            format!("{USER_PREFIX}.>"),
+            format!("{RELEASED_PREFIX}.>"),
+        ];
         let (sessions, sessions_pending) =
             open(SESSIONS_STREAM, leases, DeliverPolicy::LastPerSubject).await?;
         let attempts = vec![format!("{RATE_PREFIX}.>")];
@@ -112,7 +117,10 @@ impl ClusterLimits {
         let (seq, pending) = (info.stream_sequence, info.pending);
         let subject = message.subject.as_str();
         let mut view = self.view();
-        if !subject.starts_with(NODE_PREFIX) {
+        if let Some(lease) = released_lease(subject) {
+            tracing::trace!(lease, seq, pending, "release marker");
+            view.feed_lease(lease, seq, true);
+        } else if !subject.starts_with(NODE_PREFIX) {
             let released = message
                 .headers
                 .as_ref()

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    ClusterLimits, Op, NODE_PREFIX, REFRESH_BATCH, RELEASED_HEADER, RELEASE_TIMEOUT,
-    SESSIONS_STREAM,
+    release_marker, ClusterLimits, Op, NODE_PREFIX, REFRESH_BATCH, RELEASE_TIMEOUT, SESSIONS_STREAM,
 };
 
 impl ClusterLimits {
@@ -86,16 +85,17 @@ impl ClusterLimits {
         }
     }
 
-    /// Publishes a lease's release marker (acknowledged, so the purge after it finds it
-    /// stored), then purges the subject; best effort within [`RELEASE_TIMEOUT`]: the lease
-    /// expires anyway.
+    /// Publishes a lease's release marker on its own subject (acknowledged, so the
+    /// marker is stored before the lease goes), then purges the lease's subject; best
+    /// effort within [`RELEASE_TIMEOUT`]: the lease expires anyway. The marker stays
+    /// until the stream's `max_age`: a view whose feed lags behind the purge still reads
+    /// it (a marker on the lease's subject went with the purge, and the lagging view kept
+    /// counting the lease until it expired).
     async fn release(self: Arc<Self>, subject: Arc<str>, done: Option<oneshot::Sender<()>>) {
         let jetstream = &self.jetstream;
         let _ = tokio::time::timeout(RELEASE_TIMEOUT, async {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(RELEASED_HEADER, "released");
             if let Ok(ack) = jetstream
-                .publish_with_headers(subject.to_string(), headers, bytes::Bytes::new())
+                .publish(release_marker(&subject), bytes::Bytes::new())
                 .await
             {
                 let _ = ack.await;

@@ -58,11 +58,7 @@ fn a_member_whose_held_frames_exceed_its_budget_becomes_a_slow_consumer() {
         .held
         .as_ref()
         .is_some_and(|h| h.items.len() == 2));
-    assert_eq!(
-        evicted.count(),
-        0,
-        "under budget: still held"
-    );
+    assert_eq!(evicted.count(), 0, "under budget: still held");
     registry.deliver(message(3));
     registry.deliver(message(4));
     assert!(
@@ -70,11 +66,7 @@ fn a_member_whose_held_frames_exceed_its_budget_becomes_a_slow_consumer() {
         "the held frames are dropped"
     );
     assert!(outbox.is_overflowed());
-    assert_eq!(
-        evicted.count(),
-        1,
-        "the session is told once"
-    );
+    assert_eq!(evicted.count(), 1, "the session is told once");
 }
 
 /// Helpers shared with the directory's tests.
@@ -280,11 +272,7 @@ async fn a_slow_consumer_is_told_once_and_does_not_hold_back_the_others() {
     }
     assert_eq!(uids(&fast_rx).await, [1, 2, 3]);
     assert!(slow.outbox.is_overflowed());
-    assert_eq!(
-        evicted.count(),
-        1,
-        "the session is told once"
-    );
+    assert_eq!(evicted.count(), 1, "the session is told once");
 }
 
 /// A session actor that keeps (or drops at once) what it is relayed.

@@ -105,6 +105,14 @@ pub struct Socket {
     max_message_bytes: usize,
 }
 
+#[cfg(test)]
+impl Socket {
+    /// The state the writer shares (tests drive a [`Writer`] on their own).
+    pub(super) fn shared(&self) -> Rc<Shared> {
+        Rc::clone(&self.shared)
+    }
+}
+
 /// A hand-over and the socket it fills, for messages of at most `max_message_bytes`.
 pub(super) fn pair(max_message_bytes: usize) -> (Handover, Socket) {
     let shared = Rc::new(Shared {

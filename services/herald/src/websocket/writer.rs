@@ -1,5 +1,7 @@
 //! The writer task: drains a session's outbox into its socket, encoding what is queued
-//! into WebSocket frames, several per write when they pile up.
+//! into WebSocket frames, several per write when they pile up. A big frame is not copied:
+//! its header is encoded and its payload (the bytes every session of the event shares)
+//! goes into the same vectored write.
 //!
 //! A task of its own rather than a future in the session's actor: a registry's push wakes
 //! only this small task, not the actor and everything it watches. It ends once it has
@@ -7,8 +9,9 @@
 //! fails; until then it keeps the socket open, so a close queued by an actor that has
 //! already stopped is still written.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
@@ -26,6 +29,14 @@ use crate::outbox::{Delivery, Frame, Outbound, OutboxReceiver};
 /// At most this many bytes of queued frames go into one write.
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// Frames with a payload at least this big are written from their own bytes, beside
+/// their header; smaller ones are copied into the batch (one copy is cheaper than a slice
+/// per frame).
+const SHARED_PAYLOAD_BYTES: usize = 8 * 1024;
+
+/// At most this many slices go into one vectored write.
+const MAX_SLICES: usize = 16;
+
 /// How long a client that does not read has to take the close frame: past it the socket
 /// is dropped, so one that never reads cannot hold the connection open.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,8 +45,12 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct Writer {
     shared: Rc<Shared>,
     outbox: OutboxReceiver,
-    /// Encoded frames not yet written; empty (and unallocated) while nothing is queued.
+    /// Encoded frames not yet written: small frames and headers are gathered in `buf`,
+    /// then sealed into `chunks` behind the big payloads they precede. Both are empty
+    /// (and unallocated) while nothing is queued.
     buf: BytesMut,
+    /// Sealed bytes to write, in order, before `buf`.
+    chunks: VecDeque<Bytes>,
     codec: Codec,
     /// A close frame was encoded, or every sender is gone: nothing more is queued.
     done: bool,
@@ -49,6 +64,7 @@ impl Writer {
             shared,
             outbox,
             buf: BytesMut::new(),
+            chunks: VecDeque::new(),
             codec: Codec::new(),
             done: false,
             deadline: None,
@@ -86,10 +102,21 @@ impl Writer {
             herald_telemetry::propagation::set_parent(&span, parent);
             span
         });
-        let result = self.encode(match frame {
-            Frame::Text(text) => Message::Text(text),
-            Frame::Binary(bin) => Message::Binary(bin),
-        });
+        let result = if len >= SHARED_PAYLOAD_BYTES {
+            let (opcode, payload) = match frame {
+                Frame::Text(text) => (OPCODE_TEXT, text.into_bytes()),
+                Frame::Binary(bin) => (OPCODE_BINARY, bin),
+            };
+            encode_header(opcode, len, &mut self.buf);
+            self.chunks.push_back(self.buf.split().freeze());
+            self.chunks.push_back(payload);
+            Ok(())
+        } else {
+            self.encode(match frame {
+                Frame::Text(text) => Message::Text(text),
+                Frame::Binary(bin) => Message::Binary(bin),
+            })
+        };
         self.outbox.written(len);
         if let Some(ms) = delivery.published_ms {
             let now = herald_protocol::now_ms();
@@ -104,10 +131,11 @@ impl Writer {
     /// Encodes what is queued, up to [`BATCH_BYTES`]; registers for the next push when
     /// nothing more is.
     fn fill(&mut self, cx: &mut Context<'_>) -> Result<(), ProtocolError> {
-        while !self.done && self.buf.len() < BATCH_BYTES {
+        while !self.done && self.pending() < BATCH_BYTES {
             if let Some(reason) = self.outbox.overflow_reason() {
                 // What is still queued is abandoned: the client resumes from its last seq.
-                self.buf.clear();
+                // What is encoded already stays: a frame may be partly written, and
+                // the close must follow whole frames.
                 return self.close(Some(CloseReason {
                     code: CloseCode::Again,
                     description: Some(reason.into()),
@@ -127,23 +155,81 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the buffer until it is empty; `Ready(Err)` when the socket is gone.
+    /// Bytes encoded and not yet written.
+    fn pending(&self) -> usize {
+        self.buf.len() + self.chunks.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// Whether nothing is left to write.
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.chunks.is_empty()
+    }
+
+    /// Writes everything encoded, in order; `Ready(Err)` when the socket is gone.
     fn flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(io) = ready!(self.shared.poll_io(Side::Writer, cx)) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
-        while !self.buf.is_empty() {
+        if !self.buf.is_empty() {
+            self.chunks.push_back(self.buf.split().freeze());
+        }
+        while !self.chunks.is_empty() {
             ready!(io.poll_write_ready(cx))?;
-            match io.try_write(&self.buf) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => self.buf.advance(n),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Poll::Ready(Err(error)),
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slice, chunk) in slices.iter_mut().zip(&self.chunks) {
+                *slice = IoSlice::new(chunk);
+                count += 1;
             }
+            let written = match io.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Poll::Ready(Err(error)),
+            };
+            advance(&mut self.chunks, written);
         }
         // Written whole: an idle session keeps no write buffer.
         self.buf = BytesMut::new();
+        self.chunks = VecDeque::new();
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Drops `n` written bytes from the front of `chunks`.
+fn advance(chunks: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = chunks.front_mut() else {
+            return;
+        };
+        if n < front.len() {
+            front.advance(n);
+            return;
+        }
+        n -= front.len();
+        chunks.pop_front();
+    }
+}
+
+/// RFC 6455 §5.2 opcodes of the data frames written from their own bytes.
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
+
+/// Encodes a final, unmasked (server) frame header for a payload of `len` bytes.
+fn encode_header(opcode: u8, len: usize, dst: &mut BytesMut) {
+    const FIN: u8 = 0x80;
+    dst.reserve(10);
+    dst.extend_from_slice(&[FIN | opcode]);
+    match len {
+        0..=125 => dst.extend_from_slice(&[len as u8]),
+        126..=0xFFFF => {
+            dst.extend_from_slice(&[126]);
+            dst.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            dst.extend_from_slice(&[127]);
+            dst.extend_from_slice(&(len as u64).to_be_bytes());
+        }
     }
 }
 
@@ -157,7 +243,7 @@ impl Future for Writer {
                 tracing::debug!(%error, "a frame could not be encoded; closing the connection");
                 return Poll::Ready(());
             }
-            if this.buf.is_empty() {
+            if this.is_empty() {
                 return if this.done {
                     Poll::Ready(())
                 } else {
@@ -181,5 +267,114 @@ impl Future for Writer {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_codec::Decoder;
+    use actix_http::ws::{Codec, Frame as WsFrame};
+    use bytestring::ByteString;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::outbox::Outbox;
+
+    /// A writer on one end of a loopback connection, and the other end as the client.
+    async fn connected() -> (Outbox, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (handover, socket) = super::super::socket::pair(1 << 20);
+        handover.complete(accepted.unwrap().0, BytesMut::new());
+        let (outbox, receiver) = Outbox::new(1 << 24, "slow");
+        outbox.open();
+        actix_rt::spawn(Writer::new(socket.shared(), receiver));
+        (outbox, client.unwrap())
+    }
+
+    /// Reads frames as a client does until the close frame.
+    async fn frames_until_close(client: &mut tokio::net::TcpStream) -> Vec<WsFrame> {
+        let mut codec = Codec::new().client_mode().max_size(1 << 22);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        loop {
+            while let Some(frame) = codec.decode(&mut buf).expect("a well-formed frame") {
+                let close = matches!(frame, WsFrame::Close(_));
+                frames.push(frame);
+                if close {
+                    return frames;
+                }
+            }
+            let read = client.read_buf(&mut buf).await.unwrap();
+            assert!(read > 0, "the socket ended before the close frame");
+        }
+    }
+
+    #[actix_rt::test]
+    async fn big_payloads_are_written_beside_their_headers_in_order() {
+        let (outbox, mut client) = connected().await;
+        let small = ByteString::from("{\"small\":1}");
+        let big_text = ByteString::from("x".repeat(200 * 1024));
+        let big_binary = Bytes::from(vec![7u8; SHARED_PAYLOAD_BYTES]);
+        let medium = Bytes::from(vec![1u8; 300]);
+        outbox.push(Frame::Text(small.clone())).unwrap();
+        outbox.push(Frame::Text(big_text.clone())).unwrap();
+        outbox.push(Frame::Binary(medium.clone())).unwrap();
+        outbox.push(Frame::Binary(big_binary.clone())).unwrap();
+        outbox.push(Frame::Text(small.clone())).unwrap();
+        outbox.close(None);
+        let frames = frames_until_close(&mut client).await;
+        let got: Vec<(bool, Bytes)> = frames
+            .into_iter()
+            .filter_map(|frame| match frame {
+                WsFrame::Text(bytes) => Some((true, bytes)),
+                WsFrame::Binary(bytes) => Some((false, bytes)),
+                _ => None,
+            })
+            .collect();
+        let want = vec![
+            (true, small.clone().into_bytes()),
+            (true, big_text.into_bytes()),
+            (false, medium),
+            (false, big_binary),
+            (true, small.into_bytes()),
+        ];
+        assert_eq!(got.len(), want.len());
+        for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(got.0, want.0, "frame {i}: text or binary");
+            assert!(
+                got.1 == want.1,
+                "frame {i}: payload of {} bytes",
+                want.1.len()
+            );
+        }
+    }
+
+    #[test]
+    fn headers_use_the_shortest_length_encoding() {
+        let header = |len| {
+            let mut dst = BytesMut::new();
+            encode_header(OPCODE_BINARY, len, &mut dst);
+            dst.to_vec()
+        };
+        assert_eq!(header(125), [0x82, 125]);
+        assert_eq!(header(126), [0x82, 126, 0, 126]);
+        assert_eq!(header(0x1_0000), [0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn advancing_drops_whole_chunks_then_cuts_the_next() {
+        let mut chunks: VecDeque<Bytes> = [&b"abc"[..], b"defg", b"h"]
+            .into_iter()
+            .map(Bytes::from_static)
+            .collect();
+        advance(&mut chunks, 5);
+        assert_eq!(
+            chunks,
+            [Bytes::from_static(b"fg"), Bytes::from_static(b"h")]
+        );
+        advance(&mut chunks, 3);
+        assert!(chunks.is_empty());
     }
 }

@@ -170,24 +170,30 @@ impl Writer {
         let Some(io) = ready!(self.shared.poll_io(Side::Writer, cx)) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
-        if !self.buf.is_empty() {
-            self.chunks.push_back(self.buf.split().freeze());
-        }
-        while !self.chunks.is_empty() {
+        while !self.is_empty() {
             ready!(io.poll_write_ready(cx))?;
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let mut count = 0;
-            for (slice, chunk) in slices.iter_mut().zip(&self.chunks) {
-                *slice = IoSlice::new(chunk);
-                count += 1;
-            }
-            let written = match io.try_write_vectored(&slices[..count]) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(error) => return Poll::Ready(Err(error)),
+            let result = if self.chunks.is_empty() {
+                // The common case (no big frame queued): one plain write of the batch.
+                io.try_write(&self.buf)
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let parts = self.chunks.iter().map(|chunk| &chunk[..]);
+                let mut count = 0;
+                for (slice, part) in slices.iter_mut().zip(parts.chain([&self.buf[..]])) {
+                    *slice = IoSlice::new(part);
+                    count += 1;
+                }
+                io.try_write_vectored(&slices[..count])
             };
-            advance(&mut self.chunks, written);
+            match result {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    let rest = advance(&mut self.chunks, n);
+                    self.buf.advance(rest);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Poll::Ready(Err(error)),
+            }
         }
         // Written whole: an idle session keeps no write buffer.
         self.buf = BytesMut::new();
@@ -196,19 +202,21 @@ impl Writer {
     }
 }
 
-/// Drops `n` written bytes from the front of `chunks`.
-fn advance(chunks: &mut VecDeque<Bytes>, mut n: usize) {
+/// Drops `n` written bytes from the front of `chunks`; returns what is left of `n` once
+/// they are all gone (bytes written from the buffer behind them).
+fn advance(chunks: &mut VecDeque<Bytes>, mut n: usize) -> usize {
     while n > 0 {
         let Some(front) = chunks.front_mut() else {
-            return;
+            return n;
         };
         if n < front.len() {
             front.advance(n);
-            return;
+            return 0;
         }
         n -= front.len();
         chunks.pop_front();
     }
+    0
 }
 
 /// RFC 6455 §5.2 opcodes of the data frames written from their own bytes.

@@ -52,16 +52,35 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-///
-/// Binding port 0 and dropping the listener leaves a small window in which another
-/// process may take the port; the kernel does not hand the same ephemeral port out again
-/// soon, which is good enough for tests.
+/// A TCP port on 127.0.0.1 that was free a moment ago, outside the kernel's range of
+/// ephemeral ports (port 0's picks came from there, and a nats-server of a cluster test
+/// once found its port taken by a connection's source port).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot bind an ephemeral port on 127.0.0.1")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Below the kernel's ephemeral range (32768 and up by default): a port handed out
+    // there could become an outgoing connection's source port before the server binds
+    // it, and the server then fails to start. A counter from a per-process start keeps
+    // one run's picks apart; the bind checks nobody else holds the port.
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = u16::try_from(FIRST + offset).expect("below 65536");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!(
+        "no free port on 127.0.0.1 between {FIRST} and {}",
+        FIRST + SPAN
+    )
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.

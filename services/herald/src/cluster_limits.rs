@@ -13,8 +13,9 @@
 //!   publishes a release marker on `herald.limits.released.<its lease subject>`, then
 //!   purges its lease's subject; the marker stays for the TTL, so a view whose feed lags
 //!   behind the purge still reads it.
-//! - `HERALD_RATE`: one message per connection attempt on `herald.limits.rate.<address>`
-//!   (payload: the node), kept for a minute.
+//! - `HERALD_RATE`: connection attempts on `herald.limits.rate.<address>`, gathered for
+//!   5 ms per node and address (payload: the node, then the count when over one), kept
+//!   for a minute.
 //!
 //! **Admission asks no one.** Each node follows both streams with an ordered consumer
 //! (their current content first, then every new message) into a [`view::View`]: per key,
@@ -57,8 +58,11 @@
 //! attempts, and this node's own).
 
 mod feed;
+mod lease;
 mod publisher;
 mod view;
+
+pub use lease::Lease;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -79,6 +83,9 @@ const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 /// Longest a release (marker, then purge) may take. Generous: `/ws` counts the user's
 /// leases after its session's release to tell whether it went offline, and a release cut
 /// short leaves the lease counted (the offline event lost) until it expires.
+/// How long a node gathers connection attempts before publishing them, one message per
+/// address with its count: other nodes count them that much later.
+const ATTEMPT_BATCH: Duration = Duration::from_millis(5);
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the feed checks its connection and sweeps expired entries.
 const FEED_TICK: Duration = Duration::from_millis(250);
@@ -174,7 +181,8 @@ enum Op {
         subject: Arc<str>,
         done: Option<oneshot::Sender<()>>,
     },
-    /// A connection attempt the connect could not publish itself.
+    /// A connection attempt from an address (its subject token), published within
+    /// [`ATTEMPT_BATCH`] with the others from the same address.
     Attempt(String),
     /// The feed (re)started on a stream that may have lost the leases: publish them all.
     RefreshNow,
@@ -198,51 +206,6 @@ pub struct ClusterLimits {
     next_lease: AtomicU64,
     /// Throttles the "degraded to per-node limits" warning.
     last_warning: Mutex<Option<std::time::Instant>>,
-}
-
-/// A session's place under a cluster-wide cap (or its presence); dropping it frees the
-/// place.
-pub struct Lease {
-    /// `<family>.<key>.<node>.<id>`, shared with the publisher's set of leases to refresh
-    /// (`None` once given back).
-    subject: Option<Arc<str>>,
-    limits: Arc<ClusterLimits>,
-    /// Fires if reconciliation gives the place to an earlier racer (capped leases).
-    reclaimed: Option<oneshot::Receiver<()>>,
-}
-
-impl Lease {
-    /// Frees the place now and waits (at most [`RELEASE_TIMEOUT`]) until the stream no
-    /// longer holds it, so a count taken afterwards does not see it.
-    pub async fn release(mut self) {
-        let Some(subject) = self.subject.take() else {
-            return;
-        };
-        let (done, released) = oneshot::channel();
-        self.limits.give_back(subject, Some(done));
-        // The release task answers within its own timeout; this one only guards against
-        // a task that never ran (runtime shutting down).
-        let _ = tokio::time::timeout(RELEASE_TIMEOUT * 2, released).await;
-    }
-
-    /// The lease's subject (unique in the cluster).
-    pub fn subject(&self) -> &str {
-        self.subject.as_deref().unwrap_or_default()
-    }
-
-    /// The signal that reconciliation reclaimed this place (once; `None` afterwards, and
-    /// for leases without a cap): the session must close with the cap's code.
-    pub fn reclaimed(&mut self) -> Option<oneshot::Receiver<()>> {
-        self.reclaimed.take()
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(subject) = self.subject.take() {
-            self.limits.give_back(subject, None);
-        }
-    }
 }
 
 /// A client address as one subject token (`127-0-0-1`, `2001-db8-0-0--`).
@@ -412,10 +375,7 @@ impl ClusterLimits {
             );
         }
         // Published even when unknown: other nodes count it if NATS is up.
-        let subject = format!("{RATE_PREFIX}.{address}");
-        if !self.publish_now(&subject, self.node_payload.clone()) {
-            let _ = self.ops.send(Op::Attempt(subject));
-        }
+        let _ = self.ops.send(Op::Attempt(address));
         verdict
     }
 

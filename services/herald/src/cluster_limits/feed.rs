@@ -153,10 +153,15 @@ impl ClusterLimits {
             .as_str()
             .strip_prefix(RATE_PREFIX)
             .and_then(|a| a.strip_prefix('.'));
-        let node = std::str::from_utf8(&message.payload).unwrap_or("");
+        // `<node>` for one attempt, `<node> <count>` for a batch.
+        let payload = std::str::from_utf8(&message.payload).unwrap_or("");
+        let (node, count) = match payload.split_once(' ') {
+            Some((node, count)) => (node, count.parse().unwrap_or(1)),
+            None => (payload, 1),
+        };
         let mut view = self.view();
         if let Some(address) = address {
-            view.feed_attempt(address, node, age);
+            view.feed_attempt(address, node, age, count);
         }
         if pending == 0 {
             view.rate_live = true;

@@ -2,13 +2,14 @@
 //! limit streams, in the order connects and closes ask, and refreshes the leases until
 //! they are given back.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    release_marker, ClusterLimits, Op, NODE_PREFIX, REFRESH_BATCH, RELEASE_TIMEOUT, SESSIONS_STREAM,
+    release_marker, ClusterLimits, Op, ATTEMPT_BATCH, NODE_PREFIX, RATE_PREFIX, REFRESH_BATCH,
+    RELEASE_TIMEOUT, SESSIONS_STREAM,
 };
 
 impl ClusterLimits {
@@ -29,6 +30,11 @@ impl ClusterLimits {
         let mut pause = period;
         let next_batch = tokio::time::sleep(period);
         tokio::pin!(next_batch);
+        // Attempts by address since the last flush: a connect storm from one address
+        // costs the bus one message per batch, not one per connect.
+        let mut attempts: HashMap<String, u32> = HashMap::new();
+        let flush = tokio::time::sleep(ATTEMPT_BATCH);
+        tokio::pin!(flush);
         let connected = |c: &async_nats::Client| {
             c.connection_state() == async_nats::connection::State::Connected
         };
@@ -43,10 +49,12 @@ impl ClusterLimits {
                             }
                             leases.insert(subject);
                         }
-                        Op::Attempt(subject) => {
-                            if connected(&client) {
-                                let _ = client.publish(subject, self.node_payload.clone()).await;
+                        Op::Attempt(address) => {
+                            if attempts.is_empty() {
+                                flush.as_mut().reset(tokio::time::Instant::now() + ATTEMPT_BATCH);
                             }
+                            let count = attempts.entry(address).or_default();
+                            *count = count.saturating_add(1);
                         }
                         Op::Release { subject, done } => {
                             if leases.remove(&subject) {
@@ -65,6 +73,19 @@ impl ClusterLimits {
                     let batches = round.len().div_ceil(REFRESH_BATCH);
                     pause = (period / 2) / u32::try_from(batches).unwrap_or(u32::MAX).max(1);
                     next_batch.as_mut().reset(tokio::time::Instant::now());
+                }
+                () = &mut flush, if !attempts.is_empty() => {
+                    for (address, count) in attempts.drain() {
+                        if connected(&client) {
+                            let subject = format!("{RATE_PREFIX}.{address}");
+                            let payload = if count == 1 {
+                                self.node_payload.clone()
+                            } else {
+                                format!("{} {count}", self.node).into()
+                            };
+                            let _ = client.publish(subject, payload).await;
+                        }
+                    }
                 }
                 () = &mut next_batch, if !round.is_empty() => {
                     let mut sent = 0;

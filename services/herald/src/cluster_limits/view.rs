@@ -257,18 +257,20 @@ impl View {
         false
     }
 
-    /// An attempt from `address` read from the stream, made on `node` `age` ago.
-    pub(super) fn feed_attempt(&mut self, address: &str, node: &str, age: Duration) {
+    /// `count` attempts from `address` read from the stream, made on `node` `age` ago.
+    pub(super) fn feed_attempt(&mut self, address: &str, node: &str, age: Duration, count: u32) {
         if node == &*self.node || age >= RATE_WINDOW {
             return; // counted when it was made, or out of the window
         }
         let now = Instant::now();
-        stamp(
-            &mut self.rate,
-            self.rate_keep,
-            address,
-            now.checked_sub(age).unwrap_or(now),
-        );
+        let at = now.checked_sub(age).unwrap_or(now);
+        // Past `rate_keep` the oldest go anyway: a batch adds at most that many.
+        let count = usize::try_from(count)
+            .unwrap_or(usize::MAX)
+            .min(self.rate_keep);
+        for _ in 0..count {
+            stamp(&mut self.rate, self.rate_keep, address, at);
+        }
     }
 
     /// Counts an attempt from `address` made on this node: refused past `per_minute`
@@ -475,16 +477,26 @@ mod tests {
     fn the_address_rate_counts_every_node_and_keeps_a_bounded_tail() {
         let mut a = view("a", 1);
         for _ in 0..10 {
-            a.feed_attempt("127-0-0-1", "b", Duration::ZERO);
+            a.feed_attempt("127-0-0-1", "b", Duration::ZERO, 1);
         }
         assert_eq!(a.rate["127-0-0-1"].len(), 4, "per_minute + 1 kept");
         assert_eq!(a.attempt("127-0-0-1", 3), Verdict::Refused);
         assert_eq!(a.attempt("10-0-0-1", 3), Verdict::Allowed);
-        a.feed_attempt("10-0-0-1", "a", Duration::ZERO);
-        a.feed_attempt("10-0-0-1", "b", RATE_WINDOW);
+        a.feed_attempt("10-0-0-1", "a", Duration::ZERO, 1);
+        a.feed_attempt("10-0-0-1", "b", RATE_WINDOW, 1);
         assert_eq!(a.attempt("10-0-0-1", 3), Verdict::Allowed);
         assert_eq!(a.attempt("10-0-0-1", 3), Verdict::Allowed);
         assert_eq!(a.attempt("10-0-0-1", 3), Verdict::Refused);
+    }
+
+    #[test]
+    fn a_batch_of_attempts_counts_each_and_keeps_the_same_bound() {
+        let mut a = view("a", 1);
+        a.feed_attempt("10-0-0-2", "b", Duration::ZERO, 2);
+        assert_eq!(a.attempt("10-0-0-2", 3), Verdict::Allowed, "2 + this one");
+        assert_eq!(a.attempt("10-0-0-2", 3), Verdict::Refused, "2 + 2 earlier");
+        a.feed_attempt("10-0-0-3", "b", Duration::ZERO, u32::MAX);
+        assert_eq!(a.rate["10-0-0-3"].len(), 4, "per_minute + 1 kept");
     }
 
     #[test]

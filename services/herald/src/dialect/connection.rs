@@ -129,6 +129,9 @@ pub struct Connection {
     /// The credentials checked at each revocation, once the session has some
     /// ([`Connection::watch_revocations`]).
     pub revocable: Option<Revocable>,
+    /// Fires if reconciliation gives the session's place under a cluster-wide cap to an
+    /// earlier session ([`Connection::watch_reclaim`]); the session's `Vigil` polls it.
+    pub(super) reclaim: Option<tokio::sync::oneshot::Receiver<()>>,
     /// Registries joined, left by [`Connection::leave_all`] (at the latest when dropped).
     joined: Vec<RoutingKey>,
     /// The inbound rate of data messages, for dialects whose messages cost bus work
@@ -183,6 +186,7 @@ impl Connection {
             state,
             outbox,
             revocable: None,
+            reclaim: None,
             limiter: None,
             joined: Vec::new(),
             alive: true,
@@ -306,11 +310,14 @@ impl Connection {
     /// to a session admitted earlier on another node ([`crate::cluster_limits`]), the
     /// session closes with 4429, the code a refusal after the upgrade uses.
     pub fn watch_reclaim<S: Session>(
-        &self,
+        &mut self,
         reclaimed: tokio::sync::oneshot::Receiver<()>,
         ctx: &mut Context<S>,
     ) {
-        watch(ctx, futures_util::stream::once(reclaimed), reclaim, ignore);
+        self.reclaim = Some(reclaimed);
+        // A new item has the context poll its items again in this pass, the `Vigil` among
+        // them: it polls the receiver now, so the reclaim wakes the session.
+        ctx.spawn(actix::fut::ready(()));
     }
 
     /// Closes with `code` and `reason` after `delay` (see [`later`]).
@@ -372,28 +379,8 @@ pub fn later<A>(
 /// Close code of a session whose place under a cluster-wide cap was reclaimed.
 pub const RECLAIMED: u16 = 4429;
 
-/// The cluster reclaimed the session's place (the sender dropped without firing: the
-/// place was given back, the session is ending).
-fn reclaim<S: Session>(
-    act: &mut S,
-    fired: Result<(), tokio::sync::oneshot::error::RecvError>,
-    ctx: &mut Context<S>,
-) {
-    if fired.is_ok() {
-        act.conn().close(
-            RECLAIMED,
-            "over the session cap across the cluster: a session admitted at the same moment on another node keeps the place; retry later",
-            ctx,
-        );
-    }
-}
-
-/// The end of a stream the session outlives.
-fn ignore<S>(_: &mut S, _: &mut Context<S>)
-where
-    S: Actor<Context = Context<S>>,
-{
-}
+/// Close reason of a session whose place under a cluster-wide cap was reclaimed.
+pub const RECLAIMED_REASON: &str = "over the session cap across the cluster: a session admitted at the same moment on another node keeps the place; retry later";
 
 /// Drives `stream` within the actor's context as `ctx.add_stream` would: `on_item` for
 /// each item, `on_end` at its end.

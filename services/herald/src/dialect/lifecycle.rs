@@ -17,7 +17,7 @@ use actix::{ActorContext, ActorFuture, AsyncContext, Context};
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
-use super::connection::Session;
+use super::connection::{Session, RECLAIMED, RECLAIMED_REASON};
 use crate::auth::Principal;
 use crate::control::{Check, Revocation, REVOKED};
 use crate::metrics;
@@ -121,6 +121,16 @@ impl<S: Session> ActorFuture<S> for Vigil<S> {
             metrics::slow_consumer();
             act.conn().close(1013, super::closes(S::DIALECT).slow, ctx);
             return Poll::Ready(());
+        }
+        if let Some(reclaimed) = act.conn().reclaim.as_mut() {
+            if let Poll::Ready(fired) = Pin::new(reclaimed).poll(task) {
+                act.conn().reclaim = None;
+                // An error is a sender gone: the place was given back, not reclaimed.
+                if fired.is_ok() {
+                    act.conn().close(RECLAIMED, RECLAIMED_REASON, ctx);
+                    return Poll::Ready(());
+                }
+            }
         }
         while this.round.as_mut().poll(task).is_ready() {
             this.round.as_mut().reset(deadline(*this.period));

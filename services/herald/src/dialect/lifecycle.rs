@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use actix::{ActorContext, ActorFuture, AsyncContext, Context};
 use tokio::sync::futures::OwnedNotified;
-use tokio::time::{Instant, Sleep};
 
 use super::connection::{Session, RECLAIMED, RECLAIMED_REASON};
+use super::wheel::Deadline;
 use crate::auth::Principal;
 use crate::control::{Check, Revocation, REVOKED};
 use crate::metrics;
@@ -74,9 +74,8 @@ impl Revocable {
 pin_project_lite::pin_project! {
     /// A session's watcher of everything but its socket, spawned in its context.
     pub struct Vigil<S> {
-        // The next keepalive round.
-        #[pin]
-        round: Sleep,
+        // The next keepalive round, on the worker's wheel.
+        round: Deadline,
         period: Duration,
         // The node's `Signal`: drain or revocations.
         #[pin]
@@ -91,20 +90,13 @@ impl<S: Session> Vigil<S> {
     /// Watches for a session of `state` with a keepalive round every `period`.
     pub fn new(state: &AppState, period: Duration) -> Vigil<S> {
         Vigil {
-            round: tokio::time::sleep_until(deadline(period)),
+            round: Deadline::after(period.min(super::connection::MAX_TIMER)),
             period,
             signal: state.signal.listen(),
             draining: false,
             session: PhantomData,
         }
     }
-}
-
-/// `period` from now, or a year when `period` is further away than the timer wheel takes.
-fn deadline(period: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(period.min(super::connection::MAX_TIMER))
-        .unwrap_or(now)
 }
 
 impl<S: Session> ActorFuture<S> for Vigil<S> {
@@ -132,8 +124,8 @@ impl<S: Session> ActorFuture<S> for Vigil<S> {
                 }
             }
         }
-        while this.round.as_mut().poll(task).is_ready() {
-            this.round.as_mut().reset(deadline(*this.period));
+        while this.round.poll(task).is_ready() {
+            *this.round = Deadline::after((*this.period).min(super::connection::MAX_TIMER));
             act.keepalive(ctx);
             if ctx.state().stopping() {
                 return Poll::Ready(());

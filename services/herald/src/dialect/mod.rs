@@ -9,6 +9,7 @@ pub mod jmap;
 pub mod lifecycle;
 pub mod realtime;
 pub mod rooms;
+pub mod wheel;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};

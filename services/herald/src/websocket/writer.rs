@@ -37,9 +37,14 @@ const SHARED_PAYLOAD_BYTES: usize = 8 * 1024;
 /// At most this many slices go into one vectored write.
 const MAX_SLICES: usize = 16;
 
-/// How long a client that does not read has to take the close frame: past it the socket
-/// is dropped, so one that never reads cannot hold the connection open.
+/// How long a client that does not read has to take the close frame, and then to close
+/// its end: past it the socket is dropped, so one that never reads (or never stops
+/// sending) cannot hold the connection open.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// At most this many bytes the client still sends after the close frame are read and
+/// dropped before the socket is closed anyway.
+const LINGER_BYTES: usize = 4 << 20;
 
 /// Writes a session's outbox to its socket.
 pub(super) struct Writer {
@@ -54,6 +59,11 @@ pub(super) struct Writer {
     codec: Codec,
     /// A close frame was encoded, or every sender is gone: nothing more is queued.
     done: bool,
+    /// A close frame was encoded: once it is written, what the client still sends is
+    /// read and dropped until it closes too ([`Writer::linger`]).
+    closing: bool,
+    /// The socket's sending side is shut (after the close frame).
+    shut: bool,
     /// Armed once `done` finds the socket full (see [`CLOSE_WRITE_TIMEOUT`]).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -67,6 +77,8 @@ impl Writer {
             chunks: VecDeque::new(),
             codec: Codec::new(),
             done: false,
+            closing: false,
+            shut: false,
             deadline: None,
         }
     }
@@ -77,6 +89,7 @@ impl Writer {
 
     fn close(&mut self, reason: Option<CloseReason>) -> Result<(), ProtocolError> {
         self.done = true;
+        self.closing = true;
         let reason = reason.map(|mut reason| {
             if let Some(text) = reason.description.as_mut() {
                 cut_close_reason(text);
@@ -202,6 +215,42 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// After the close frame, shuts the sending side (the client reads the close, then
+    /// the end of the stream, and closes its end) and reads and drops what the client
+    /// still sends until it does (at most [`LINGER_BYTES`]): a socket closed with unread
+    /// data is reset, and a client still sending (the rest of a message too big to read)
+    /// would lose the close frame that says why.
+    fn linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Poll::Ready(Some(io)) = self.shared.poll_io(Side::Writer, cx) else {
+            return Poll::Ready(());
+        };
+        if !self.shut {
+            self.shut = true;
+            if socket2::SockRef::from(io)
+                .shutdown(std::net::Shutdown::Write)
+                .is_err()
+            {
+                return Poll::Ready(());
+            }
+        }
+        let mut scratch = [0u8; 4096];
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            if ready!(io.poll_read_ready(cx)).is_err() {
+                return Poll::Ready(());
+            }
+            match io.try_read(&mut scratch) {
+                Ok(0) => return Poll::Ready(()),
+                Ok(n) => dropped += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(()),
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
 /// Drops `n` written bytes from the front of `chunks`; returns what is left of `n` once
 /// they are all gone (bytes written from the buffer behind them).
 fn advance(chunks: &mut VecDeque<Bytes>, mut n: usize) -> usize {
@@ -252,11 +301,16 @@ impl Future for Writer {
                 return Poll::Ready(());
             }
             if this.is_empty() {
-                return if this.done {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                };
+                if !this.done {
+                    return Poll::Pending;
+                }
+                if this.closing && this.linger(cx).is_pending() {
+                    let deadline = this
+                        .deadline
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_WRITE_TIMEOUT)));
+                    ready!(deadline.as_mut().poll(cx));
+                }
+                return Poll::Ready(());
             }
             match this.flush(cx) {
                 Poll::Ready(Ok(())) => {}

@@ -76,7 +76,8 @@ pin_project_lite::pin_project! {
     pub struct Vigil<S> {
         // The next keepalive round, on the worker's wheel.
         round: Deadline,
-        period: Duration,
+        // The keepalive period in wheel ticks.
+        period: u32,
         // The node's `Signal`: drain or revocations.
         #[pin]
         signal: OwnedNotified,
@@ -90,8 +91,8 @@ impl<S: Session> Vigil<S> {
     /// Watches for a session of `state` with a keepalive round every `period`.
     pub fn new(state: &AppState, period: Duration) -> Vigil<S> {
         Vigil {
-            round: Deadline::after(period.min(super::connection::MAX_TIMER)),
-            period,
+            round: Deadline::after(period),
+            period: super::wheel::ticks(period),
             signal: state.signal.listen(),
             draining: false,
             session: PhantomData,
@@ -125,7 +126,7 @@ impl<S: Session> ActorFuture<S> for Vigil<S> {
             }
         }
         while this.round.poll(task).is_ready() {
-            *this.round = Deadline::after((*this.period).min(super::connection::MAX_TIMER));
+            *this.round = Deadline::after_ticks(*this.period);
             act.keepalive(ctx);
             if ctx.state().stopping() {
                 return Poll::Ready(());

@@ -33,6 +33,13 @@ thread_local! {
     static EPOCH: Instant = Instant::now();
 }
 
+/// `period` in wheel ticks, rounded up (a period beyond `u32::MAX` ticks, six years, is
+/// cut to it).
+pub fn ticks(period: Duration) -> u32 {
+    let ticks = period.as_millis().div_ceil(TICK.as_millis());
+    u32::try_from(ticks).unwrap_or(u32::MAX)
+}
+
 /// Ticks since the thread's first look at its wheel.
 fn now_tick() -> u64 {
     EPOCH.with(|epoch| {
@@ -46,18 +53,22 @@ fn now_tick() -> u64 {
 pub struct Deadline {
     /// The tick it is due at.
     due: u64,
-    /// Its registration in the wheel, while its waker is there.
-    registration: Option<u64>,
+    /// Its registration in the wheel while its waker is there, else 0 (numbers start
+    /// at 1; no `Option`, which would double the size of an idle session's deadline).
+    registration: u64,
 }
 
 impl Deadline {
     /// `period` from now (at least one tick).
     pub fn after(period: Duration) -> Deadline {
-        let ticks = period.as_millis().div_ceil(TICK.as_millis()).max(1);
-        let ticks = u64::try_from(ticks).unwrap_or(u64::MAX);
+        Deadline::after_ticks(ticks(period))
+    }
+
+    /// `ticks` wheel ticks from now (at least one).
+    pub fn after_ticks(ticks: u32) -> Deadline {
         Deadline {
-            due: now_tick().saturating_add(ticks),
-            registration: None,
+            due: now_tick().saturating_add(u64::from(ticks.max(1))),
+            registration: 0,
         }
     }
 
@@ -68,7 +79,7 @@ impl Deadline {
             self.forget();
             return Poll::Ready(());
         }
-        if self.registration.is_none() {
+        if self.registration == 0 {
             let due = self.due;
             self.registration = WHEEL.with(|wheel| wheel.borrow_mut().insert(due, cx.waker()));
         }
@@ -77,7 +88,8 @@ impl Deadline {
 
     /// Takes the waker out of the wheel (a closed session's task is not kept alive by it).
     fn forget(&mut self) {
-        if let Some(registration) = self.registration.take() {
+        let registration = std::mem::take(&mut self.registration);
+        if registration != 0 {
             // Gone at thread exit: nothing left to take out then.
             let _ = WHEEL.try_with(|wheel| wheel.borrow_mut().waiting.remove(&registration));
         }
@@ -92,7 +104,7 @@ impl Drop for Deadline {
 
 impl Wheel {
     /// Registers `waker` for tick `due`, starting the thread's driver if it is idle.
-    fn insert(&mut self, due: u64, waker: &Waker) -> Option<u64> {
+    fn insert(&mut self, due: u64, waker: &Waker) -> u64 {
         self.last += 1;
         let registration = self.last;
         self.waiting.insert(registration, waker.clone());
@@ -101,7 +113,7 @@ impl Wheel {
             self.driving = true;
             actix_rt::spawn(drive());
         }
-        Some(registration)
+        registration
     }
 
     /// Takes out the wakers due by `now`; `None` when nothing waits any more (the driver

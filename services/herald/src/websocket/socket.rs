@@ -22,7 +22,7 @@ pub(super) struct Shared {
     /// Set once the `101` is written.
     io: OnceCell<TcpStream>,
     /// What the client sent after its handshake, read by the HTTP/1 connection already.
-    leftover: Cell<Option<BytesMut>>,
+    leftover: Cell<Option<Box<[u8]>>>,
     /// The HTTP/1 connection ended without handing the socket over.
     abandoned: Cell<bool>,
     /// The session's actor, waiting for the socket to read.
@@ -56,7 +56,7 @@ impl Shared {
     }
 
     /// The bytes the client sent right behind its handshake, once.
-    pub(super) fn take_leftover(&self) -> Option<BytesMut> {
+    pub(super) fn take_leftover(&self) -> Option<Box<[u8]>> {
         self.leftover.take()
     }
 
@@ -81,9 +81,7 @@ impl Handover {
     pub(super) fn complete(self, io: TcpStream, leftover: BytesMut) {
         if !leftover.is_empty() {
             // A copy: `leftover` is the HTTP/1 connection's whole read buffer.
-            self.shared
-                .leftover
-                .set(Some(BytesMut::from(&leftover[..])));
+            self.shared.leftover.set(Some(Box::from(&leftover[..])));
         }
         let _ = self.shared.io.set(io);
         self.shared.wake();

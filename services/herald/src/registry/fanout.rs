@@ -170,10 +170,8 @@ impl Registry {
         let max_buffered = self.settings.max_buffered_bytes;
         for state in self.members.values_mut() {
             let codec = state.member.codec.index();
-            if let (Some(seq), Some(upto)) = (message.seq, state.sent_upto) {
-                if seq <= upto {
-                    continue;
-                }
+            if message.seq.is_some_and(|seq| seq <= state.sent_upto) {
+                continue;
             }
             for (frame, published_ms) in &frames[codec] {
                 if let Some(held) = &mut state.held {
@@ -273,7 +271,7 @@ mod bench {
                 MemberState {
                     member,
                     held: None,
-                    sent_upto: None,
+                    sent_upto: 0,
                 },
             );
             registry.per_codec[Codec::V1Json.index()] += 1;

@@ -89,7 +89,7 @@ struct Queue {
     /// The pong to write next, held apart from `items` and replaced by each newer ping's:
     /// a client that floods pings and never reads has one pong waiting, not one per ping
     /// (RFC 6455 §5.5.3 allows answering only the most recent ping).
-    pong: Option<Box<Bytes>>,
+    pong: Option<Bytes>,
     /// A protocol ping is due; a keepalive ping still unwritten is not queued twice.
     ping: bool,
     /// Whether the reader may take items yet (see [`Outbox::open`]).
@@ -224,7 +224,7 @@ impl OutboxReceiver {
         let mut queue = self.state.queue();
         if queue.open || queue.senders_gone {
             if let Some(data) = queue.pong.take() {
-                return Poll::Ready(Some(Outbound::Pong(*data)));
+                return Poll::Ready(Some(Outbound::Pong(data)));
             }
             if std::mem::take(&mut queue.ping) {
                 return Poll::Ready(Some(Outbound::Ping));
@@ -421,8 +421,7 @@ impl Outbox {
     pub fn pong(&self, data: Bytes) {
         self.state.update(|queue| {
             if !queue.receiver_gone {
-                // Boxed: few clients ping, and every session's queue would carry the room.
-                queue.pong = Some(Box::new(data));
+                queue.pong = Some(data);
             }
         });
     }

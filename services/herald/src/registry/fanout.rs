@@ -170,8 +170,10 @@ impl Registry {
         let max_buffered = self.settings.max_buffered_bytes;
         for state in self.members.values_mut() {
             let codec = state.member.codec.index();
-            if message.seq.is_some_and(|seq| seq <= state.sent_upto) {
-                continue;
+            if let (Some(seq), Some(upto)) = (message.seq, state.sent_upto) {
+                if seq <= upto {
+                    continue;
+                }
             }
             for (frame, published_ms) in &frames[codec] {
                 if let Some(held) = &mut state.held {
@@ -271,7 +273,7 @@ mod bench {
                 MemberState {
                     member,
                     held: None,
-                    sent_upto: 0,
+                    sent_upto: None,
                 },
             );
             registry.per_codec[Codec::V1Json.index()] += 1;

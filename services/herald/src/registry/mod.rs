@@ -149,9 +149,8 @@ struct MemberState {
     /// catching up are few, and every idle member would carry the room otherwise).
     held: Option<Box<Held>>,
     /// Highest sequence this member was sent by its own replay: later deliveries at or
-    /// below it (a gap fill, a live event that raced the replay) are not sent again. 0
-    /// until then (sequences start at 1; no `Option`, 8 bytes less per member).
-    sent_upto: u64,
+    /// below it (a gap fill, a live event that raced the replay) are not sent again.
+    sent_upto: Option<u64>,
 }
 
 /// The live items held behind a member's replay.
@@ -282,7 +281,7 @@ impl Handler<Join> for Registry {
             MemberState {
                 member: join.member,
                 held,
-                sent_upto: 0,
+                sent_upto: None,
             },
         ) {
             self.per_codec[old.member.codec.index()] -= 1;

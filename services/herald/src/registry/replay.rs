@@ -66,7 +66,7 @@ impl Registry {
         let Some(state) = self.members.get_mut(&id) else {
             return;
         };
-        state.sent_upto = upto;
+        state.sent_upto = Some(upto);
         let held = state.held.take().map(|held| held.items).unwrap_or_default();
         out.extend(
             held.into_iter()

@@ -36,7 +36,7 @@ fn a_member_whose_held_frames_exceed_its_budget_becomes_a_slow_consumer() {
         MemberState {
             member,
             held: Some(Box::default()),
-            sent_upto: 0,
+            sent_upto: None,
         },
     );
     registry.per_codec[Codec::V1Json.index()] += 1;

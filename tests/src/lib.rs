@@ -57,19 +57,15 @@ pub fn workspace_root() -> PathBuf {
 /// once found its port taken by a connection's source port).
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::LazyLock;
     // Below the kernel's ephemeral range (32768 and up by default): a port handed out
     // there could become an outgoing connection's source port before the server binds
     // it, and the server then fails to start. A counter from a per-process start keeps
     // one run's picks apart; the bind checks nobody else holds the port.
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7919) % SPAN,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
+    static NEXT: LazyLock<AtomicU32> =
+        LazyLock::new(|| AtomicU32::new(std::process::id().wrapping_mul(7919) % SPAN));
     for _ in 0..SPAN {
         let offset = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
         let port = u16::try_from(FIRST + offset).expect("below 65536");

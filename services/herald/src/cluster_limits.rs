@@ -80,12 +80,12 @@ use view::{Admission, View};
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// Longest a stream query (or a release) may take before the node gives up on it.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
-/// Longest a release (marker, then purge) may take. Generous: `/ws` counts the user's
-/// leases after its session's release to tell whether it went offline, and a release cut
-/// short leaves the lease counted (the offline event lost) until it expires.
 /// How long a node gathers connection attempts before publishing them, one message per
 /// address with its count: other nodes count them that much later.
 const ATTEMPT_BATCH: Duration = Duration::from_millis(5);
+/// Longest a release (marker, then purge) may take. Generous: `/ws` counts the user's
+/// leases after its session's release to tell whether it went offline, and a release cut
+/// short leaves the lease counted (the offline event lost) until it expires.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the feed checks its connection and sweeps expired entries.
 const FEED_TICK: Duration = Duration::from_millis(250);

@@ -116,9 +116,9 @@ impl Wheel {
         registration
     }
 
-    /// Takes out the wakers due by `now`; `None` when nothing waits any more (the driver
-    /// then stops).
-    fn take_due(&mut self, now: u64) -> Option<Vec<Waker>> {
+    /// Takes out the wakers due by `now`; the driver stops once nothing waits any more
+    /// (`driving` is then false).
+    fn take_due(&mut self, now: u64) -> Vec<Waker> {
         let mut woken = Vec::new();
         while let Some(entry) = self.due.first_entry() {
             if *entry.key() > now {
@@ -132,14 +132,11 @@ impl Wheel {
             // Registrations forgotten before they were due leave their numbers behind.
             self.due.clear();
             self.driving = false;
-            if woken.is_empty() {
-                return None;
-            }
         }
         if self.waiting.capacity() > 4 * self.waiting.len() + 1024 {
             self.waiting.shrink_to_fit();
         }
-        Some(woken)
+        woken
     }
 }
 
@@ -150,14 +147,14 @@ async fn drive() {
     loop {
         tick.tick().await;
         let now = now_tick();
-        let Some(woken) = WHEEL.with(|wheel| wheel.borrow_mut().take_due(now)) else {
-            return;
-        };
-        let idle = WHEEL.with(|wheel| !wheel.borrow().driving);
+        let (woken, driving) = WHEEL.with(|wheel| {
+            let mut wheel = wheel.borrow_mut();
+            (wheel.take_due(now), wheel.driving)
+        });
         for waker in woken {
             waker.wake();
         }
-        if idle {
+        if !driving {
             return;
         }
     }

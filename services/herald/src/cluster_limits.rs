@@ -64,6 +64,11 @@ mod view;
 
 pub use lease::Lease;
 
+/// Fires (once) when reconciliation gives a session's place under a cluster-wide cap to
+/// an earlier racer; an error means the place was given back instead. (`futures`'
+/// oneshot: eight bytes inside an `Option`, and every capped session holds one.)
+pub type Reclaimed = futures_channel::oneshot::Receiver<()>;
+
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -495,7 +500,7 @@ impl ClusterLimits {
         let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
         let capped = max != usize::MAX;
         let (reclaim, reclaimed) = if capped {
-            let (tx, rx) = oneshot::channel();
+            let (tx, rx) = futures_channel::oneshot::channel();
             (Some(tx), Some(rx))
         } else {
             (None, None)

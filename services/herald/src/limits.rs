@@ -74,9 +74,15 @@ impl<K: Eq + Hash + Clone> Default for Counter<K> {
 }
 
 impl<K: Eq + Hash + Clone> Counter<K> {
-    /// Takes a slot for `key` unless `max` are taken.
+    /// Takes a slot for `key` unless `max` are taken. The slot holds the key the map
+    /// already has when there is one: with a shared key (`Arc<str>`) the sessions of a
+    /// key then hold one copy of it between them.
     pub fn try_acquire(&self, key: K, max: usize) -> Option<Slot<K>> {
         let mut counts = self.shared.counts.lock().expect("limits lock");
+        let key = match counts.get_key_value(&key) {
+            Some((stored, _)) => stored.clone(),
+            None => key,
+        };
         let count = counts.entry(key.clone()).or_insert(0);
         if *count >= max {
             if *count == 0 {
@@ -124,6 +130,13 @@ pub struct Slot<K: Eq + Hash + Clone> {
     key: K,
 }
 
+impl<K: Eq + Hash + Clone> Slot<K> {
+    /// The key the slot was taken for.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+}
+
 impl<K: Eq + Hash + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
         let mut counts = self.shared.counts.lock().expect("limits lock");
@@ -150,8 +163,8 @@ pub struct Limits {
     pub logins_in_flight: Counter<IpAddr>,
     /// Anonymous sessions, per address.
     pub anonymous: Counter<IpAddr>,
-    /// Sessions per alias.
-    pub per_alias: Counter<String>,
+    /// Sessions per alias (keyed by a thin pointer: every session's slot holds one).
+    pub per_alias: Counter<Arc<Box<str>>>,
     /// Sessions per (dialect, user) for dialects that cap them (rooms).
     pub per_user: Counter<(&'static str, String)>,
     /// Sessions on this node.

@@ -15,7 +15,7 @@ pub struct Lease {
     /// The limits that gave it out.
     pub(super) limits: Arc<ClusterLimits>,
     /// Fires if reconciliation gives the place to an earlier racer (capped leases).
-    pub(super) reclaimed: Option<oneshot::Receiver<()>>,
+    pub(super) reclaimed: Option<super::Reclaimed>,
 }
 
 impl Lease {
@@ -39,7 +39,7 @@ impl Lease {
 
     /// The signal that reconciliation reclaimed this place (once; `None` afterwards, and
     /// for leases without a cap): the session must close with the cap's code.
-    pub fn reclaimed(&mut self) -> Option<oneshot::Receiver<()>> {
+    pub fn reclaimed(&mut self) -> Option<super::Reclaimed> {
         self.reclaimed.take()
     }
 }

@@ -8,11 +8,11 @@
 //! in sequence order, so every node decides the same from the same prefix; a node closes
 //! its own doomed sessions, and nobody counts doomed leases.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use futures_channel::oneshot;
 
 use super::{Verdict, RATE_WINDOW};
 
@@ -22,15 +22,20 @@ const PENDING: u64 = u64::MAX;
 /// is judged by per-node limits only until the sweep frees room.
 pub(super) const MAX_ADDRESSES: usize = 100_000;
 
-/// One lease of a key, as the view knows it.
+/// A node's name, shared by its leases (a thin pointer: every lease holds one).
+type Node = Arc<Box<str>>;
+
+/// One lease of a key, as the view knows it. Kept at 40 bytes: the view holds one per
+/// session of the cluster.
 #[derive(Debug)]
 struct Held {
-    node: Arc<str>,
+    node: Node,
     lease: u64,
     /// The stream sequence of its first message seen ([`PENDING`] until then).
     rank: u64,
-    /// When its node last published it (remote leases expire `lease_ttl` after).
-    seen: Instant,
+    /// When its node last published it, in milliseconds since the view's epoch (remote
+    /// leases expire `lease_ttl` after).
+    seen: u64,
     /// Over the cap by the reconciliation rule: not counted, about to be released.
     doomed: bool,
     /// Whether its fate is settled: remote leases and own leases admitted while the view
@@ -51,7 +56,9 @@ pub(super) enum Admission {
 
 /// The leases and attempts of the cluster, as far as this node has read them.
 pub(super) struct View {
-    node: Arc<str>,
+    node: Node,
+    /// What [`Held::seen`] counts from.
+    epoch: Instant,
     lease_ttl: Duration,
     /// Cap by lease family (`herald.limits.session.alias`, ...); families without one
     /// (presence) are only counted.
@@ -71,8 +78,8 @@ pub(super) struct View {
     /// The same for this node's own attempts, kept apart so a feed restart (which reads
     /// the others' again) does not lose them.
     own_rate: Attempts,
-    /// Node names, shared by their leases.
-    nodes: HashSet<Arc<str>>,
+    /// Other nodes' names, shared by their leases.
+    nodes: HashMap<Box<str>, Node>,
 }
 
 impl View {
@@ -84,7 +91,8 @@ impl View {
         per_minute: u32,
     ) -> View {
         View {
-            node: Arc::from(node),
+            node: Arc::new(Box::from(node)),
+            epoch: Instant::now(),
             lease_ttl,
             caps,
             rate_keep: usize::try_from(per_minute)
@@ -96,28 +104,32 @@ impl View {
             reclaim: HashMap::new(),
             rate: HashMap::new(),
             own_rate: HashMap::new(),
-            nodes: HashSet::new(),
+            nodes: HashMap::new(),
         }
     }
 
-    fn node(&mut self, name: &str) -> Arc<str> {
-        if name == &*self.node {
+    fn node(&mut self, name: &str) -> Node {
+        if name == &**self.node {
             return Arc::clone(&self.node);
         }
         if let Some(node) = self.nodes.get(name) {
             return Arc::clone(node);
         }
-        let node: Arc<str> = Arc::from(name);
-        self.nodes.insert(Arc::clone(&node));
+        let node: Node = Arc::new(Box::from(name));
+        self.nodes.insert(Box::from(name), Arc::clone(&node));
         node
+    }
+
+    /// Now, as [`Held::seen`] counts.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Whether `held` still counts at `now`: not doomed, and refreshed within the TTL
     /// unless it is this node's own.
-    fn counts(&self, held: &Held, now: Instant) -> bool {
+    fn counts(&self, held: &Held, now: u64) -> bool {
         !held.doomed
-            && (Arc::ptr_eq(&held.node, &self.node)
-                || now.duration_since(held.seen) <= self.lease_ttl)
+            && (Arc::ptr_eq(&held.node, &self.node) || fresh(held.seen, now, self.lease_ttl))
     }
 
     /// Takes a place for own lease `lease` under `family_key` (cap `max`), from the view
@@ -134,7 +146,7 @@ impl View {
         reclaim: Option<oneshot::Sender<()>>,
         loading: bool,
     ) -> Admission {
-        let now = Instant::now();
+        let now = self.now();
         let live = self.sessions_live;
         let counted = self.keys.get(family_key).map_or(0, |leases| {
             leases.iter().filter(|h| self.counts(h, now)).count()
@@ -175,7 +187,7 @@ impl View {
 
     fn remove(&mut self, family_key: &str, node: &str, lease: u64) {
         if let Some(leases) = self.keys.get_mut(family_key) {
-            leases.retain(|h| !(h.lease == lease && &*h.node == node));
+            leases.retain(|h| !(h.lease == lease && &**h.node == node));
             if leases.is_empty() {
                 self.keys.remove(family_key);
             }
@@ -189,14 +201,14 @@ impl View {
             return false;
         };
         if released {
-            if node == &*self.node {
+            if node == &**self.node {
                 self.reclaim.remove(&lease);
             }
             self.remove(family_key, node, lease);
             return false;
         }
-        let now = Instant::now();
-        let own = node == &*self.node;
+        let now = self.now();
+        let own = node == &**self.node;
         let cap = family_key
             .rsplit_once('.')
             .and_then(|(family, _)| self.caps.get(family))
@@ -234,20 +246,17 @@ impl View {
             }
         };
         let Some(cap) = cap else { return false };
-        let ttl = self.lease_ttl;
-        let mine = &self.node;
+        let leases = &self.keys[family_key];
         let earlier = leases
             .iter()
-            .filter(|h| {
-                !h.doomed
-                    && h.rank < seq
-                    && (Arc::ptr_eq(&h.node, mine) || now.duration_since(h.seen) <= ttl)
-            })
+            .filter(|h| h.rank < seq && self.counts(h, now))
             .count();
         if earlier < cap {
             return false;
         }
-        leases[at].doomed = true;
+        if let Some(leases) = self.keys.get_mut(family_key) {
+            leases[at].doomed = true;
+        }
         if own {
             if let Some(reclaim) = self.reclaim.remove(&lease) {
                 let _ = reclaim.send(());
@@ -259,7 +268,7 @@ impl View {
 
     /// `count` attempts from `address` read from the stream, made on `node` `age` ago.
     pub(super) fn feed_attempt(&mut self, address: &str, node: &str, age: Duration, count: u32) {
-        if node == &*self.node || age >= RATE_WINDOW {
+        if node == &**self.node || age >= RATE_WINDOW {
             return; // counted when it was made, or out of the window
         }
         let now = Instant::now();
@@ -301,9 +310,9 @@ impl View {
     /// Drops expired remote leases and attempts, and the keys and addresses left empty.
     pub(super) fn sweep(&mut self) {
         let now = Instant::now();
-        let (ttl, mine) = (self.lease_ttl, Arc::clone(&self.node));
+        let (at, ttl, mine) = (self.now(), self.lease_ttl, Arc::clone(&self.node));
         self.keys.retain(|_, leases| {
-            leases.retain(|h| Arc::ptr_eq(&h.node, &mine) || now.duration_since(h.seen) <= ttl);
+            leases.retain(|h| Arc::ptr_eq(&h.node, &mine) || fresh(h.seen, at, ttl));
             !leases.is_empty()
         });
         for attempts in [&mut self.rate, &mut self.own_rate] {
@@ -323,9 +332,8 @@ impl View {
         if self.keys.capacity() > 4 * self.keys.len() + 1024 {
             self.keys.shrink_to_fit();
         }
-        // A node name only the set still holds belongs to no live lease.
-        self.nodes
-            .retain(|n| Arc::ptr_eq(n, &mine) || Arc::strong_count(n) > 1);
+        // A node name only the map still holds belongs to no live lease.
+        self.nodes.retain(|_, n| Arc::strong_count(n) > 1);
     }
 
     /// The feed stopped (NATS gone, or its stream recreated): forget what other nodes
@@ -353,6 +361,11 @@ impl View {
             .filter(|h| !Arc::ptr_eq(&h.node, &self.node))
             .count()
     }
+}
+
+/// Whether a lease last seen at `seen` is still live at `now` (both [`View::now`]).
+fn fresh(seen: u64, now: u64, ttl: Duration) -> bool {
+    Duration::from_millis(now.saturating_sub(seen)) <= ttl
 }
 
 /// Address token → when its recent attempts were made (oldest first, at most `keep`).
@@ -386,6 +399,12 @@ mod tests {
     use super::*;
 
     const ALIAS: &str = "herald.limits.session.alias";
+
+    #[test]
+    fn a_lease_fits_in_40_bytes() {
+        // The view holds one per session of the cluster (docs/performance.md).
+        assert!(std::mem::size_of::<Held>() <= 40);
+    }
 
     fn view(node: &str, cap: usize) -> View {
         let caps = HashMap::from([(ALIAS.to_owned(), cap)]);
@@ -424,7 +443,10 @@ mod tests {
             }
         }
         assert_eq!(doomed, [("a".to_owned(), 2), ("b".to_owned(), 2)]);
-        assert!(a_rx.try_recv().is_ok() && b_rx.try_recv().is_ok());
+        assert_eq!(
+            (a_rx.try_recv(), b_rx.try_recv()),
+            (Ok(Some(())), Ok(Some(())))
+        );
         // Both count the two survivors only, and refuse a third.
         assert_eq!(a.admit(&key, 5, 2, None, false), Admission::Refused(2));
         assert_eq!(b.admit(&key, 5, 2, None, false), Admission::Refused(2));
@@ -454,7 +476,7 @@ mod tests {
         a.sessions_live = true;
         assert!(!a.feed_lease(&format!("{key}.b.1"), 1, false));
         assert!(!a.feed_lease(&format!("{key}.a.1"), 2, false));
-        assert!(rx.try_recv().is_err());
+        assert_ne!(rx.try_recv(), Ok(Some(())), "never reclaimed");
         // Both count once the view is back: the cap is full.
         assert_eq!(a.admit(&key, 3, 1, None, false), Admission::Refused(3));
     }
@@ -470,7 +492,7 @@ mod tests {
         assert!(!a.feed_lease(&format!("{key}.b.7"), 1, false));
         a.sessions_live = true;
         assert!(a.feed_lease(&format!("{key}.a.1"), 2, false));
-        assert!(rx.try_recv().is_ok());
+        assert_eq!(rx.try_recv(), Ok(Some(())));
     }
 
     #[test]

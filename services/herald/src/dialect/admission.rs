@@ -3,6 +3,7 @@
 //! per node, per alias across the cluster). Dialects call these; none re-implements them.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use actix_web::HttpRequest;
 use base64::Engine;
@@ -222,13 +223,13 @@ pub async fn authenticate(
 /// A session's place under its alias's cap: on this node, and across the cluster in
 /// NATS mode. Dropping it frees both.
 pub struct AliasPlace {
-    _node: Slot<String>,
+    _node: Slot<Arc<Box<str>>>,
     cluster: Option<Lease>,
 }
 
 impl AliasPlace {
     /// Fires if the cluster reclaims the place after a race across nodes (once).
-    pub fn reclaimed(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    pub fn reclaimed(&mut self) -> Option<crate::cluster_limits::Reclaimed> {
         self.cluster.as_mut()?.reclaimed()
     }
 }
@@ -248,7 +249,7 @@ pub async fn alias_place(state: &AppState, alias_id: &str) -> Result<AliasPlace,
     let node = state
         .limits
         .per_alias
-        .try_acquire(alias_id.to_owned(), max)
+        .try_acquire(Arc::new(Box::from(alias_id)), max)
         .ok_or_else(full)?;
     let cluster = match &state.cluster {
         Some(cluster) => Some(
@@ -273,7 +274,7 @@ pub struct UserPlace {
 
 impl UserPlace {
     /// Fires if the cluster reclaims the place after a race across nodes (once).
-    pub fn reclaimed(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    pub fn reclaimed(&mut self) -> Option<crate::cluster_limits::Reclaimed> {
         self.cluster.as_mut()?.reclaimed()
     }
 }

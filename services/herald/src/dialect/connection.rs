@@ -131,7 +131,7 @@ pub struct Connection {
     pub revocable: Option<Revocable>,
     /// Fires if reconciliation gives the session's place under a cluster-wide cap to an
     /// earlier session ([`Connection::watch_reclaim`]); the session's `Vigil` polls it.
-    pub(super) reclaim: Option<tokio::sync::oneshot::Receiver<()>>,
+    pub(super) reclaim: Option<crate::cluster_limits::Reclaimed>,
     /// Registries joined, left by [`Connection::leave_all`] (at the latest when dropped).
     joined: Vec<RoutingKey>,
     /// The inbound rate of data messages, for dialects whose messages cost bus work
@@ -311,7 +311,7 @@ impl Connection {
     /// session closes with 4429, the code a refusal after the upgrade uses.
     pub fn watch_reclaim<S: Session>(
         &mut self,
-        reclaimed: tokio::sync::oneshot::Receiver<()>,
+        reclaimed: crate::cluster_limits::Reclaimed,
         ctx: &mut Context<S>,
     ) {
         self.reclaim = Some(reclaimed);

@@ -164,9 +164,12 @@ pub async fn upgrade(
     let settings = &state.settings;
     let Admitted { ip, node_slot } = admit(&req, &state).await?;
     let phase = match request.auth {
-        AuthMode::Header(credentials) => Phase::Ready(Box::new(Identity::Alias(
-            login_alias(&state, Dialect::ForwardEmail, &credentials, ip).await?,
-        ))),
+        AuthMode::Header(credentials) => Phase::Ready(
+            Box::new(Identity::Alias(
+                login_alias(&state, Dialect::ForwardEmail, &credentials, ip).await?,
+            )),
+            request.since,
+        ),
         AuthMode::Frame => {
             let max = state.limits.settings.max_pending_auth_per_ip;
             let slot = state.limits.pending_auth.try_acquire(ip, max).ok_or_else(|| {
@@ -176,7 +179,10 @@ pub async fn upgrade(
                     retry_after: settings.forwardemail.auth_frame_timeout.as_secs().max(1),
                 }
             })?;
-            Phase::AwaitingAuth { _slot: slot }
+            Phase::AwaitingAuth {
+                slot,
+                since: request.since,
+            }
         }
         AuthMode::Anonymous => {
             if !settings.forwardemail.allow_anonymous {
@@ -194,19 +200,12 @@ pub async fn upgrade(
                     retry_after: ALIAS_FULL_RETRY_AFTER,
                 }
             })?;
-            Phase::Ready(Box::new(Identity::Anonymous { _slot: slot }))
+            Phase::Ready(Box::new(Identity::Anonymous { _slot: slot }), request.since)
         }
     };
     let max_frame = state.limits.settings.max_client_frame_bytes;
     let (handshake, socket) = websocket::accept(&req, &[], max_frame)?;
-    ForwardEmailSession::start_with(
-        state.into_inner(),
-        ip,
-        (request.format, request.since),
-        phase,
-        node_slot,
-        socket,
-    );
+    ForwardEmailSession::start_with(state.into_inner(), request.format, phase, node_slot, socket);
     Ok(handshake.respond())
 }
 
@@ -228,15 +227,22 @@ enum Place {
     Anonymous { _slot: Slot<IpAddr> },
 }
 
-/// Where a session is in its life.
+/// Where a session is in its life. What is needed only until the session is live (its
+/// address, `?since=`) is kept here, not beside it: an idle session is what it still holds.
 enum Phase {
-    /// `?auth=message`: waiting for the first frame (holding a pending-auth slot).
-    AwaitingAuth { _slot: Slot<IpAddr> },
+    /// `?auth=message`: waiting for the first frame (holding a pending-auth slot, whose
+    /// key is the client's address).
+    AwaitingAuth {
+        slot: Slot<IpAddr>,
+        /// `?since=`: what the registries replay before going live.
+        since: Option<u64>,
+    },
     /// The auth frame arrived and is being checked; later frames are ignored.
     Authenticating,
-    /// Authenticated (or anonymous) at the upgrade: goes live once the actor starts.
-    /// Boxed: the phase is inline in every session, and this variant is its largest.
-    Ready(Box<Identity>),
+    /// Authenticated (or anonymous) at the upgrade: goes live once the actor starts, with
+    /// its `?since=`. Boxed: the phase is inline in every session, and the identity is
+    /// its largest part.
+    Ready(Box<Identity>, Option<u64>),
     /// Receiving notifications.
     Live { _place: Place },
 }
@@ -260,10 +266,7 @@ struct AuthFrame {
 /// One `/v1/ws` session.
 pub struct ForwardEmailSession {
     conn: Connection,
-    ip: IpAddr,
     format: Format,
-    /// `?since=`: what the registries replay before going live.
-    since: Option<u64>,
     phase: Phase,
 }
 
@@ -272,8 +275,7 @@ impl ForwardEmailSession {
     /// session is live: frames queue until then).
     fn start_with(
         state: std::sync::Arc<AppState>,
-        ip: IpAddr,
-        (format, since): (Format, Option<u64>),
+        format: Format,
         phase: Phase,
         node_slot: Slot<()>,
         socket: Socket,
@@ -282,9 +284,7 @@ impl ForwardEmailSession {
         Connection::start(state, socket, node_slot, ping_interval, |conn, _| {
             ForwardEmailSession {
                 conn,
-                ip,
                 format,
-                since,
                 phase,
             }
         })
@@ -292,7 +292,7 @@ impl ForwardEmailSession {
 
     /// Sends `connected`, joins the registries, then starts writing: frames the registries
     /// queue meanwhile wait behind `connected`, and nothing published after it is missed.
-    fn go_live(&mut self, identity: Identity, ctx: &mut Context<Self>) {
+    fn go_live(&mut self, identity: Identity, since: Option<u64>, ctx: &mut Context<Self>) {
         let (connected, keys) = match &identity {
             Identity::Alias(AliasLogin { alias_id, .. }) => (
                 json!({"event": "connected", "aliasId": alias_id}),
@@ -334,7 +334,7 @@ impl ForwardEmailSession {
                 self.conn.join(Join {
                     key,
                     member: member.clone(),
-                    since: self.since,
+                    since,
                     announces_resync: i == 0,
                 })
             })
@@ -380,17 +380,20 @@ impl ForwardEmailSession {
                     .close(refusal.close_code(), &refusal.to_string(), ctx)
             }
         };
+        let Phase::AwaitingAuth { slot, since } = &self.phase else {
+            return;
+        };
+        let (ip, since) = (*slot.key(), *since);
         self.phase = Phase::Authenticating;
         let state = std::sync::Arc::clone(&self.conn.state);
-        let ip = self.ip;
         let check = async move {
             Ok::<_, Refusal>(Identity::Alias(
                 login_alias(&state, Dialect::ForwardEmail, &credentials, ip).await?,
             ))
         };
-        ctx.wait(check.into_actor(self).map(|result, act, ctx| {
+        ctx.wait(check.into_actor(self).map(move |result, act, ctx| {
             match result {
-                Ok(identity) => act.go_live(identity, ctx),
+                Ok(identity) => act.go_live(identity, since, ctx),
                 Err(refusal) => act
                     .conn
                     .close(refusal.close_code(), &refusal.to_string(), ctx),
@@ -404,7 +407,7 @@ impl Actor for ForwardEmailSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         match std::mem::replace(&mut self.phase, Phase::Authenticating) {
-            Phase::Ready(identity) => self.go_live(*identity, ctx),
+            Phase::Ready(identity, since) => self.go_live(*identity, since, ctx),
             other => {
                 self.phase = other;
                 let timeout = self.conn.state.settings.forwardemail.auth_frame_timeout;
@@ -446,5 +449,25 @@ impl Session for ForwardEmailSession {
         if matches!(self.phase, Phase::Live { .. }) && self.conn.keepalive(ctx) {
             let _ = self.conn.outbox.push(ping_frame(self.format));
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use actix::dev::ContextFut;
+    use actix::Context;
+
+    use super::ForwardEmailSession;
+
+    #[test]
+    fn an_idle_session_task_fits_in_640_bytes() {
+        // tokio rounds a task's cell up to 128 bytes (cache-line padding), and an actor's
+        // task is its `ContextFut`: 536 bytes or less make a 640-byte cell, 8 more a
+        // 768-byte one, on every idle `/v1/ws` session (docs/performance.md).
+        let size =
+            std::mem::size_of::<ContextFut<ForwardEmailSession, Context<ForwardEmailSession>>>();
+        assert!(
+            size <= 536,
+            "a /v1/ws session's task future is {size} bytes"
+        );
     }
 }

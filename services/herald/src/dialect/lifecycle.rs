@@ -26,7 +26,8 @@ use crate::state::AppState;
 /// The credentials a session checks each revocation against, and the last it checked.
 pub struct Revocable {
     alias: Option<Arc<str>>,
-    token: Option<crate::auth::TokenFingerprint>,
+    /// Boxed: most sessions log in without a token, and every one holds a `Revocable`.
+    token: Option<Box<crate::auth::TokenFingerprint>>,
     user: Option<Arc<str>>,
     /// The number of the last revocation checked ([`crate::control::Revocations`]).
     seen: u64,
@@ -37,7 +38,7 @@ impl Revocable {
     pub fn new(state: &AppState, principal: &Principal) -> Revocable {
         Revocable {
             alias: principal.alias_id.as_deref().map(Arc::from),
-            token: principal.token,
+            token: principal.token.map(Box::new),
             user: principal.user_id.as_deref().map(Arc::from),
             seen: state.revocations.latest(),
         }
@@ -46,7 +47,7 @@ impl Revocable {
     fn hits(&self, revocation: &Revocation) -> bool {
         match revocation {
             Revocation::Alias(id) => self.alias.as_deref() == Some(&**id),
-            Revocation::Token(fingerprint) => self.token == Some(*fingerprint),
+            Revocation::Token(fingerprint) => self.token.as_deref() == Some(fingerprint),
             Revocation::User(id) => self.user.as_deref() == Some(&**id),
         }
     }

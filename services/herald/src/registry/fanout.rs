@@ -168,12 +168,10 @@ impl Registry {
             };
         let mut counts = [DeliverCounts::default(); CODECS];
         let max_buffered = self.settings.max_buffered_bytes;
-        for state in self.members.values_mut() {
-            let codec = state.member.codec.index();
-            if let (Some(seq), Some(upto)) = (message.seq, state.sent_upto) {
-                if seq <= upto {
-                    continue;
-                }
+        for (&id, state) in self.members.iter_mut() {
+            let codec = state.sink.codec().index();
+            if message.seq.is_some_and(|seq| seq <= state.sent_upto) {
+                continue;
             }
             for (frame, published_ms) in &frames[codec] {
                 if let Some(held) = &mut state.held {
@@ -182,14 +180,14 @@ impl Registry {
                         // Too far behind to catch up in memory: the slow-consumer path
                         // closes it with 1013, and it resumes with `since`.
                         state.held = None;
-                        state.member.outbox.mark_slow();
+                        state.sink.outbox().mark_slow();
                         counts[codec].dropped += 1;
                         break;
                     }
                     held.items.push((message.seq, frame.clone()));
                     counts[codec].held += 1;
                     if observed.is_some() {
-                        delivered_to.push(state.member.id);
+                        delivered_to.push(id);
                     }
                     continue;
                 }
@@ -197,11 +195,11 @@ impl Registry {
                     published_ms: *published_ms,
                     trace: write_parents[codec].clone(),
                 };
-                match state.member.push(frame.clone(), message.seq, delivery) {
+                match state.sink.push(frame.clone(), message.seq, delivery) {
                     Ok(()) => {
                         counts[codec].queued += 1;
                         if observed.is_some() {
-                            delivered_to.push(state.member.id);
+                            delivered_to.push(id);
                         }
                     }
                     Err(error) => {
@@ -268,14 +266,9 @@ mod bench {
                 codec: Codec::V1Json,
                 relay: None,
             };
-            registry.members.insert(
-                id,
-                MemberState {
-                    member,
-                    held: None,
-                    sent_upto: None,
-                },
-            );
+            registry
+                .members
+                .insert(id, MemberState::joining(member, false));
             registry.per_codec[Codec::V1Json.index()] += 1;
             receivers.push(rx);
         }

@@ -25,6 +25,7 @@ use crate::codec::{CodecSettings, Decoded, Encoders, Item, CODECS};
 use crate::metrics;
 
 pub use fanout::MAX_TRACED_WRITES;
+use sink::Sink;
 pub use sink::{Member, Relayed};
 
 /// Unique id of a session on this node.
@@ -144,13 +145,25 @@ pub struct RegistrySettings {
 
 /// A member and, while it catches up on a `since` replay, the live frames held for it.
 struct MemberState {
-    member: Member,
+    sink: Sink,
     /// `Some` while the member's replay runs: live items wait here (boxed: members
     /// catching up are few, and every idle member would carry the room otherwise).
     held: Option<Box<Held>>,
-    /// Highest sequence this member was sent by its own replay: later deliveries at or
-    /// below it (a gap fill, a live event that raced the replay) are not sent again.
-    sent_upto: Option<u64>,
+    /// Highest sequence this member was sent by its own replay (0 when none: stream
+    /// sequences start at 1): later deliveries at or below it (a gap fill, a live event
+    /// that raced the replay) are not sent again.
+    sent_upto: u64,
+}
+
+impl MemberState {
+    /// A member joining, its live frames held if it `catches_up` on a replay.
+    fn joining(member: Member, catches_up: bool) -> MemberState {
+        MemberState {
+            sink: Sink::from(member),
+            held: catches_up.then(Box::default),
+            sent_upto: 0,
+        }
+    }
 }
 
 /// The live items held behind a member's replay.
@@ -275,16 +288,9 @@ impl Handler<Join> for Registry {
     fn handle(&mut self, join: Join, ctx: &mut Self::Context) {
         let id = join.member.id;
         self.per_codec[join.member.codec.index()] += 1;
-        let held = join.since.map(|_| Box::default());
-        if let Some(old) = self.members.insert(
-            id,
-            MemberState {
-                member: join.member,
-                held,
-                sent_upto: None,
-            },
-        ) {
-            self.per_codec[old.member.codec.index()] -= 1;
+        let state = MemberState::joining(join.member, join.since.is_some());
+        if let Some(old) = self.members.insert(id, state) {
+            self.per_codec[old.sink.codec().index()] -= 1;
         }
         if let Some(since) = join.since {
             let announce = join.announces_resync;
@@ -304,7 +310,7 @@ impl Handler<Leave> for Registry {
 
     fn handle(&mut self, leave: Leave, _: &mut Self::Context) {
         if let Some(old) = self.members.remove(&leave.id) {
-            self.per_codec[old.member.codec.index()] -= 1;
+            self.per_codec[old.sink.codec().index()] -= 1;
         }
     }
 }
@@ -315,8 +321,8 @@ impl Handler<CloseAll> for Registry {
     fn handle(&mut self, close: CloseAll, _: &mut Self::Context) {
         for state in self.members.values() {
             state
-                .member
-                .outbox
+                .sink
+                .outbox()
                 .close(Some(crate::websocket::CloseReason {
                     code: crate::websocket::CloseCode::from(close.code),
                     description: Some(close.reason.to_owned()),

@@ -29,7 +29,7 @@ impl Registry {
         let Some(state) = self.members.get(&id) else {
             return;
         };
-        let codec = state.member.codec;
+        let codec = state.sink.codec();
         let encoder = self.settings.encoders[codec.index()];
         let mut wanted = [false; CODECS];
         wanted[codec.index()] = true;
@@ -66,14 +66,14 @@ impl Registry {
         let Some(state) = self.members.get_mut(&id) else {
             return;
         };
-        state.sent_upto = Some(upto);
+        state.sent_upto = upto;
         let held = state.held.take().map(|held| held.items).unwrap_or_default();
         out.extend(
             held.into_iter()
                 .filter(|(seq, _)| seq.is_none_or(|s| s > upto)),
         );
         for (seq, frame) in out {
-            if state.member.push(frame, seq, Delivery::default()).is_err() {
+            if state.sink.push(frame, seq, Delivery::default()).is_err() {
                 break;
             }
         }
@@ -128,9 +128,9 @@ impl Registry {
                         Ok(Replay::ResyncRequired) | Err(_) => {
                             tracing::warn!(key = ?act.key, "cannot fill the reconnect gap; asking clients to resync");
                             for state in act.members.values() {
-                                let encoder = act.settings.encoders[state.member.codec.index()];
+                                let encoder = act.settings.encoders[state.sink.codec().index()];
                                 if let Some(item) = encoder.resync() {
-                                    let _ = state.member.push(item, None, Delivery::default());
+                                    let _ = state.sink.push(item, None, Delivery::default());
                                 }
                             }
                         }

@@ -43,7 +43,35 @@ pub enum Relayed {
     },
 }
 
-impl Member {
+/// A member as its registry holds it: a [`Member`] without the id that keys the
+/// registry's map, its rarely set relay boxed (a registry holds one per session).
+pub(super) struct Sink {
+    outbox: Outbox,
+    relay: Option<Box<Recipient<Relayed>>>,
+    codec: Codec,
+}
+
+impl From<Member> for Sink {
+    fn from(member: Member) -> Sink {
+        Sink {
+            outbox: member.outbox,
+            relay: member.relay.map(Box::new),
+            codec: member.codec,
+        }
+    }
+}
+
+impl Sink {
+    /// The dialect codec the member wants.
+    pub(super) fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// The member's outbound queue.
+    pub(super) fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
     /// Hands an item to the session: frames to its socket queue, typed events to its
     /// actor. An event for a member without an actor is a codec/member mismatch: dropped.
     pub(super) fn push(

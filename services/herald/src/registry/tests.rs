@@ -31,14 +31,9 @@ fn a_member_whose_held_frames_exceed_its_budget_becomes_a_slow_consumer() {
         relay: None,
     };
     // A member still catching up on its `since` replay: live frames are held.
-    registry.members.insert(
-        1,
-        MemberState {
-            member,
-            held: Some(Box::default()),
-            sent_upto: None,
-        },
-    );
+    registry
+        .members
+        .insert(1, MemberState::joining(member, true));
     registry.per_codec[Codec::V1Json.index()] += 1;
     let message = |seq: u64| {
         let envelope = serde_json::json!({
@@ -379,4 +374,10 @@ async fn handled_relayed_changes_give_their_bytes_back() {
         .await;
     }
     assert!(!outbox.is_overflowed());
+}
+
+#[test]
+fn a_member_fits_in_40_bytes() {
+    // A registry holds one per session (docs/performance.md, idle memory).
+    assert!(std::mem::size_of::<MemberState>() <= 40);
 }

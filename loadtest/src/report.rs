@@ -271,15 +271,31 @@ const MAX_RATE: Metric = Metric {
     },
 };
 
+const IDLE_CLUSTER_BYTES: Metric = Metric {
+    name: "idle-cluster (sizes above): memory per idle session (ΣΔRSS of the processes / sessions, bytes)",
+    scenario: "idle-cluster",
+    decimals: 0,
+    get: |r| r["bytes_per_session"].as_f64(),
+};
+
+const PER_TOTAL_CPU: Metric = Metric {
+    name: "deliveries per server+bus CPU-second (at max)",
+    scenario: "fanout",
+    decimals: 0,
+    get: |r| step_at(r, "max_sustainable_step")?["deliveries_per_total_cpu_sec"].as_f64(),
+};
+
+const BIG_P99: Metric = Metric {
+    name: "big payload: p99 (ms)",
+    scenario: "big-payload",
+    decimals: 2,
+    get: |r| r["steps"][0]["latency_ms"]["p99"].as_f64(),
+};
+
 const METRICS: &[Metric] = &[
     IDLE_BYTES,
     CONNECT_RATE,
-    Metric {
-        name: "idle-cluster (sizes above): memory per idle session (ΣΔRSS of the processes / sessions, bytes)",
-        scenario: "idle-cluster",
-        decimals: 0,
-        get: |r| r["bytes_per_session"].as_f64(),
-    },
+    IDLE_CLUSTER_BYTES,
     Metric {
         name: "idle-cluster: same + Δ kernel Slab (both socket ends, machine-wide; bytes)",
         scenario: "idle-cluster",
@@ -300,20 +316,11 @@ const METRICS: &[Metric] = &[
         get: |r| step_at(r, "max_sustainable_step")?["latency_ms"]["p99"].as_f64(),
     },
     HALF_P99,
+    HALF_P999,
     HALF_P50,
     PER_CPU,
-    Metric {
-        name: "deliveries per server+bus CPU-second (at max)",
-        scenario: "fanout",
-        decimals: 0,
-        get: |r| step_at(r, "max_sustainable_step")?["deliveries_per_total_cpu_sec"].as_f64(),
-    },
-    Metric {
-        name: "big payload: p99 (ms)",
-        scenario: "big-payload",
-        decimals: 2,
-        get: |r| r["steps"][0]["latency_ms"]["p99"].as_f64(),
-    },
+    PER_TOTAL_CPU,
+    BIG_P99,
     Metric {
         name: "big payload: deliveries per server CPU-second",
         scenario: "big-payload",
@@ -410,11 +417,46 @@ struct Target {
 
 const TARGETS: &[Target] = &[
     Target {
-        goal: "≤ 8 KiB RSS per idle session (bytes)",
+        goal: "≤ 4 KiB RSS per idle session (bytes; issue 17)",
         metric: &IDLE_BYTES,
         ratio_to: None,
         at_most: true,
-        bound: 8192.0,
+        bound: 4096.0,
+    },
+    Target {
+        goal: "below the Node reference per idle session in the idle-cluster (ratio; issue 17)",
+        metric: &IDLE_CLUSTER_BYTES,
+        ratio_to: Some("forwardemail-node"),
+        at_most: true,
+        bound: 1.0,
+    },
+    Target {
+        goal: "connect storm ≥ 2× the Node reference (ratio; issue 17)",
+        metric: &CONNECT_RATE,
+        ratio_to: Some("forwardemail-node"),
+        at_most: false,
+        bound: 2.0,
+    },
+    Target {
+        goal: "≥ 1.5× the Node reference per server+bus CPU-second (ratio; issue 18)",
+        metric: &PER_TOTAL_CPU,
+        ratio_to: Some("forwardemail-node"),
+        at_most: false,
+        bound: 1.5,
+    },
+    Target {
+        goal: "p99 at 50% of max ≤ the Node reference's (ratio; issue 18)",
+        metric: &HALF_P99,
+        ratio_to: Some("forwardemail-node"),
+        at_most: true,
+        bound: 1.0,
+    },
+    Target {
+        goal: "100 KiB payload p99 ≤ the Node reference's (ratio; issue 18)",
+        metric: &BIG_P99,
+        ratio_to: Some("forwardemail-node"),
+        at_most: true,
+        bound: 1.0,
     },
     Target {
         goal: "≥ 50,000 deliveries per server CPU-second",
@@ -493,6 +535,15 @@ fn targets(md: &mut String, results: &[Value]) {
                 .and_then(|(h, p)| (p != 0.0).then(|| h / p)),
         };
         let Some(value) = measured else { continue };
+        // What the least a server can do reaches on the same machine: a goal `limit`
+        // misses too is out of reach here, whatever herald does.
+        let floor = match target.ratio_to {
+            None => fmt(
+                metric_median(results, "limit", target.metric),
+                target.metric.decimals,
+            ),
+            Some(_) => "-".to_owned(),
+        };
         let met = if target.at_most {
             value <= target.bound
         } else {
@@ -507,6 +558,7 @@ fn targets(md: &mut String, results: &[Value]) {
             target.goal.to_owned(),
             fmt(Some(value), decimals),
             (if met { "met" } else { "**missed**" }).to_owned(),
+            floor,
         ]);
     }
     if rows.is_empty() {
@@ -515,7 +567,7 @@ fn targets(md: &mut String, results: &[Value]) {
     table(
         md,
         "Against the targets",
-        &["target", "herald (median)", ""],
+        &["target", "herald (median)", "", "`limit` (median)"],
         &rows,
     );
     let _ = writeln!(
@@ -1139,22 +1191,36 @@ mod tests {
                 .unwrap_or_else(|| panic!("no row for {goal} in {md}"))
                 .to_owned()
         };
-        assert!(verdict("≤ 8 KiB").ends_with("| 7000 | met |"), "{md}");
-        assert!(verdict("≥ 50,000").ends_with("| 60000 | met |"), "{md}");
-        assert!(verdict("p50").ends_with("| 0.20 | met |"), "{md}");
-        assert!(verdict("p99 ≤").ends_with("| 1.50 | met |"), "{md}");
-        assert!(verdict("p99.9").ends_with("| 12.00 | **missed** |"), "{md}");
         assert!(
-            verdict("≥ 5,000").ends_with("| 4000 | **missed** |"),
-            "{md}"
-        );
-        assert!(verdict("≥ 2×").ends_with("| 2.00 | met |"), "{md}");
-        assert!(
-            verdict("within 1.5×").ends_with("| 0.60 | **missed** |"),
+            verdict("≤ 4 KiB").ends_with("| 7000 | **missed** | - |"),
             "{md}"
         );
         assert!(
-            verdict("≥ 70% of the `limit` system (deliveries").ends_with("| 0.75 | met |"),
+            verdict("≥ 50,000").ends_with("| 60000 | met | 80000 |"),
+            "{md}"
+        );
+        assert!(verdict("p50").ends_with("| 0.20 | met | 0.10 |"), "{md}");
+        assert!(verdict("p99 ≤").ends_with("| 1.50 | met | 1.50 |"), "{md}");
+        assert!(
+            verdict("p99 at 50% of max ≤ the Node").ends_with("| 1.00 | met | - |"),
+            "{md}"
+        );
+        // `limit` misses it too: the floor column says so.
+        assert!(
+            verdict("p99.9").ends_with("| 12.00 | **missed** | 12.00 |"),
+            "{md}"
+        );
+        assert!(
+            verdict("≥ 5,000").ends_with("| 4000 | **missed** | - |"),
+            "{md}"
+        );
+        assert!(verdict("≥ 2×").ends_with("| 2.00 | met | - |"), "{md}");
+        assert!(
+            verdict("within 1.5×").ends_with("| 0.60 | **missed** | - |"),
+            "{md}"
+        );
+        assert!(
+            verdict("≥ 70% of the `limit` system (deliveries").ends_with("| 0.75 | met | - |"),
             "{md}"
         );
         assert!(md.contains("loadtest/profile cpu"), "{md}");

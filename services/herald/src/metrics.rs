@@ -68,6 +68,11 @@ fn describe() {
         metrics::Unit::Seconds,
         "Publish timestamp to socket write, per notification written."
     );
+    describe_histogram!(
+        "herald_bus_delay_seconds",
+        metrics::Unit::Seconds,
+        "Stream store timestamp to the registry's receipt, per live event: the bus's share of herald_delivery_latency_seconds (millisecond resolution)."
+    );
     describe_counter!(
         "herald_events_replayed_total",
         "Events sent again from the stream (since catch-up, reconnect gap fill)."
@@ -98,14 +103,21 @@ fn describe() {
     );
 }
 
+/// Buckets of the latency histograms, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
 fn build() -> PrometheusHandle {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full("herald_delivery_latency_seconds".into()),
-            &[
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5,
-            ],
+            LATENCY_BUCKETS,
+        )
+        .expect("static bucket list is valid")
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("herald_bus_delay_seconds".into()),
+            LATENCY_BUCKETS,
         )
         .expect("static bucket list is valid")
         .install_recorder()
@@ -145,6 +157,11 @@ pub fn event_dropped(reason: &'static str) {
 /// Publish timestamp → socket write, for one notification.
 pub fn delivery_latency(seconds: f64) {
     histogram!("herald_delivery_latency_seconds").record(seconds);
+}
+
+/// Stream store → registry receipt, for one live event.
+pub fn bus_delay(seconds: f64) {
+    histogram!("herald_bus_delay_seconds").record(seconds);
 }
 
 /// Events sent again from the stream (`since` catch-up or reconnect gap fill).

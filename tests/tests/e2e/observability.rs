@@ -70,6 +70,8 @@ async fn metrics_count_receipts_deliveries_socket_write_latency_and_replays() {
     expect("herald_events_delivered_total", 2 * EVENTS).await;
     // One latency observation per socket write: two sessions, five events.
     expect("herald_delivery_latency_seconds_count", 2 * EVENTS).await;
+    // One bus-delay observation per live event reaching the alias's one registry.
+    expect("herald_bus_delay_seconds_count", EVENTS).await;
 
     let since = first_seq.expect("events carry seq") - 1;
     let mut late = Connect::v1(&node)

@@ -252,6 +252,10 @@ impl Actor for Registry {
 
 impl StreamHandler<BusMessage> for Registry {
     fn handle(&mut self, message: BusMessage, ctx: &mut Self::Context) {
+        if let Some(stored_ms) = message.stored_ms {
+            let now = herald_protocol::now_ms();
+            metrics::bus_delay(now.saturating_sub(stored_ms) as f64 / 1000.0);
+        }
         if self.held_live.is_none() && self.missed_one(&message) {
             // Live delivery is at-most-once (a stream leader can die between storing and
             // republishing): fetch what was skipped from the stream, then this one.

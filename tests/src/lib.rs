@@ -33,7 +33,7 @@ use std::time::Duration;
 
 pub use client::{Connect, Frame, Refusal, WsClient};
 pub use metrics::Metrics;
-pub use nats::{NatsCluster, NatsServer};
+pub use nats::{subscribe_live, NatsCluster, NatsServer};
 pub use node::{Node, NodeConfig};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use publisher::Publisher;

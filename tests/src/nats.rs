@@ -247,6 +247,33 @@ impl NatsServer {
     }
 }
 
+/// Subscribes `client` to `subject` and returns once the server holds the subscription.
+/// `flush` only writes the `SUB` to the socket: a request from another connection (herald's
+/// auth callout) right after it can still find "no responders". A message to an inbox
+/// subscribed after it on the same connection comes back only once the server has
+/// processed both subscriptions, in order.
+pub async fn subscribe_live(client: &async_nats::Client, subject: &str) -> async_nats::Subscriber {
+    use futures_util::StreamExt;
+    let subscriber = client
+        .subscribe(subject.to_owned())
+        .await
+        .unwrap_or_else(|e| panic!("cannot subscribe to {subject}: {e}"));
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .expect("subscribe the echo");
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .expect("publish the echo");
+    tokio::time::timeout(Duration::from_secs(10), echo.next())
+        .await
+        .expect("the server answers within 10 s")
+        .expect("the echo comes back");
+    subscriber
+}
+
 impl Default for NatsServer {
     fn default() -> Self {
         Self::new()

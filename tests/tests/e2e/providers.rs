@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use herald_tests::fixtures::{DEMO, OTHER};
-use herald_tests::{workspace_root, Connect, Node, NodeConfig};
+use herald_tests::{subscribe_live, workspace_root, Connect, Node, NodeConfig};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use toml::Value as Toml;
@@ -302,8 +302,7 @@ struct Responder {
 
 impl Responder {
     async fn start(client: async_nats::Client) -> Responder {
-        let mut requests_sub = client.subscribe("herald.v1.auth.request").await.unwrap();
-        client.flush().await.unwrap();
+        let mut requests_sub = subscribe_live(&client, "herald.v1.auth.request").await;
         let requests = Arc::new(AtomicUsize::new(0));
         let last = Arc::new(std::sync::Mutex::new(Value::Null));
         let (count, keep) = (Arc::clone(&requests), Arc::clone(&last));

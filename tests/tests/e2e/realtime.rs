@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use herald_tests::realtime::{configure, connect_to, now_secs, token, RtClient};
-use herald_tests::{NatsServer, Node, NodeConfig};
+use herald_tests::{subscribe_live, NatsServer, Node, NodeConfig};
 use serde_json::{json, Value};
 use sha2::Digest;
 
@@ -440,11 +440,7 @@ async fn ws_warns_before_the_token_expires_and_closes_with_4401_at_expiry() {
 async fn ws_custom_types_are_nats_requests_answered_by_a_backend_and_503_without_one() {
     let c = cluster(|c| c).await;
     let responder = async_nats::connect(c.nats.url()).await.unwrap();
-    let mut requests = responder
-        .subscribe("herald.v1.custom.X-weather")
-        .await
-        .unwrap();
-    responder.flush().await.unwrap();
+    let mut requests = subscribe_live(&responder, "herald.v1.custom.X-weather").await;
     let replier = responder.clone();
     tokio::spawn(async move {
         while let Some(request) = requests.next().await {

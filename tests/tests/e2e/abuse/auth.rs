@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use herald_protocol::Event;
 use herald_tests::fixtures::{payload_for, DEMO};
 use herald_tests::realtime::{self, RtClient};
-use herald_tests::{Connect, Node, NodeConfig, PROMPT};
+use herald_tests::{subscribe_live, Connect, Node, NodeConfig, PROMPT};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use toml::Value as Toml;
@@ -148,8 +148,7 @@ async fn an_auth_callout_reply_with_a_wildcard_alias_is_refused_with_403() {
     let node = &setup.node;
     // A backend that answers the token `wild-<n>` with BAD_ALIASES[n].
     let nats = setup.nats.client().await;
-    let mut requests = nats.subscribe("herald.v1.auth.request").await.unwrap();
-    nats.flush().await.unwrap();
+    let mut requests = subscribe_live(&nats, "herald.v1.auth.request").await;
     let backend = nats.clone();
     let _responder = tokio::spawn(async move {
         while let Some(message) = requests.next().await {

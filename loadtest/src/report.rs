@@ -1191,38 +1191,26 @@ mod tests {
                 .unwrap_or_else(|| panic!("no row for {goal} in {md}"))
                 .to_owned()
         };
-        assert!(
-            verdict("≤ 4 KiB").ends_with("| 7000 | **missed** | - |"),
-            "{md}"
-        );
-        assert!(
-            verdict("≥ 50,000").ends_with("| 60000 | met | 80000 |"),
-            "{md}"
-        );
-        assert!(verdict("p50").ends_with("| 0.20 | met | 0.10 |"), "{md}");
-        assert!(verdict("p99 ≤").ends_with("| 1.50 | met | 1.50 |"), "{md}");
-        assert!(
-            verdict("p99 at 50% of max ≤ the Node").ends_with("| 1.00 | met | - |"),
-            "{md}"
-        );
-        // `limit` misses it too: the floor column says so.
-        assert!(
-            verdict("p99.9").ends_with("| 12.00 | **missed** | 12.00 |"),
-            "{md}"
-        );
-        assert!(
-            verdict("≥ 5,000").ends_with("| 4000 | **missed** | - |"),
-            "{md}"
-        );
-        assert!(verdict("≥ 2×").ends_with("| 2.00 | met | - |"), "{md}");
-        assert!(
-            verdict("within 1.5×").ends_with("| 0.60 | **missed** | - |"),
-            "{md}"
-        );
-        assert!(
-            verdict("≥ 70% of the `limit` system (deliveries").ends_with("| 0.75 | met | - |"),
-            "{md}"
-        );
+        // Each goal's row ends with herald's value, the verdict and `limit`'s value.
+        let expected = [
+            ("≤ 4 KiB", "| 7000 | **missed** | - |"),
+            ("≥ 50,000", "| 60000 | met | 80000 |"),
+            ("p50", "| 0.20 | met | 0.10 |"),
+            ("p99 ≤", "| 1.50 | met | 1.50 |"),
+            ("p99 at 50% of max ≤ the Node", "| 1.00 | met | - |"),
+            // `limit` misses it too: the floor column says so.
+            ("p99.9", "| 12.00 | **missed** | 12.00 |"),
+            ("≥ 5,000", "| 4000 | **missed** | - |"),
+            ("≥ 2×", "| 2.00 | met | - |"),
+            ("within 1.5×", "| 0.60 | **missed** | - |"),
+            (
+                "≥ 70% of the `limit` system (deliveries",
+                "| 0.75 | met | - |",
+            ),
+        ];
+        for (goal, row) in expected {
+            assert!(verdict(goal).ends_with(row), "{goal}: {md}");
+        }
         assert!(md.contains("loadtest/profile cpu"), "{md}");
     }
 }

@@ -389,6 +389,13 @@ impl Node {
         .await
     }
 
+    /// Waits until `ok` holds for the other nodes' session leases in this node's view of
+    /// the cluster (`herald_cluster_remote_leases`): what it counts against the caps.
+    pub async fn wait_remote_leases(&self, what: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        self.wait_metric("herald_cluster_remote_leases", what, ok)
+            .await
+    }
+
     /// `POST /v1/publish` with `Authorization: Bearer token` and a raw body.
     pub async fn publish_raw(&self, token: &str, body: Vec<u8>) -> reqwest::Response {
         self.http

@@ -70,23 +70,20 @@ fn racing(cap: i64) -> impl Fn(NodeConfig) -> NodeConfig {
 /// warm-up lease is seen by every other node before it is given back, and every view is
 /// empty again before the race starts (a release read late would count against it).
 async fn warm_up(nodes: &[Node]) {
-    const REMOTE: &str = "herald_cluster_remote_leases";
     for (i, node) in nodes.iter().enumerate() {
         let client = Connect::v1(node).alias(&DEMO).connect().await;
         for (j, other) in nodes.iter().enumerate() {
             if i != j {
                 other
-                    .wait_metric(REMOTE, "the warm-up lease in every view", |n| n >= 1.0)
+                    .wait_remote_leases("the warm-up lease in every view", |n| n >= 1.0)
                     .await;
             }
         }
         client.close().await;
     }
     for node in nodes {
-        node.wait_metric(REMOTE, "the warm-up leases to leave every view", |n| {
-            n == 0.0
-        })
-        .await;
+        node.wait_remote_leases("the warm-up leases to leave every view", |n| n == 0.0)
+            .await;
     }
 }
 
@@ -164,12 +161,8 @@ async fn race_for_the_last_place(n_nodes: usize) {
     // The held leases reach every view (sequential connects see each other).
     for (i, node) in nodes.iter().enumerate() {
         let remote = if i < 2 { 1.0 } else { 2.0 };
-        node.wait_metric(
-            "herald_cluster_remote_leases",
-            "the held leases in every view",
-            |n| n >= remote,
-        )
-        .await;
+        node.wait_remote_leases("the held leases in every view", |n| n >= remote)
+            .await;
     }
     let fates = storm(&nodes, 8 * n_nodes, Duration::from_secs(2)).await;
     let (open, _, _) = assert_exactly_cap(fates, 1);
@@ -276,7 +269,12 @@ async fn sixth_session_of_an_alias_across_two_nodes_is_refused_when_the_cap_is_f
     for node in [&a, &a, &a, &b, &b] {
         open.push(Connect::v1(node).alias(&DEMO).connect().await);
     }
-    settle().await;
+    // Each node counts the other's sessions before the sixth asks (a connect racing the
+    // views is admitted, then reclaimed with 4429: the races below).
+    a.wait_remote_leases("node A counting B's 2 sessions", |n| n >= 2.0)
+        .await;
+    b.wait_remote_leases("node B counting A's 3 sessions", |n| n >= 3.0)
+        .await;
     for node in [&a, &b] {
         let refusal = Connect::v1(node).alias(&DEMO).refused().await;
         assert_eq!(

@@ -466,6 +466,14 @@ async fn sixth_connection_of_a_user_across_two_nodes_closes_with_4429() {
     for node in [&a, &a, &a, &b, &b] {
         open.push(RoomsClient::connect(node, &alice).await);
     }
+    // Each node counts the other's sessions before the sixth asks: a connect racing the
+    // stream that feeds the views is admitted, then reclaimed with 4429 after its
+    // `connected` frame (cluster_limits.rs, "Reconciliation"), which is not what this
+    // test looks at.
+    a.wait_remote_leases("node A counting B's 2 sessions", |n| n >= 2.0)
+        .await;
+    b.wait_remote_leases("node B counting A's 3 sessions", |n| n >= 3.0)
+        .await;
     for node in [&a, &b] {
         let mut ws = RoomsClient::open(node, &alice).await;
         assert_eq!(

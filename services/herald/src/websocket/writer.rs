@@ -64,6 +64,9 @@ pub(super) struct Writer {
     closing: bool,
     /// The socket's sending side is shut (after the close frame).
     shut: bool,
+    /// Bytes read and dropped since (held across polls: [`LINGER_BYTES`] bounds the
+    /// whole linger, not each wake-up).
+    lingered: usize,
     /// Armed once `done` finds the socket full (see [`CLOSE_WRITE_TIMEOUT`]).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -79,6 +82,7 @@ impl Writer {
             done: false,
             closing: false,
             shut: false,
+            lingered: 0,
             deadline: None,
         }
     }
@@ -235,14 +239,13 @@ impl Writer {
             }
         }
         let mut scratch = [0u8; 4096];
-        let mut dropped = 0;
-        while dropped < LINGER_BYTES {
+        while self.lingered < LINGER_BYTES {
             if ready!(io.poll_read_ready(cx)).is_err() {
                 return Poll::Ready(());
             }
             match io.try_read(&mut scratch) {
                 Ok(0) => return Poll::Ready(()),
-                Ok(n) => dropped += n,
+                Ok(n) => self.lingered += n,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return Poll::Ready(()),
             }
@@ -411,6 +414,38 @@ mod tests {
                 want.1.len()
             );
         }
+    }
+
+    #[actix_rt::test]
+    async fn a_client_sending_after_the_close_is_read_for_at_most_4_mib() {
+        use tokio::io::AsyncWriteExt;
+        let (outbox, mut client) = connected().await;
+        outbox.close(None);
+        frames_until_close(&mut client).await;
+        // The client never closes and keeps sending: past LINGER_BYTES (4 MiB) read and
+        // dropped the socket is closed, well before the 5 s close timeout. Counted over
+        // the whole linger, not per wake-up, so at most 4 MiB plus what the kernel's
+        // socket buffers hold gets through; 64 MiB is far above that and far below
+        // what loopback carries in 5 s.
+        const BOUND: usize = 64 << 20;
+        let chunk = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        let cut = tokio::time::timeout(Duration::from_secs(10), async {
+            while sent <= BOUND {
+                match client.write(&chunk).await {
+                    Ok(n) => sent += n,
+                    Err(_) => return true,
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            cut,
+            Ok(true),
+            "the socket took {} MiB after its close frame",
+            sent >> 20
+        );
     }
 
     #[test]

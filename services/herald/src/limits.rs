@@ -75,7 +75,7 @@ impl<K: Eq + Hash + Clone> Default for Counter<K> {
 
 impl<K: Eq + Hash + Clone> Counter<K> {
     /// Takes a slot for `key` unless `max` are taken. The slot holds the key the map
-    /// already has when there is one: with a shared key (`Arc<str>`) the sessions of a
+    /// already has when there is one: with a shared key (an `Arc`) the sessions of a
     /// key then hold one copy of it between them.
     pub fn try_acquire(&self, key: K, max: usize) -> Option<Slot<K>> {
         let mut counts = self.shared.counts.lock().expect("limits lock");

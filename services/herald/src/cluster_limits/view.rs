@@ -54,6 +54,14 @@ pub(super) enum Admission {
     Unknown,
 }
 
+impl Held {
+    /// Whether the lease still counts at `now` for node `mine` (both as [`View::now`]):
+    /// not doomed, and refreshed within `ttl` unless it is `mine`'s own.
+    fn counts(&self, mine: &Node, now: u64, ttl: Duration) -> bool {
+        !self.doomed && (Arc::ptr_eq(&self.node, mine) || fresh(self.seen, now, ttl))
+    }
+}
+
 /// The leases and attempts of the cluster, as far as this node has read them.
 pub(super) struct View {
     node: Node,
@@ -125,13 +133,6 @@ impl View {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Whether `held` still counts at `now`: not doomed, and refreshed within the TTL
-    /// unless it is this node's own.
-    fn counts(&self, held: &Held, now: u64) -> bool {
-        !held.doomed
-            && (Arc::ptr_eq(&held.node, &self.node) || fresh(held.seen, now, self.lease_ttl))
-    }
-
     /// Takes a place for own lease `lease` under `family_key` (cap `max`), from the view
     /// alone. A lease not refused is recorded (pending until the stream stores it), with
     /// `reclaim` fired if reconciliation dooms it. When the view is unknown the lease is
@@ -149,7 +150,10 @@ impl View {
         let now = self.now();
         let live = self.sessions_live;
         let counted = self.keys.get(family_key).map_or(0, |leases| {
-            leases.iter().filter(|h| self.counts(h, now)).count()
+            leases
+                .iter()
+                .filter(|h| h.counts(&self.node, now, self.lease_ttl))
+                .count()
         });
         if live && counted >= max {
             return Admission::Refused(counted);
@@ -246,17 +250,14 @@ impl View {
             }
         };
         let Some(cap) = cap else { return false };
-        let leases = &self.keys[family_key];
         let earlier = leases
             .iter()
-            .filter(|h| h.rank < seq && self.counts(h, now))
+            .filter(|h| h.rank < seq && h.counts(&self.node, now, self.lease_ttl))
             .count();
         if earlier < cap {
             return false;
         }
-        if let Some(leases) = self.keys.get_mut(family_key) {
-            leases[at].doomed = true;
-        }
+        leases[at].doomed = true;
         if own {
             if let Some(reclaim) = self.reclaim.remove(&lease) {
                 let _ = reclaim.send(());
